@@ -1,0 +1,49 @@
+"""Helpers for the side-by-side benchmarks (see conftest.py)."""
+import os
+import resource
+
+import torch
+
+
+def record(benchmark, op, workload, threads, side, peak_mb=None):
+    benchmark.group = f"{op}:{workload}:t{threads}"
+    benchmark.extra_info.update(op=op, workload=workload, threads=threads, side=side)
+    if peak_mb is not None:
+        benchmark.extra_info["peak_mb"] = peak_mb
+
+
+def run(benchmark, fn, *, rounds=5, warmup=1):
+    """Time `fn` with a fixed number of rounds (the slow anchors would otherwise take minutes)."""
+    return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup)
+
+
+def _rss_kb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def peak_extra_mb(fn):
+    """Peak memory (MB) that one call of `fn` adds on top of what the process holds, measured in a fork.
+
+    The child's high-water mark (ru_maxrss) starts at its RSS when forked; the difference after one call is the
+    call's peak extra memory (temporaries included, freed or not).
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            base = max(base, _rss_kb())
+            fn()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            os.write(w, str((peak - base) / 1024.0).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 64):
+        out += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return float(out or 0.0)

@@ -1,0 +1,29 @@
+// Shared helpers for fastops kernels (host and device).
+#pragma once
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FASTOPS_HD __host__ __device__ __forceinline__
+#else
+#define FASTOPS_HD inline
+#endif
+
+namespace fastops {
+
+// Accumulation type: float for half/bfloat16/float, double for double.
+template <typename T>
+struct acc_type {
+  using type = float;
+};
+template <>
+struct acc_type<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename acc_type<T>::type;
+
+template <typename T>
+FASTOPS_HD T min_(T a, T b) { return a < b ? a : b; }
+template <typename T>
+FASTOPS_HD T max_(T a, T b) { return a > b ? a : b; }
+
+}  // namespace fastops

@@ -1,0 +1,12 @@
+"""fastops: hand-written CPU/CUDA/Triton kernels for segmentation and keypoint models, as torch ops.
+
+Every public function takes `impl="auto"|"cpp"|"triton"|"reference"`: "auto"/"cpp" run the compiled kernel
+for the tensor's device (`torch.ops.fastops.*`), "triton" the Triton kernel (CUDA tensors, or CPU tensors
+under TRITON_INTERPRET=1), "reference" the plain-PyTorch reference in fastops.reference.
+"""
+import torch  # noqa: F401  (must be imported before fastops._C: it loads libc10)
+
+from fastops._library import cuda_compiled  # noqa: F401
+from fastops.ops.roi_align import MultiScaleRoIAlign, RoIAlign, multi_scale_roi_align, roi_align  # noqa: F401
+
+__version__ = "0.1.0"

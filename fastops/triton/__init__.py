@@ -1,0 +1,1 @@
+"""Triton kernels, registered as torch ops `fastops::<name>_triton` (see _registry.py)."""
