@@ -34,7 +34,7 @@ ptxas:
 	$(VPY) tools/ptxas_report.py build/build.log
 
 test: build
-	PYTHONPATH=$(CURDIR) $(VPY) -m pytest tests -q -x -p no:cacheprovider $(PYTEST_ARGS)
+	PYTHONPATH=$(CURDIR) $(VPY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: build
 	@mkdir -p build
