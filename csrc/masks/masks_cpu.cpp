@@ -126,6 +126,26 @@ inline void row_logits(const T* base, int64_t sX, int64_t sP, const A* c, int64_
   }
 }
 
+// sum of n values at stride s, with 16 independent partial sums when contiguous (vectorisable, fixed order)
+template <typename T, typename A>
+inline A strided_sum(const T* g, int64_t n, int64_t s) {
+  if (s != 1) {
+    A r = 0;
+    for (int64_t x = 0; x < n; ++x) r += static_cast<A>(g[x * s]);
+    return r;
+  }
+  constexpr int L = 16;
+  A part[L] = {};
+  int64_t x = 0;
+  for (; x + L <= n; x += L) {
+    for (int l = 0; l < L; ++l) part[l] += static_cast<A>(g[x + l]);
+  }
+  A r = 0;
+  for (; x < n; ++x) r += static_cast<A>(g[x]);
+  for (int l = 0; l < L; ++l) r += part[l];
+  return r;
+}
+
 template <typename A>
 std::vector<Taps<A>> taps_table(int64_t in_size, int64_t out_size) {
   std::vector<Taps<A>> t(out_size);
@@ -159,6 +179,15 @@ void yolact_masks_impl(const Tensor& protos, const Tensor& coeffs, const std::ve
   const int64_t cs0 = coeffs.stride(0), cs1 = coeffs.stride(1);
   const auto tx = taps_table<A>(Wp, out_w);
   const auto ty = taps_table<A>(Hp, out_h);
+  // structure-of-arrays copy of the horizontal taps: the per-pixel loop becomes gathers the compiler vectorises
+  std::vector<int32_t> xi0(out_w), xi1(out_w);
+  std::vector<A> xw0(out_w), xw1(out_w);
+  for (int64_t j = 0; j < out_w; ++j) {
+    xi0[j] = static_cast<int32_t>(tx[j].i0);
+    xi1[j] = static_cast<int32_t>(tx[j].i1);
+    xw0[j] = tx[j].w0;
+    xw1[j] = tx[j].w1;
+  }
   const A thr = static_cast<A>(threshold);
   uint8_t* out_b = thresholded ? reinterpret_cast<uint8_t*>(out.data_ptr<bool>()) : nullptr;
   T* out_f = thresholded ? nullptr : out.data_ptr<T>();
@@ -218,18 +247,16 @@ void yolact_masks_impl(const Tensor& protos, const Tensor& coeffs, const std::ve
             for (int64_t x = 0; x < cw; ++x) t[x] = r1[x] * v.w1;
           }
           const int64_t o = n * plane + i * out_w;
+          const int32_t* i0 = xi0.data();
+          const int32_t* i1 = xi1.data();
+          const A* w0 = xw0.data();
+          const A* w1 = xw1.data();
           if (out_b) {
             uint8_t* ob = out_b + o;
-            for (int64_t j = d.jx0; j < d.jx1; ++j) {
-              const Taps<A>& h = tx[j];
-              ob[j] = (tmp[h.i0] * h.w0 + tmp[h.i1] * h.w1) > thr;
-            }
+            for (int64_t j = d.jx0; j < d.jx1; ++j) ob[j] = (tmp[i0[j]] * w0[j] + tmp[i1[j]] * w1[j]) > thr;
           } else {
             T* of = out_f + o;
-            for (int64_t j = d.jx0; j < d.jx1; ++j) {
-              const Taps<A>& h = tx[j];
-              of[j] = static_cast<T>(tmp[h.i0] * h.w0 + tmp[h.i1] * h.w1);
-            }
+            for (int64_t j = d.jx0; j < d.jx1; ++j) of[j] = static_cast<T>(tmp[i0[j]] * w0[j] + tmp[i1[j]] * w1[j]);
           }
         }
         for (int64_t x = d.cx0; x < d.cx1; ++x) tmp[x] = A(0);
@@ -327,15 +354,15 @@ void mask_loss_fwd_impl(const Tensor& protos, const Tensor& coeffs, const Tensor
           const T* g = gp + n * g0 + y * g1;
           const bool row_in = any && y >= cy0 && y < cy1;
           if (!row_in) {
-            for (int64_t x = 0; x < Wp; ++x) outside += static_cast<A>(g[x * g2]);
+            outside += strided_sum<T, A>(g, Wp, g2);
             continue;
           }
-          for (int64_t x = 0; x < cx0; ++x) outside += static_cast<A>(g[x * g2]);
-          for (int64_t x = cx1; x < Wp; ++x) outside += static_cast<A>(g[x * g2]);
-          row_logits<T, A>(pr + y * sY + cx0 * sX, sX, sP, s.c.data(), P, cx1 - cx0, s.x.data());
-          for (int64_t x = cx0; x < cx1; ++x) {
-            inside += bce_<A>(sigmoid_<A>(s.x[x - cx0]), static_cast<A>(g[x * g2]));
-          }
+          outside += strided_sum<T, A>(g, cx0, g2) + strided_sum<T, A>(g + cx1 * g2, Wp - cx1, g2);
+          const int64_t cw = cx1 - cx0;
+          A* xs = s.x.data();
+          row_logits<T, A>(pr + y * sY + cx0 * sX, sX, sP, s.c.data(), P, cw, xs);
+          for (int64_t x = 0; x < cw; ++x) xs[x] = sigmoid_<A>(xs[x]);
+          for (int64_t x = 0; x < cw; ++x) inside += bce_<A>(xs[x], static_cast<A>(g[(cx0 + x) * g2]));
         }
         // outside the crop YOLACT's prediction is 0: BCE(0, t) = 100 t (PyTorch clamps log(0) at -100)
         const A total = inside + A(100) * outside;
@@ -380,56 +407,71 @@ void mask_loss_bwd_impl(const Tensor& grad, const Tensor& protos, const Tensor& 
       for (int64_t p = 0; p < P; ++p) C[n * P + p] = static_cast<A>(cf[n * cs0 + p * cs1]);
     }
   }
-  // d loss / d logit at one crop pixel
-  auto dlogit = [&](int64_t n, A x, const T* g) { return G[n] * bce_sigmoid_grad_<A>(sigmoid_<A>(x), static_cast<A>(*g)); };
+  // d loss / d logit inside every crop, computed once (pass A) and reused by pass B: a transient buffer of the
+  // crop areas only (nothing of size [Hp, Wp, N] is kept between forward and backward)
+  std::vector<int64_t> cost(N), off(N + 1, 0);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t cw = crops[4 * n + 1] - crops[4 * n], ch = crops[4 * n + 3] - crops[4 * n + 2];
+    cost[n] = (cw > 0 && ch > 0) ? cw * ch : 0;
+    off[n + 1] = off[n] + cost[n];
+  }
+  std::vector<A> D(off[N]);
 
-  // grad_coeffs[n] = sum over the crop of dlogit * protos[pixel] (one detection per task)
-  std::vector<int64_t> cost(N);
-  for (int64_t n = 0; n < N; ++n) cost[n] = (crops[4 * n + 1] - crops[4 * n]) * (crops[4 * n + 3] - crops[4 * n + 2]);
+  // pass A, one detection per task: D and grad_coeffs[n] = sum over the crop of D * protos[pixel]
   T* gc = gcoeffs.data_ptr<T>();
   struct Scratch {
-    std::vector<A> x, acc;
+    std::vector<A> acc;
   };
   dynamic_for(
       order_by_cost_desc(cost),
       [&] {
         Scratch s;
-        s.x.resize(Wp);
         s.acc.resize(P);
         return s;
       },
       [&](int64_t n, Scratch& s) {
         const int64_t cx0 = crops[4 * n], cx1 = crops[4 * n + 1], cy0 = crops[4 * n + 2], cy1 = crops[4 * n + 3];
         std::fill(s.acc.begin(), s.acc.end(), A(0));
-        if (cx1 > cx0 && cy1 > cy0) {
+        if (cost[n] > 0) {
+          const int64_t cw = cx1 - cx0;
+          const A Gn = G[n];
+          A* acc = s.acc.data();
           for (int64_t y = cy0; y < cy1; ++y) {
-            row_logits<T, A>(pr + y * sY + cx0 * sX, sX, sP, C.data() + n * P, P, cx1 - cx0, s.x.data());
-            for (int64_t x = cx0; x < cx1; ++x) {
-              const A d = dlogit(n, s.x[x - cx0], gp + n * g0 + y * g1 + x * g2);
-              const T* px = pr + y * sY + x * sX;
-              A* acc = s.acc.data();
-              for (int64_t p = 0; p < P; ++p) acc[p] += d * static_cast<A>(px[p * sP]);
+            A* d = D.data() + off[n] + (y - cy0) * cw;
+            row_logits<T, A>(pr + y * sY + cx0 * sX, sX, sP, C.data() + n * P, P, cw, d);
+            for (int64_t x = 0; x < cw; ++x) d[x] = sigmoid_<A>(d[x]);
+            const T* g = gp + n * g0 + y * g1 + cx0 * g2;
+            for (int64_t x = 0; x < cw; ++x) d[x] = Gn * bce_sigmoid_grad_<A>(d[x], static_cast<A>(g[x * g2]));
+            for (int64_t x = 0; x < cw; ++x) {
+              const A dx = d[x];
+              const T* px = pr + y * sY + (cx0 + x) * sX;
+              if (sP == 1) {
+                for (int64_t p = 0; p < P; ++p) acc[p] += dx * static_cast<A>(px[p]);
+              } else {
+                for (int64_t p = 0; p < P; ++p) acc[p] += dx * static_cast<A>(px[p * sP]);
+              }
             }
           }
         }
         for (int64_t p = 0; p < P; ++p) gc[n * P + p] = static_cast<T>(s.acc[p]);
       });
 
-  // grad_protos[y, x] = sum over detections (in order) of dlogit * coeffs[n] (one proto row per task)
+  // pass B, one proto row per task: grad_protos[y, x] = sum over detections (in order) of D * coeffs[n]
   T* gpr = gprotos.data_ptr<T>();
   at::parallel_for(0, Hp, 1, [&](int64_t yb, int64_t ye) {
-    std::vector<A> x(Wp), acc(Wp * P);
+    std::vector<A> acc(Wp * P);
     for (int64_t y = yb; y < ye; ++y) {
       std::fill(acc.begin(), acc.end(), A(0));
       for (int64_t n = 0; n < N; ++n) {
         const int64_t cx0 = crops[4 * n], cx1 = crops[4 * n + 1], cy0 = crops[4 * n + 2], cy1 = crops[4 * n + 3];
-        if (!(cx1 > cx0 && y >= cy0 && y < cy1)) continue;
+        if (!(cost[n] > 0 && y >= cy0 && y < cy1)) continue;
+        const int64_t cw = cx1 - cx0;
         const A* c = C.data() + n * P;
-        row_logits<T, A>(pr + y * sY + cx0 * sX, sX, sP, c, P, cx1 - cx0, x.data());
-        for (int64_t xx = cx0; xx < cx1; ++xx) {
-          const A d = dlogit(n, x[xx - cx0], gp + n * g0 + y * g1 + xx * g2);
-          A* a = acc.data() + xx * P;
-          for (int64_t p = 0; p < P; ++p) a[p] += d * c[p];
+        const A* d = D.data() + off[n] + (y - cy0) * cw;
+        for (int64_t x = 0; x < cw; ++x) {
+          const A dx = d[x];
+          A* a = acc.data() + (cx0 + x) * P;
+          for (int64_t p = 0; p < P; ++p) a[p] += dx * c[p];
         }
       }
       T* o = gpr + y * Wp * P;
