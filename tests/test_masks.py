@@ -521,3 +521,68 @@ def test_errors():
         torch.ops.fastops.yolact_masks(protos, coeffs[:, :2], boxes, 5, 5, True, 0.5)
     with pytest.raises(RuntimeError, match="boxes"):
         torch.ops.fastops.paste_masks(masks[:, 0], pboxes[:2], 5, 5, 1, None)
+
+
+# ---- Triton (TRITON_INTERPRET=1 on CPU tensors; small shapes: the interpreter is slow) ------------------------
+
+triton_only = pytest.mark.skipif(not TRITON_INTERPRET, reason="Triton kernels run on the CPU only when interpreted")
+
+
+@triton_only
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_triton_yolact_masks(dtype):
+    protos, coeffs, boxes = _yolact_inputs(5, dtype=dtype, hp=11, wp=13, p=5, kind="border")
+    boxes[1] = torch.tensor([0.8, 0.1, 0.2, 0.6])  # inverted
+    for size in (None, (19, 8)):
+        out = fastops.yolact_masks(protos, coeffs, boxes, size, threshold=None, impl="triton")
+        exp = _ref_masks(protos, coeffs, boxes, size, threshold=None)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.to(exp.dtype), exp, atol=_tol(dtype) * 2, rtol=0)
+    out = fastops.yolact_masks(protos, coeffs, boxes, (19, 8), impl="triton")
+    _assert_bool_close(out, _ref_masks(protos, coeffs, boxes, (19, 8)), 5e-3)
+    assert fastops.yolact_masks(protos, coeffs[:0], boxes[:0], (4, 4), impl="triton").shape == (0, 4, 4)
+
+
+@triton_only
+@pytest.mark.parametrize("padding", [1, 0])
+def test_triton_paste_masks(padding):
+    masks, boxes, shape = _paste_inputs(5, "crossing", m=6, H=23, W=31)
+    exp = tv_roi_heads.paste_masks_in_image(masks, boxes, shape, padding)
+    torch.testing.assert_close(fastops.paste_masks(masks, boxes, shape, padding, impl="triton"), exp, atol=2e-6,
+                               rtol=0)
+    out = fastops.paste_masks(masks, boxes, shape, padding, threshold=0.5, impl="triton")
+    _assert_bool_close(out, exp > 0.5)
+
+
+@triton_only
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_triton_mask_loss_and_gradcheck():
+    protos, coeffs, boxes, gt = _loss_inputs(4, kind="border", gt_outside=True)
+    protos, coeffs, boxes, gt = protos[:9, :11, :4], coeffs[:, :4], boxes, gt[:, :9, :11]
+    out = fastops.yolact_mask_loss(protos, coeffs, boxes, gt, impl="triton")
+    torch.testing.assert_close(out, ref.lincomb_mask_loss(protos, coeffs, boxes, gt), rtol=2e-5, atol=1e-4)
+    g = torch.Generator().manual_seed(6)
+    p = torch.randn(4, 5, 2, generator=g, dtype=torch.float64).requires_grad_()
+    c = torch.randn(3, 2, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.tensor([[0.1, 0.2, 0.6, 0.9], [0.9, 0.0, 0.3, 0.5], [0.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
+    t = torch.rand(3, 4, 5, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda p, c: fastops.yolact_mask_loss(p, c, b, t, impl="triton"), (p, c))
+    gp, gc = torch.autograd.grad(fastops.yolact_mask_loss(p, c, b, t, impl="triton").sum(), (p, c))
+    rp, rc = torch.autograd.grad(ref.lincomb_mask_loss(p, c, b, t).sum(), (p, c))
+    torch.testing.assert_close(gp, rp)
+    torch.testing.assert_close(gc, rc)
+
+
+@triton_only
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_triton_opcheck():
+    import fastops.triton.masks  # noqa: F401
+
+    protos, coeffs, boxes, gt = _loss_inputs(2)
+    protos, gt = protos[:5, :6, :].contiguous(), gt[:, :5, :6].contiguous()
+    torch.library.opcheck(torch.ops.fastops.yolact_masks_triton.default, (protos, coeffs, boxes, 7, 3, True, 0.5))
+    torch.library.opcheck(torch.ops.fastops.yolact_mask_loss_triton.default,
+                          (protos.clone().requires_grad_(), coeffs.clone().requires_grad_(), boxes, gt))
+    masks, pboxes, _ = _paste_inputs(2, "crossing", m=4, H=9, W=10)
+    torch.library.opcheck(torch.ops.fastops.paste_masks_triton.default, (masks[:, 0], pboxes, 9, 10, 1, None))
