@@ -172,8 +172,8 @@ def test_yolact_masks_nan_and_inf_boxes():
     torch.testing.assert_close(out, exp, atol=2e-6, rtol=0)
 
 
-def test_yolact_masks_large_output_calloc_path():
-    """Outputs over 1 MB come from zero pages; only box pixels are written (checked against the reference)."""
+def test_yolact_masks_large_output_mmap_path():
+    """Outputs over 1 MB are fresh zero pages; only box pixels are written (checked against the reference)."""
     protos, coeffs, boxes = _yolact_inputs(12, kind="border")
     out = fastops.yolact_masks(protos, coeffs, boxes, (300, 400))
     _assert_bool_close(out, _ref_masks(protos, coeffs, boxes, (300, 400)))

@@ -6,6 +6,8 @@
 #include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -36,9 +38,21 @@ namespace {
 
 using at::Tensor;
 
-// A tensor whose memory is zero-filled by calloc: large blocks come straight from mmap, so the pages a kernel
-// never writes are never touched (no memset, no RSS). Kernels then write only the pixels inside their boxes.
-// The storage is resizable through the ordinary CPU allocator.
+// A tensor whose memory is fresh anonymous mmap (zero pages supplied lazily by the kernel): the pages a kernel
+// never writes are never touched (no memset, no RSS), so kernels write only the pixels inside their boxes.
+// (calloc is not enough: glibc serves blocks below its dynamic mmap threshold, up to 32 MB, from the heap and
+// memsets them.) The storage stays resizable through the ordinary CPU allocator.
+struct MmapBlock {
+  void* ptr;
+  size_t bytes;
+};
+
+void free_mmap_block(void* ctx) {
+  auto* b = static_cast<MmapBlock*>(ctx);
+  munmap(b->ptr, b->bytes);
+  delete b;
+}
+
 Tensor zeroed_cpu(at::IntArrayRef sizes, at::ScalarType dtype) {
   int64_t numel = 1;
   for (auto s : sizes) numel *= s;
@@ -46,9 +60,10 @@ Tensor zeroed_cpu(at::IntArrayRef sizes, at::ScalarType dtype) {
   if (nbytes < (size_t(1) << 20)) {
     return at::zeros(sizes, at::TensorOptions().dtype(dtype).device(at::kCPU));
   }
-  void* ptr = std::calloc(nbytes, 1);
-  TORCH_CHECK(ptr != nullptr, "fastops: out of memory allocating ", nbytes, " bytes");
-  c10::DataPtr data(ptr, ptr, [](void* p) { std::free(p); }, at::Device(at::kCPU));
+  void* ptr = mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  TORCH_CHECK(ptr != MAP_FAILED, "fastops: out of memory mapping ", nbytes, " bytes");
+  auto* ctx = new MmapBlock{ptr, nbytes};
+  c10::DataPtr data(ptr, ctx, &free_mmap_block, at::Device(at::kCPU));
   c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), c10::GetCPUAllocator(),
                        /*resizable=*/true);
   return at::empty({0}, at::TensorOptions().dtype(dtype).device(at::kCPU)).set_(storage, 0, sizes);

@@ -74,7 +74,8 @@ def yolact_masks(
 
     Returns:
         ``[N, h, w]`` bool (with ``threshold``) or float in protos' dtype (float16/bfloat16 computed in float32).
-        On the CPU, large outputs are zero pages from calloc that the kernel never touches outside the boxes.
+        On the CPU, outputs over 1 MB are fresh anonymous-mmap zero pages the kernel never touches outside the
+        boxes (no memset; untouched pages cost no memory until written).
     """
     check_impl(impl)
     _check_yolact_inputs(protos, coeffs, boxes, "yolact_masks")
