@@ -418,19 +418,6 @@ def test_paste_masks_threads_identical():
     assert torch.equal(res[0], res[1])
 
 
-def test_patch_torchvision_paste_masks():
-    from fastops.ops.masks import patch_torchvision_paste_masks
-
-    masks, boxes, shape = _paste_inputs(3)
-    exp = tv_roi_heads.paste_masks_in_image(masks, boxes, shape)
-    orig = tv_roi_heads.paste_masks_in_image
-    try:
-        patch_torchvision_paste_masks()
-        torch.testing.assert_close(tv_roi_heads.paste_masks_in_image(masks, boxes, shape), exp)
-    finally:
-        tv_roi_heads.paste_masks_in_image = orig
-
-
 @settings(max_examples=12, deadline=None)
 @given(n=st.integers(0, 4), mh=st.integers(1, 9), mw=st.integers(1, 9), H=st.integers(1, 37), W=st.integers(1, 37),
        padding=st.integers(0, 2), seed=st.integers(0, 2**16))
