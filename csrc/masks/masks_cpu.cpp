@@ -69,6 +69,22 @@ Tensor zeroed_cpu(at::IntArrayRef sizes, at::ScalarType dtype) {
   return at::empty({0}, at::TensorOptions().dtype(dtype).device(at::kCPU)).set_(storage, 0, sizes);
 }
 
+// Prefaults the pages of bytes [begin, end) of a zeroed_cpu() block in one madvise(MADV_POPULATE_WRITE) call
+// instead of one page fault per page (faults are costly, in VMs especially); errors (old kernels) are ignored.
+inline void prefault(void* base, int64_t begin, int64_t end) {
+#ifdef MADV_POPULATE_WRITE
+  if (end <= begin) return;
+  const uintptr_t page = 4096;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(begin)) & ~(page - 1);
+  const uintptr_t b = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(end);
+  (void)madvise(reinterpret_cast<void*>(a), b - a, MADV_POPULATE_WRITE);
+#else
+  (void)base, (void)begin, (void)end;
+#endif
+}
+
+bool is_mmapped(const Tensor& t) { return t.storage().data_ptr().get_deleter() == &free_mmap_block; }
+
 // Runs f(item, scratch_owner_thread_state) over `order` with dynamic scheduling on at::get_num_threads()
 // workers. Each item writes only its own outputs, so results do not depend on the thread count.
 template <typename MakeState, typename F>
@@ -207,6 +223,8 @@ void yolact_masks_impl(const Tensor& protos, const Tensor& coeffs, const std::ve
   uint8_t* out_b = thresholded ? reinterpret_cast<uint8_t*>(out.data_ptr<bool>()) : nullptr;
   T* out_f = thresholded ? nullptr : out.data_ptr<T>();
   const int64_t plane = out_h * out_w;
+  const bool mapped = is_mmapped(out);
+  void* out_base = out.data_ptr();
 
   struct Det {
     int64_t cx0, cx1, cy0, cy1, jx0, jx1, jy0, jy1;
@@ -247,6 +265,10 @@ void yolact_masks_impl(const Tensor& protos, const Tensor& coeffs, const std::ve
           for (int64_t x = 0; x < cw; ++x) row[x] = sigmoid_<A>(row[x]);
         }
         // 2. bilinear resize of the (zero-padded) crop, only for output pixels whose taps touch it
+        if (mapped) {
+          const int64_t es = thresholded ? 1 : static_cast<int64_t>(sizeof(T));
+          prefault(out_base, (n * plane + d.jy0 * out_w + d.jx0) * es, (n * plane + (d.jy1 - 1) * out_w + d.jx1) * es);
+        }
         A* tmp = s.tmp.data();  // full proto row; columns outside the crop stay 0
         for (int64_t i = d.jy0; i < d.jy1; ++i) {
           const Taps<A>& v = ty[i];
@@ -532,6 +554,8 @@ void paste_impl(const Tensor& masks, const std::vector<PasteGeom>& geoms, int64_
   const A thr = static_cast<A>(threshold);
   uint8_t* out_b = thresholded ? reinterpret_cast<uint8_t*>(out.data_ptr<bool>()) : nullptr;
   T* out_f = thresholded ? nullptr : out.data_ptr<T>();
+  const bool mapped = is_mmapped(out);
+  void* out_base = out.data_ptr();
   std::vector<int64_t> cost(N);
   for (int64_t n = 0; n < N; ++n) cost[n] = (geoms[n].xb - geoms[n].xa) * (geoms[n].yb - geoms[n].ya);
   struct Scratch {
@@ -548,6 +572,10 @@ void paste_impl(const Tensor& masks, const std::vector<PasteGeom>& geoms, int64_
       [&](int64_t n, Scratch& s) {
         const PasteGeom& g = geoms[n];
         if (g.xb <= g.xa || g.yb <= g.ya) return;
+        if (mapped) {
+          const int64_t es = thresholded ? 1 : static_cast<int64_t>(sizeof(T));
+          prefault(out_base, (n * H * W + g.ya * W + g.xa) * es, (n * H * W + (g.yb - 1) * W + g.xb) * es);
+        }
         const int64_t nx = g.xb - g.xa;
         const A sx = area_scale<A>(Pw, g.bw), sy = area_scale<A>(Ph, g.bh);
         // horizontal taps of the visible columns, as offsets into the padded row
