@@ -345,3 +345,42 @@ def test_property_odd_shapes(b, c, h, w, scale, combo, cl, seed):
         ri, rf = torch.autograd.grad(flow_warp_grid_sample(xr, fr, padding_mode, align_corners, units), (xr, fr), g)
         torch.testing.assert_close(gi, ri, atol=1e-10, rtol=1e-10)
         torch.testing.assert_close(gf, rf, atol=1e-10, rtol=1e-10)
+
+
+# ---- Triton (interpreted on the CPU: small and few) --------------------------------------------------------------
+
+@pytest.mark.parametrize("padding_mode,align_corners,units", [("zeros", True, "pixel"), ("border", False, "pixel"),
+                                                              ("zeros", False, "normalized"),
+                                                              ("border", True, "normalized")])
+@pytest.mark.parametrize("memory_format", (torch.contiguous_format, torch.channels_last))
+def test_triton(padding_mode, align_corners, units, memory_format):
+    x, f = _data(b=2, c=5, h=6, w=7, scale=3.0, seed=5)
+    f = _flow_for(units, f, 6, 7)
+    xr = x.contiguous(memory_format=memory_format).requires_grad_()
+    fr = f.permute(0, 2, 3, 1).contiguous().requires_grad_()
+    out, mask = fastops.flow_warp(xr, fr, padding_mode=padding_mode, align_corners=align_corners, units=units,
+                                  flow_layout="BHW2", return_mask=True, impl="triton")
+    exp, exp_mask = flow_warp_pixel_formula(x, f, padding_mode, align_corners, units)
+    torch.testing.assert_close(out, exp, atol=1e-12, rtol=1e-12)
+    assert torch.equal(mask, exp_mask) and out.is_contiguous(memory_format=memory_format)
+    g = torch.randn(x.shape, dtype=torch.float64)
+    gi, gf = torch.autograd.grad(out, (xr, fr), g)
+    xd, fd = x.clone().requires_grad_(), f.clone().requires_grad_()
+    ri, rf = torch.autograd.grad(flow_warp_grid_sample(xd, fd, padding_mode, align_corners, units), (xd, fd), g)
+    torch.testing.assert_close(gi, ri, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(gf, rf.permute(0, 2, 3, 1), atol=1e-12, rtol=1e-12)
+
+
+def test_triton_half_opcheck_and_gradcheck():
+    x, f = _data(b=1, c=3, h=5, w=6, dtype=torch.float16, scale=2.0)
+    out = fastops.flow_warp(x, f, impl="triton")
+    torch.testing.assert_close(out.double(), flow_warp_pixel_formula(x.double(), f.double())[0], atol=1e-2, rtol=1e-2)
+    import fastops.triton.flow_warp as _registers_triton_ops  # noqa: F401
+
+    x32, f32 = x.float(), f.float()
+    torch.library.opcheck(torch.ops.fastops.flow_warp_triton.default, (x32, f32, "zeros", True, "pixel", True))
+    xd, fd = _data(b=1, c=2, h=4, w=5, scale=1.3, seed=7)
+    xd.requires_grad_()
+    fd = (fd + 0.013).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: fastops.flow_warp(a, b, padding_mode="border", impl="triton"),
+                                    (xd, fd))

@@ -230,3 +230,28 @@ def test_property_odd_shapes(S, T, h, w, N, M, up, void, seed):
         return  # nothing to fuse (a ValueError, see test_errors)
     out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, output_size=up, void=void)
     _assert_same_ids(out, sem, masks, boxes, labels, S, up, void)
+
+
+# ---- Triton (interpreted on the CPU: small and few) --------------------------------------------------------------
+
+@pytest.mark.parametrize("void", (True, False))
+@pytest.mark.parametrize("output_size", (None, (30, 41)))
+@pytest.mark.parametrize("N", (0, 6))
+def test_triton(void, output_size, N):
+    sem, masks, boxes, labels = _data(N=N, out=output_size)
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=5, output_size=output_size, void=void,
+                                impl="triton")
+    _assert_same_ids(out, sem, masks, boxes, labels, 5, output_size, void)
+
+
+def test_triton_opcheck_and_dtypes():
+    import fastops.triton.panoptic as _registers_triton_ops  # noqa: F401
+
+    sem, masks, boxes, labels = _data(N=3)
+    torch.library.opcheck(torch.ops.fastops.panoptic_fuse_triton.default,
+                          (sem, masks, boxes, labels, 5, [16, 20], True))
+    for dtype in (torch.float64, torch.bfloat16):
+        s, m = sem.to(dtype), masks.to(dtype)
+        out = fastops.panoptic_fuse(s, m, boxes, labels, num_stuff=5, output_size=(16, 20), impl="triton")
+        rs, rm = (s, m) if dtype == torch.float64 else (s.float(), m.float())
+        _assert_same_ids(out, rs, rm, boxes, labels, 5, (16, 20), True, dtype)
