@@ -388,17 +388,18 @@ void grad_input_kernel(const Tensor& grad, const Tensor& flow, acc_t<T>* ws, int
 template <typename S, typename D>
 void transpose_copy(const S* src, int64_t sB, int64_t sC, int64_t sP, D* dst, int64_t dB, int64_t dC, int64_t dP,
                     int64_t B, int64_t C, int64_t P) {
-  constexpr int64_t TB = 16;
-  const int64_t pblocks = (P + TB - 1) / TB;
-  at::parallel_for(0, B * pblocks, 64, [&](int64_t i0, int64_t i1) {
-    D tile[TB][TB];
+  constexpr int64_t TP = 64, TC = 16;  // 64 pixels x 16 channels: 256 B runs along pixels, 64 B along channels
+  const int64_t pblocks = (P + TP - 1) / TP;
+  const bool read_p = sP <= sC, write_c = dC <= dP;
+  at::parallel_for(0, B * pblocks, 16, [&](int64_t i0, int64_t i1) {
+    D tile[TP][TC];
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / pblocks, p0 = (i % pblocks) * TB;
-      const int64_t np = std::min<int64_t>(TB, P - p0);
-      for (int64_t c0 = 0; c0 < C; c0 += TB) {
-        const int64_t nc = std::min<int64_t>(TB, C - c0);
+      const int64_t b = i / pblocks, p0 = (i % pblocks) * TP;
+      const int64_t np = std::min<int64_t>(TP, P - p0);
+      for (int64_t c0 = 0; c0 < C; c0 += TC) {
+        const int64_t nc = std::min<int64_t>(TC, C - c0);
         // Read along the source's contiguous dim, write along the destination's.
-        if (sP <= sC) {
+        if (read_p) {
           for (int64_t c = 0; c < nc; ++c) {
             const S* s = src + b * sB + (c0 + c) * sC + p0 * sP;
             for (int64_t p = 0; p < np; ++p) tile[p][c] = D(s[p * sP]);
@@ -409,7 +410,7 @@ void transpose_copy(const S* src, int64_t sB, int64_t sC, int64_t sP, D* dst, in
             for (int64_t c = 0; c < nc; ++c) tile[p][c] = D(s[c * sC]);
           }
         }
-        if (dC <= dP) {
+        if (write_c) {
           for (int64_t p = 0; p < np; ++p) {
             D* d = dst + b * dB + (p0 + p) * dP + c0 * dC;
             for (int64_t c = 0; c < nc; ++c) d[c * dC] = tile[p][c];
