@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -106,7 +107,7 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
           const T* __restrict__ p11 = inb + s.y1 * sH + s.x1 * sW;
           const A w00 = s.w00, w01 = s.w01, w10 = s.w10, w11 = s.w11;
           for (int64_t c = 0; c < C; ++c) {
-            dst[c] = T(w00 * A(p00[c]) + w01 * A(p01[c]) + w10 * A(p10[c]) + w11 * A(p11[c]));
+            dst[c] = T(std::fma(w11, A(p11[c]), std::fma(w10, A(p10[c]), std::fma(w01, A(p01[c]), w00 * A(p00[c])))));
           }
         }
       }
@@ -156,7 +157,9 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
             const A w00 = v00[p], w01 = v01[p], w10 = v10[p], w11 = v11[p];
             for (int k = 0; k < CB; ++k) {
               const T* __restrict__ q = pc[k];
-              dst[k][p] = T(w00 * A(q[a00]) + w01 * A(q[a01]) + w10 * A(q[a10]) + w11 * A(q[a11]));
+              // Fused multiply-adds (the build disables contraction): 4 instead of 7 operations per element.
+              dst[k][p] = T(std::fma(w11, A(q[a11]), std::fma(w10, A(q[a10]), std::fma(w01, A(q[a01]),
+                                                                                   w00 * A(q[a00])))));
             }
           }
         }
