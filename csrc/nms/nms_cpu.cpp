@@ -112,9 +112,29 @@ void sort_topk(std::vector<int32_t>& cand, const A* s, int64_t k) {
   const int64_t n = int64_t(cand.size());
   const int64_t kk = (k < 0 || k > n) ? n : k;
   if constexpr (std::is_same_v<A, float>) {
-    std::vector<uint64_t> v(n);
-    for (int64_t i = 0; i < n; ++i) v[i] = packed(s[cand[i]], cand[i]);
-    if (kk < n) std::nth_element(v.begin(), v.begin() + kk, v.end());
+    std::vector<uint64_t> v;
+    if (kk < n / 4 && n > 1024) {
+      // radix select: histogram of the top 12 key bits, then only the buckets that reach the k-th are sorted
+      std::vector<uint32_t> key(n);
+      int64_t hist[4096] = {0};
+      for (int64_t i = 0; i < n; ++i) {
+        key[i] = desc_key(s[cand[i]]);
+        hist[key[i] >> 20]++;
+      }
+      uint32_t last = 0;
+      for (int64_t acc = 0; last < 4096; ++last) {
+        acc += hist[last];
+        if (acc >= kk) break;
+      }
+      v.reserve(kk + hist[std::min<uint32_t>(last, 4095)]);
+      for (int64_t i = 0; i < n; ++i)
+        if ((key[i] >> 20) <= last) v.push_back((uint64_t(key[i]) << 32) | uint64_t(uint32_t(cand[i])));
+    } else {
+      v.resize(n);
+      for (int64_t i = 0; i < n; ++i) v[i] = packed(s[cand[i]], cand[i]);
+    }
+    const int64_t nv = int64_t(v.size());
+    if (kk < nv) std::nth_element(v.begin(), v.begin() + kk, v.end());
     std::sort(v.begin(), v.begin() + kk);
     cand.resize(kk);
     for (int64_t i = 0; i < kk; ++i) cand[i] = packed_pos(v[i]);
