@@ -457,3 +457,46 @@ def test_reference_impl_dispatch():
     assert torch.equal(fastops.nms(b, s, 0.5, impl="reference"), fastops.nms(b, s, 0.5))
     assert math.isclose(float(fastops.soft_nms(b, s, impl="reference")[0][:, 4].sum()),
                         float(fastops.soft_nms(b, s)[0][:, 4].sum()), rel_tol=1e-6)
+
+
+# ---- Triton (interpreted on CPU tensors) --------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter: NaN boxes divide 0/NaN
+@pytest.mark.parametrize("n", [1, 150])
+def test_triton_nms_batched(n):
+    boxes, scores = clustered(n), distinct_scores(n)
+    boxes[min(3, n - 1)] = float("nan")
+    idxs = torch.randint(0, 3, (n,))
+    assert torch.equal(fastops.nms(boxes, scores, 0.5, impl="triton"), torchvision.ops.nms(boxes, scores, 0.5))
+    assert torch.equal(fastops.batched_nms(boxes, scores, idxs, 0.5, impl="triton"),
+                       _batched_nms_vanilla(boxes, scores, idxs, 0.5))
+    assert fastops.nms(boxes[:0], scores[:0], 0.5, impl="triton").shape == (0,)
+
+
+@pytest.mark.parametrize("cross_class", [False, True])
+def test_triton_fast_nms(cross_class):
+    boxes, scores = _yolact_inputs(300, 3)
+    got = fastops.fast_nms(boxes, scores, 0.5, 40, 30, 0.05, cross_class=cross_class, impl="triton")
+    exp = ref.fast_nms(boxes, scores, 0.5, 40, 30, 0.05, cross_class)
+    for x, y in zip(got, exp):
+        assert torch.equal(x, y)
+    b16, s16 = boxes.to(torch.float64), scores.to(torch.float64)
+    got = fastops.fast_nms(b16, s16, 0.5, 40, 30, 0.05, cross_class=cross_class, impl="triton")
+    exp = ref.fast_nms(b16, s16, 0.5, 40, 30, 0.05, cross_class)
+    for x, y in zip(got, exp):
+        assert torch.equal(x, y)
+
+
+def test_triton_opcheck_compile():
+    import fastops.triton.nms  # noqa: F401
+
+    b, s = clustered(70), distinct_scores(70)
+    yb, ys = _yolact_inputs(60, 2)
+    torch.library.opcheck(torch.ops.fastops.nms_triton, (b, s, 0.5))
+    torch.library.opcheck(torch.ops.fastops.fast_nms_triton, (yb, ys, 0.5, 20, 10, 0.05, False))
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def f(b, s):
+        return fastops.nms(b, s, 0.5, impl="triton") + 1
+
+    assert torch.equal(f(b, s), torchvision.ops.nms(b, s, 0.5) + 1)
