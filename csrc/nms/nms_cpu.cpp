@@ -107,8 +107,9 @@ inline uint64_t packed(float s, int32_t pos) { return (uint64_t(desc_key(s)) << 
 inline int32_t packed_pos(uint64_t v) { return int32_t(uint32_t(v)); }
 
 // Sort `cand` (positions) by descending score (stable, NaN first); keep the first `k` (k < 0: all).
-template <typename A>
-void sort_topk(std::vector<int32_t>& cand, const A* s, int64_t k) {
+// `s(i)` is the score of position i.
+template <typename A, typename S>
+void sort_topk(std::vector<int32_t>& cand, const S& s, int64_t k) {
   const int64_t n = int64_t(cand.size());
   const int64_t kk = (k < 0 || k > n) ? n : k;
   if constexpr (std::is_same_v<A, float>) {
@@ -118,7 +119,7 @@ void sort_topk(std::vector<int32_t>& cand, const A* s, int64_t k) {
       std::vector<uint32_t> key(n);
       int64_t hist[4096] = {0};
       for (int64_t i = 0; i < n; ++i) {
-        key[i] = desc_key(s[cand[i]]);
+        key[i] = desc_key(A(s(cand[i])));
         hist[key[i] >> 20]++;
       }
       uint32_t last = 0;
@@ -131,7 +132,7 @@ void sort_topk(std::vector<int32_t>& cand, const A* s, int64_t k) {
         if ((key[i] >> 20) <= last) v.push_back((uint64_t(key[i]) << 32) | uint64_t(uint32_t(cand[i])));
     } else {
       v.resize(n);
-      for (int64_t i = 0; i < n; ++i) v[i] = packed(s[cand[i]], cand[i]);
+      for (int64_t i = 0; i < n; ++i) v[i] = packed(A(s(cand[i])), cand[i]);
     }
     const int64_t nv = int64_t(v.size());
     if (kk < nv) std::nth_element(v.begin(), v.begin() + kk, v.end());
@@ -140,7 +141,7 @@ void sort_topk(std::vector<int32_t>& cand, const A* s, int64_t k) {
     for (int64_t i = 0; i < kk; ++i) cand[i] = packed_pos(v[i]);
   } else {
     std::vector<std::pair<uint64_t, int32_t>> v(n);
-    for (int64_t i = 0; i < n; ++i) v[i] = {desc_key(s[cand[i]]), cand[i]};
+    for (int64_t i = 0; i < n; ++i) v[i] = {desc_key(A(s(cand[i]))), cand[i]};
     if (kk < n) std::nth_element(v.begin(), v.begin() + kk, v.end());
     std::sort(v.begin(), v.begin() + kk);
     cand.resize(kk);
@@ -362,16 +363,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclas
     // `scores > score_threshold` as PyTorch evaluates it: the threshold is cast to the scores' dtype.
     const A sthr = A(static_cast<scalar_t>(score_threshold));
     const A thr = iou_thr_for<A>(iou_threshold);
+    // Candidates (score > threshold) per class, in box order. Row-major scores ([N, C] contiguous) are scanned
+    // once in fixed blocks of rows (parallel, merged in block order: thread-count independent); column-major
+    // ones class by class.
+    const bool rows_major = ss1 <= ss0;
+    constexpr int64_t kRows = 2048;
+    const int64_t nb = rows_major ? (n + kRows - 1) / kRows : 0;
+    std::vector<std::vector<int32_t>> part(nb * nc);
+    if (rows_major) {
+      at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          const int64_t e = std::min(n, (blk + 1) * kRows);
+          for (int64_t i = blk * kRows; i < e; ++i) {
+            const scalar_t* row = sp + i * ss0;
+            for (int64_t c = 0; c < nc; ++c)
+              if (A(row[c * ss1]) > sthr) part[blk * nc + c].push_back(int32_t(i));
+          }
+        }
+      });
+    }
     at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
-      std::vector<A> s(n);
       std::vector<int32_t> cand, out;
       for (int64_t c = cb; c < ce; ++c) {
         cand.clear();
-        for (int64_t i = 0; i < n; ++i) {
-          s[i] = A(sp[i * ss0 + c * ss1]);
-          if (s[i] > sthr) cand.push_back(int32_t(i));
+        if (rows_major) {
+          for (int64_t blk = 0; blk < nb; ++blk) {
+            const auto& pv = part[blk * nc + c];
+            cand.insert(cand.end(), pv.begin(), pv.end());
+          }
+        } else {
+          for (int64_t i = 0; i < n; ++i)
+            if (A(sp[i * ss0 + c * ss1]) > sthr) cand.push_back(int32_t(i));
         }
-        sort_topk<A>(cand, s.data(), pre_nms_top_k > 0 ? pre_nms_top_k : -1);
+        const scalar_t* col = sp + c * ss1;
+        sort_topk<A>(cand, [&](int32_t i) { return A(col[i * ss0]); }, pre_nms_top_k > 0 ? pre_nms_top_k : -1);
         const int64_t m = int64_t(cand.size());
         Soa<A> soa(m);
         for (int64_t i = 0; i < m; ++i) soa.put(i, bp + cand[i] * bs0 + c * bs1, bsl, cand[i]);
@@ -483,7 +508,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(const at::Tensor& bo
           for (int64_t p = 0; p < np; ++p) s[p] = A(row[pass[p] * ss1]);
           cand.resize(np);
           std::iota(cand.begin(), cand.end(), 0);
-          sort_topk<A>(cand, s.data(), k);  // positions into pass, ties by lower detection index
+          sort_topk<A>(cand, [&](int32_t p) { return s[p]; }, k);  // positions into pass, ties by lower index
           Soa<A> soa(k);
           for (int64_t r = 0; r < k; ++r) soa.put(r, bp + pass[cand[r]] * bs0, bs1, cand[r]);
           keep.resize(k);
@@ -507,7 +532,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(const at::Tensor& bo
       std::vector<int32_t> cand(np);
       for (int64_t p = 0; p < np; ++p) s[p] = mx[pass[p]];
       std::iota(cand.begin(), cand.end(), 0);
-      sort_topk<A>(cand, s.data(), k);
+      sort_topk<A>(cand, [&](int32_t p) { return s[p]; }, k);
       Soa<A> soa(k);
       for (int64_t r = 0; r < k; ++r) soa.put(r, bp + pass[cand[r]] * bs0, bs1, cand[r]);
       std::vector<uint8_t> keep(k);
