@@ -500,3 +500,22 @@ def test_triton_opcheck_compile():
         return fastops.nms(b, s, 0.5, impl="triton") + 1
 
     assert torch.equal(f(b, s), torchvision.ops.nms(b, s, 0.5) + 1)
+
+
+def test_noncontiguous_multiclass_fast_nms():
+    boxes, scores = _mc_inputs(300, 5, False)
+    s_cm = scores.t().contiguous().t()  # [N, C] column-major view
+    for x, y in zip(fastops.multiclass_nms(boxes, s_cm, 0.2, 0.5, pre_nms_top_k=20, max_det=40),
+                    ref.multiclass_nms(boxes, scores, 0.2, 0.5, 20, 40, False)):
+        assert torch.equal(x, y)
+    pb, ps = _mc_inputs(100, 3, True)
+    pb_nc = pb.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    for x, y in zip(fastops.multiclass_nms(pb_nc, ps, 0.2, 0.5), ref.multiclass_nms(pb, ps, 0.2, 0.5)):
+        assert torch.equal(x, y)
+    yb, ys = _yolact_inputs(400, 6)
+    ys_nc = ys.t().contiguous().t()
+    yb_nc = yb.t().contiguous().t()
+    for cc in (False, True):
+        for x, y in zip(fastops.fast_nms(yb_nc, ys_nc, 0.5, 50, 60, cross_class=cc),
+                        ref.fast_nms(yb, ys, 0.5, 50, 60, 0.05, cc)):
+            assert torch.equal(x, y)
