@@ -344,6 +344,11 @@ def test_soft_nms_edge_and_nan():
         edets, ekeep = ref.soft_nms(boxes, scores, 0.3, 0.5, 1e-3, m)
         assert torch.equal(keep, ekeep) and 3 not in keep.tolist()
         torch.testing.assert_close(dets, edets, rtol=1e-5, atol=1e-7, equal_nan=True)
+    # infinite scores: inf * 0 = NaN discards the box (naive), inf * (1 - iou) stays inf (linear)
+    same = torch.tensor([[0.0, 0, 4, 4]]).repeat(4, 1)
+    inf = torch.full((4,), float("inf"))
+    assert fastops.soft_nms(same, inf, method="naive")[1].tolist() == [0]
+    assert fastops.soft_nms(same, inf, method="naive", impl="reference")[1].tolist() == [0]
 
 
 # ---- errors -------------------------------------------------------------------------------------------------------

@@ -630,7 +630,7 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const a
         b.ar[w] = b.ar[j];
         b.id[w] = b.id[j];
         sc[w] = ns;
-        w += !(ns < mins);
+        w += (ns >= mins);  // discards ns < min_score, and a NaN decayed score (inf * 0)
       }
       m = w;
     }
