@@ -144,6 +144,17 @@ def test_batched_nms_matches_torchvision(gen, n, classes):
     assert torch.equal(got, torchvision.ops.batched_nms(boxes, scores, idxs, 0.5))
 
 
+@pytest.mark.parametrize("n", [800, 1200])
+def test_batched_nms_tied_scores_in_torchvision_order(n):
+    # torchvision's per-class path (n > 1000) sorts the survivors with an unstable sort: same tie order
+    boxes = clustered(n)
+    scores = (torch.arange(n) % 13).float() / 13
+    idxs = torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(2))
+    expect = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(fastops.batched_nms(boxes, scores, idxs, 0.5), expect)
+    assert torch.equal(fastops.batched_nms(boxes, scores, idxs, 0.5, impl="triton"), expect)
+
+
 @pytest.mark.parametrize("idx_dtype", [torch.int64, torch.int32, torch.uint8])
 def test_batched_nms_class_values(idx_dtype):
     n = 600
@@ -162,7 +173,8 @@ def test_batched_nms_class_values(idx_dtype):
 def test_batched_nms_dtypes(dtype):
     boxes, scores = clustered(1500, dtype=dtype), distinct_scores(1500, dtype)
     idxs = torch.randint(0, 7, (1500,))
-    expect = ref.batched_nms(boxes, scores, idxs, 0.5)
+    expect = torchvision.ops.batched_nms(boxes.double() if dtype == torch.float64 else boxes.float(),
+                                         scores.double() if dtype == torch.float64 else scores.float(), idxs, 0.5)
     assert torch.equal(fastops.batched_nms(boxes, scores, idxs, 0.5), expect)
 
 

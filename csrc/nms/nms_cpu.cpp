@@ -269,6 +269,9 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
 
 // ---- batched_nms ----------------------------------------------------------------------------------------------
 
+// torchvision.ops.batched_nms switches to its per-class path above this boxes.numel() on CPU (100000 on CUDA).
+constexpr int64_t kTorchvisionVanillaNumelCpu = 4000;
+
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                            double iou_threshold) {
   check_boxes_scores(boxes, scores, "batched_nms");
@@ -329,6 +332,17 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
   at::Tensor out = at::empty({nk}, boxes.options().dtype(at::kLong));
   int64_t* o = out.data_ptr<int64_t>();
   int64_t w = 0;
+  if (n * 4 > kTorchvisionVanillaNumelCpu) {
+    // torchvision's per-class path (boxes.numel() > 4000 on CPU) orders the survivors with an unstable
+    // `scores[keep].sort(descending=True)`: run the same sort on the same values so that even tied scores come
+    // out in torchvision's order (below that size torchvision's order is the stable one, as ours).
+    for (int64_t i = 0; i < n; ++i)
+      if (keep[i]) o[w++] = i;
+    at::Tensor ks = scores.index_select(0, out);
+    if (ks.scalar_type() != at::kDouble) ks = ks.to(at::kFloat);  // half/bf16: as torchvision on float32 input
+    const at::Tensor perm = std::get<1>(ks.sort(/*dim=*/-1, /*descending=*/true));
+    return out.index_select(0, perm);
+  }
   for (int64_t i = 0; i < n; ++i)
     if (keep[order[i]]) o[w++] = order[i];
   return out;

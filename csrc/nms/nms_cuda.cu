@@ -261,7 +261,17 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
                    nullptr, flag.data_ptr<uint8_t>(), count.data_ptr<int64_t>(), stream);
   });
   // kept positions in score order -> indices (nonzero is the one sync)
-  return order.index_select(0, flag.nonzero().view(-1));
+  const at::Tensor kept = order.index_select(0, flag.nonzero().view(-1));
+  if (n * 4 > 100000) {
+    // torchvision's per-class path (boxes.numel() > 100000 on CUDA) orders the survivors with an unstable
+    // `scores[keep].sort(descending=True)` over ascending indices: same sort, same values, same tie order.
+    const at::Tensor asc = std::get<0>(kept.sort(/*dim=*/-1, /*descending=*/false));
+    at::Tensor ks = scores.index_select(0, asc);
+    if (ks.scalar_type() != at::kDouble) ks = ks.to(at::kFloat);  // half/bf16: as torchvision on float32 input
+    const at::Tensor perm = std::get<1>(ks.sort(/*dim=*/-1, /*descending=*/true));
+    return asc.index_select(0, perm);
+  }
+  return kept;
 }
 
 // ---- per-segment greedy NMS (multiclass_nms): one block per class ------------------------------------------------

@@ -94,7 +94,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         iou_threshold: as :func:`nms`.
 
     Returns:
-        ``int64[M]`` kept indices, by decreasing score (ties: lower index first).
+        ``int64[M]`` kept indices, by decreasing score, in exactly torchvision's order: ties by lower index, except
+        where torchvision's own per-class path applies (``boxes.numel() > 4000`` on CPU, ``> 100000`` on CUDA),
+        whose unstable sort of the survivors' scores we run too, so tied scores come out in the same order.
     """
     check_impl(impl)
     _check_boxes_scores(boxes, scores)

@@ -170,6 +170,11 @@ def batched_nms_triton(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshol
     kept = _bitmask_greedy(b, cls_g.contiguous(), _gt_threshold(iou_threshold, cd, boxes.device), grouped)
     flag = torch.zeros((n,), dtype=torch.bool, device=boxes.device)
     flag[kept] = True
+    if boxes.numel() > (100_000 if boxes.is_cuda else 4000):
+        # torchvision's per-class path: its unstable sort of the survivors decides the order of tied scores
+        asc = torch.where(flag)[0]
+        ks = scores[asc] if scores.dtype == torch.float64 else scores[asc].float()
+        return asc[ks.sort(descending=True)[1]]
     return order[flag.index_select(0, order)]
 
 
