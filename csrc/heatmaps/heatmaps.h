@@ -333,7 +333,10 @@ FASTOPS_HD bool cand_before(A sa, int64_t ia, A sb, int64_t ib) {
 
 // Max that propagates NaN (as max_pool2d).
 template <typename A>
-FASTOPS_HD A nanmax(A a, A b) { return (a > b || a != a) ? a : b; }
+FASTOPS_HD A nanmax(A a, A b) {
+  const bool c = (a > b) | (a != a);  // no short-circuit: vectorisable
+  return c ? a : b;
+}
 
 // CenterNet _nms: a pixel keeps its value when it equals the max of its kernel x kernel neighbourhood (outside the
 // map never wins, a NaN in the window makes every pixel of it a non-peak); others score 0 (heat * keep). A NaN

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <queue>
 #include <string>
 #include <vector>
@@ -57,7 +58,127 @@ inline float fast_expf(float x) {
 inline double fast_exp(double x) { return std::exp(x); }
 inline float fast_exp(float x) { return fast_expf(x); }
 
+// Reductions in kLanes independent accumulators (combined in a fixed order at the end), so the result does not
+// depend on the thread count. float uses GCC vector extensions (16 lanes: one AVX-512 register, or several
+// narrower ones on a portable build): gcc does not vectorise float reductions or the exp below on its own
+// without -ffast-math.
+constexpr int kLanes = 16;
+typedef float vf16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+
+inline vf16 vload(const float* p) {
+  vf16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline vf16 vsplat(float x) { return vf16{} + x; }
+inline vf16 viota(float x0) {
+  return vf16{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} + x0;
+}
+inline float vsum(vf16 v) {
+  float r = 0;
+  for (int j = 0; j < kLanes; ++j) r += v[j];
+  return r;
+}
+
+// Cephes' expf for 16 lanes (~1 ulp); 0 below -87. Round-to-nearest by the 1.5 * 2^23 trick.
+inline vf16 vexp(vf16 x) {
+  const vi16 under = x < vsplat(-87.0f);
+  vf16 xc = under ? vsplat(-87.0f) : x;
+  xc = xc > vsplat(88.0f) ? vsplat(88.0f) : xc;
+  const vf16 magic = vsplat(12582912.0f);
+  const vf16 n = (xc * 1.44269504088896341f + magic) - magic;
+  const vf16 r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  vf16 p = vsplat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vi16 e = (__builtin_convertvector(n, vi16) + 127) << 23;
+  vf16 scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  const vf16 out = p * scale;
+  return under ? vsplat(0.0f) : out;
+}
+
+// Maximum of p[0..n) (n > 0) and whether any element is NaN.
+template <typename T>
+T lanes_max(const T* p, int64_t n, bool& has_nan) {
+  T r = p[0];
+  int f = 0;
+  int64_t i = 0;
+  if constexpr (std::is_same<T, float>::value) {
+    if (n >= kLanes) {
+      vf16 m = vload(p);
+      vi16 nf = vi16{};
+      for (; i + kLanes <= n; i += kLanes) {
+        const vf16 v = vload(p + i);
+        m = v > m ? v : m;
+        nf |= (v != v);
+      }
+      r = m[0];
+      for (int j = 0; j < kLanes; ++j) {
+        r = m[j] > r ? m[j] : r;
+        f |= nf[j];
+      }
+    }
+  }
+  for (; i < n; ++i) {
+    const T v = p[i];
+    r = v > r ? v : r;
+    f |= (int)(v != v);
+  }
+  has_nan = f != 0;
+  return r;
+}
+
+// Index of the first element equal to v (searching kLanes at a time).
+template <typename T>
+int64_t first_equal(const T* p, int64_t n, T v) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    int any = 0;
+    for (int j = 0; j < kLanes; ++j) any |= (int)(p[i + j] == v);
+    if (any)
+      for (int j = 0; j < kLanes; ++j)
+        if (p[i + j] == v) return i + j;
+  }
+  for (; i < n; ++i)
+    if (p[i] == v) return i;
+  return -1;
+}
+
+template <typename T>
+int64_t first_nan(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (p[i] != p[i]) return i;
+  return 0;
+}
+
 // ---- rendering --------------------------------------------------------------------------------------------------
+
+// One axis of a separable window: exp(-d^2 / (2 sigma^2)) (gaussian) or d^2 (cauchy) for i in [i0, i1). In float,
+// factors below 1.1e-19 are flushed to 0 so that products of two factors never become denormal (slow on x86);
+// this changes values by less than 1.1e-19 of the peak.
+template <typename A>
+void fill_axis(A* g, int i0, int i1, double c, double inv2s2, int kern) {
+  if (kern != kGaussian) {
+    for (int i = i0; i < i1; ++i) {
+      const double d = i - c;
+      g[i] = (A)(d * d);
+    }
+    return;
+  }
+  const A cc = (A)c, f = (A)inv2s2;
+  const double cr = c - (double)cc;  // keeps the centre's low bits for float
+  for (int i = i0; i < i1; ++i) {
+    const A d = ((A)i - cc) - (A)cr;
+    const A v = fast_exp(-d * d * f);
+    g[i] = (std::is_same<A, float>::value && v < A(1.1e-19)) ? A(0) : v;
+  }
+}
 
 std::tuple<Tensor, Tensor> render_gaussian_heatmaps_cpu(const Tensor& keypoints, const c10::optional<Tensor>& visible,
                                                         int64_t height, int64_t width, double sigma,
@@ -103,14 +224,8 @@ std::tuple<Tensor, Tensor> render_gaussian_heatmaps_cpu(const Tensor& keypoints,
           if (!render_window<A>((A)kpp[2 * i], (A)kpp[2 * i + 1], sigma, mode, H, W, w)) continue;
           A* gx = tx.data() + (size_t)cnt * W;
           A* gy = ty.data() + (size_t)cnt * H;
-          for (int x = w.x0; x < w.x1; ++x) {
-            const double d = x - w.cx;
-            gx[x] = kern == kGaussian ? (A)std::exp(-d * d * inv2s2) : (A)(d * d);
-          }
-          for (int y = w.y0; y < w.y1; ++y) {
-            const double d = y - w.cy;
-            gy[y] = kern == kGaussian ? (A)std::exp(-d * d * inv2s2) : (A)(d * d);
-          }
+          fill_axis<A>(gx, w.x0, w.x1, w.cx, inv2s2, kern);
+          fill_axis<A>(gy, w.y0, w.y1, w.cy, inv2s2, kern);
           wins[cnt++] = w;
         }
         scalar_t* out = hm + m * plane;
@@ -216,30 +331,28 @@ Tensor gaussian_radius_cpu(const Tensor& heights, const Tensor& widths, double m
 
 // ---- heatmap_argmax ---------------------------------------------------------------------------------------------
 
-// First maximum of a contiguous run; a vectorisable max pass then a search (NaN: the first NaN).
+// First maximum of a contiguous run (numpy's argmax: the first NaN if there is one). `buf` converts
+// float16/bfloat16 maps to float first.
 template <typename T, typename A>
-int64_t argmax_fast(const T* p, int64_t n, A& best) {
-  if constexpr (std::is_same<T, float>::value || std::is_same<T, double>::value) {
-    T m = p[0];
-    int nan = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      m = p[i] > m ? p[i] : m;
-      nan |= p[i] != p[i];
-    }
-    if (nan) {
-      for (int64_t i = 0; i < n; ++i)
-        if (p[i] != p[i]) {
-          best = (A)p[i];
-          return i;
-        }
-    }
-    best = (A)m;
-    for (int64_t i = 0; i < n; ++i)
-      if (p[i] == m) return i;
-    return 0;
+int64_t argmax_fast(const T* p, int64_t n, A& best, std::vector<A>& buf) {
+  const A* q;
+  if constexpr (std::is_same<T, A>::value) {
+    q = p;
   } else {
-    return first_argmax<T, A>(p, n, best);
+    buf.resize((size_t)n);
+    for (int64_t i = 0; i < n; ++i) buf[i] = (A)p[i];
+    q = buf.data();
   }
+  bool nan;
+  const A m = lanes_max(q, n, nan);
+  if (nan) {
+    const int64_t i = first_nan(q, n);
+    best = q[i];
+    return i;
+  }
+  best = m;
+  const int64_t i = first_equal(q, n, m);
+  return i < 0 ? 0 : i;
 }
 
 std::tuple<Tensor, Tensor> heatmap_argmax_cpu(const Tensor& heatmaps, c10::string_view refine_s, int64_t blur_kernel) {
@@ -260,10 +373,11 @@ std::tuple<Tensor, Tensor> heatmap_argmax_cpu(const Tensor& heatmaps, c10::strin
     scalar_t* sp = scores.data_ptr<scalar_t>();
     const int64_t plane = (int64_t)H * W;
     at::parallel_for(0, B * K, 8, [&](int64_t begin, int64_t end) {
+      std::vector<A> buf;
       for (int64_t m = begin; m < end; ++m) {
         const scalar_t* p = hp + m * plane;
         A best;
-        const int64_t idx = argmax_fast<scalar_t, A>(p, plane, best);
+        const int64_t idx = argmax_fast<scalar_t, A>(p, plane, best, buf);
         A kx, ky;
         int x, y;
         if (best <= A(0)) {
@@ -293,16 +407,79 @@ std::tuple<Tensor, Tensor> heatmap_argmax_cpu(const Tensor& heatmaps, c10::strin
 
 // ---- soft_argmax ------------------------------------------------------------------------------------------------
 
-// z = beta * h into buf (float or double), returns max(z).
-template <typename T, typename A>
-A load_scaled(const T* p, int64_t n, A beta, A* buf) {
-  A m = -std::numeric_limits<A>::infinity();
-  for (int64_t i = 0; i < n; ++i) {
-    const A z = beta * (A)p[i];
-    buf[i] = z;
-    m = z > m ? z : m;
+// One map of softmax(beta * h): e_i = exp(beta * h_i - max) into e (when e is non-null), and the sums
+// S = sum e, Sx = sum e * x, Sy = sum e * y (fixed-order lanes).
+template <typename A>
+A map_max_scaled(const A* q, int64_t n, A beta) {
+  bool nan;
+  if (beta >= A(0)) return beta * lanes_max(q, n, nan);
+  A mn = q[0];
+  for (int64_t i = 0; i < n; ++i) mn = q[i] < mn ? q[i] : mn;
+  return beta * mn;
+}
+
+inline void softmax_sums(const float* q, int H, int W, float beta, float* e, float& S, float& Sx, float& Sy) {
+  const float mx = map_max_scaled(q, (int64_t)H * W, beta);
+  vf16 s = vf16{}, sx = vf16{}, sy = vf16{};
+  const vf16 vb = vsplat(beta), vm = vsplat(mx);
+  float tail[kLanes];
+  for (int y = 0; y < H; ++y) {
+    const float* r = q + (int64_t)y * W;
+    float* er = e ? e + (int64_t)y * W : nullptr;
+    const vf16 fy = vsplat((float)y);
+    for (int x = 0; x < W; x += kLanes) {
+      const int n = std::min(kLanes, W - x);
+      vf16 v;
+      if (n == kLanes) {
+        v = vexp(vb * vload(r + x) - vm);
+      } else {
+        for (int j = 0; j < kLanes; ++j) tail[j] = j < n ? r[x + j] : 0.0f;
+        v = vexp(vb * vload(tail) - vm);
+        for (int j = n; j < kLanes; ++j) v[j] = 0.0f;
+      }
+      if (er) {
+        if (n == kLanes) {
+          std::memcpy(er + x, &v, sizeof(v));
+        } else {
+          for (int j = 0; j < n; ++j) er[x + j] = v[j];
+        }
+      }
+      s += v;
+      sx += v * viota((float)x);
+      sy += v * fy;
+    }
   }
-  return m;
+  S = vsum(s);
+  Sx = vsum(sx);
+  Sy = vsum(sy);
+}
+
+inline void softmax_sums(const double* q, int H, int W, double beta, double* e, double& S, double& Sx, double& Sy) {
+  const double mx = map_max_scaled(q, (int64_t)H * W, beta);
+  S = Sx = Sy = 0;
+  for (int y = 0; y < H; ++y) {
+    double rs = 0, rx = 0;
+    for (int x = 0; x < W; ++x) {
+      const double v = std::exp(beta * q[(int64_t)y * W + x] - mx);
+      if (e) e[(int64_t)y * W + x] = v;
+      rs += v;
+      rx += v * x;
+    }
+    S += rs;
+    Sx += rx;
+    Sy += rs * y;
+  }
+}
+
+template <typename T, typename A>
+const A* as_acc(const T* p, int64_t n, std::vector<A>& buf) {
+  if constexpr (std::is_same<T, A>::value) {
+    return p;
+  } else {
+    buf.resize((size_t)n);
+    for (int64_t i = 0; i < n; ++i) buf[i] = (A)p[i];
+    return buf.data();
+  }
 }
 
 Tensor soft_argmax_cpu(const Tensor& heatmaps, double beta, bool normalize) {
@@ -318,23 +495,11 @@ Tensor soft_argmax_cpu(const Tensor& heatmaps, double beta, bool normalize) {
     scalar_t* cp = coords.data_ptr<scalar_t>();
     const int64_t plane = (int64_t)H * W;
     at::parallel_for(0, B * K, 8, [&](int64_t begin, int64_t end) {
-      std::vector<A> buf((size_t)plane);
+      std::vector<A> buf;
       for (int64_t m = begin; m < end; ++m) {
-        A* z = buf.data();
-        const A mx = load_scaled<scalar_t, A>(hp + m * plane, plane, (A)beta, z);
-        A s = 0, sx = 0, sy = 0;
-        for (int y = 0; y < H; ++y) {
-          A* zr = z + (int64_t)y * W;
-          A rs = 0, rx = 0;
-          for (int x = 0; x < W; ++x) {
-            const A e = fast_exp(zr[x] - mx);
-            rs += e;
-            rx += e * (A)x;
-          }
-          s += rs;
-          sx += rx;
-          sy += rs * (A)y;
-        }
+        const A* q = as_acc<scalar_t, A>(hp + m * plane, plane, buf);
+        A s, sx, sy;
+        softmax_sums(q, H, W, (A)beta, nullptr, s, sx, sy);
         A cx = sx / s, cy = sy / s;
         if (normalize) {
           cx /= (A)W;
@@ -365,27 +530,23 @@ Tensor soft_argmax_backward_cpu(const Tensor& grad, const Tensor& heatmaps, cons
     scalar_t* op = gin.data_ptr<scalar_t>();
     const int64_t plane = (int64_t)H * W;
     at::parallel_for(0, B * K, 8, [&](int64_t begin, int64_t end) {
-      std::vector<A> buf((size_t)plane);
+      std::vector<A> buf, ebuf((size_t)plane);
       for (int64_t m = begin; m < end; ++m) {
-        A* z = buf.data();
-        const A mx = load_scaled<scalar_t, A>(hp + m * plane, plane, (A)beta, z);
-        A s = 0;
-        for (int64_t i = 0; i < plane; ++i) {
-          z[i] = fast_exp(z[i] - mx);
-          s += z[i];
-        }
-        // d coord / d h_i = beta * p_i * (pos_i - coord); pos in pixels or divided by W/H when normalised
-        const A sx = normalize ? A(1) / (A)W : A(1), sy = normalize ? A(1) / (A)H : A(1);
+        const A* q = as_acc<scalar_t, A>(hp + m * plane, plane, buf);
+        A* e = ebuf.data();
+        A s, sx_, sy_;
+        softmax_sums(q, H, W, (A)beta, e, s, sx_, sy_);
+        // d coord / d h_i = beta * p_i * (pos_i - coord); pos in pixels, or divided by W / H when normalised
+        const A ux = normalize ? A(1) / (A)W : A(1), uy = normalize ? A(1) / (A)H : A(1);
         const A gx = (A)gp[2 * m], gy = (A)gp[2 * m + 1];
         const A cx = (A)cp[2 * m], cy = (A)cp[2 * m + 1];
         const A f = (A)beta / s;
         scalar_t* o = op + m * plane;
         for (int y = 0; y < H; ++y) {
-          const A ty = gy * ((A)y * sy - cy);
-          for (int x = 0; x < W; ++x) {
-            const int64_t i = (int64_t)y * W + x;
-            o[i] = (scalar_t)(f * z[i] * (gx * ((A)x * sx - cx) + ty));
-          }
+          const A ty = gy * ((A)y * uy - cy);
+          const A* er = e + (int64_t)y * W;
+          scalar_t* orow = o + (int64_t)y * W;
+          for (int x = 0; x < W; ++x) orow[x] = (scalar_t)(f * er[x] * (gx * ((A)x * ux - cx) + ty));
         }
       }
     });
@@ -401,72 +562,159 @@ struct Cand {
   int64_t i;
 };
 
-// Per plane top-kk candidates (score = heat * keep), sorted best first, into out[0..kk).
-template <typename T, typename A>
-void plane_topk(const T* p, int H, int W, int pad, int64_t base, int64_t kk, Cand<A>* out, std::vector<A>& vm) {
-  auto worse = [](const Cand<A>& a, const Cand<A>& b) { return cand_before(a.s, a.i, b.s, b.i); };
-  std::vector<Cand<A>> heap;
-  heap.reserve((size_t)kk + 1);
-  vm.resize((size_t)W);
-  A thr = -std::numeric_limits<A>::infinity();
-  bool full = false;
-  for (int y = 0; y < H; ++y) {
-    const int ya = std::max(0, y - pad), yb = std::min(H - 1, y + pad);
-    const T* row = p + (int64_t)y * W;
-    // vertical NaN-propagating max
-    for (int x = 0; x < W; ++x) vm[x] = (A)p[(int64_t)ya * W + x];
-    for (int yy = ya + 1; yy <= yb; ++yy) {
-      const T* r = p + (int64_t)yy * W;
-      for (int x = 0; x < W; ++x) vm[x] = nanmax(vm[x], (A)r[x]);
-    }
-    for (int x = 0; x < W; ++x) {
-      const A v = (A)row[x];
-      A s;
-      if (full && !(v > thr) && !(A(0) > thr)) continue;  // neither as a peak nor as a zero can it enter
-      const int xa = std::max(0, x - pad), xb = std::min(W - 1, x + pad);
-      A mm = vm[xa];
-      for (int xx = xa + 1; xx <= xb; ++xx) mm = nanmax(mm, vm[xx]);
-      s = (mm == v) ? v : A(0);
-      const int64_t idx = base + (int64_t)y * W + x;
-      if (!full) {
-        heap.push_back({s, idx});
-        std::push_heap(heap.begin(), heap.end(), worse);
-        if ((int64_t)heap.size() == kk) {
-          full = true;
-          thr = heap.front().s;
-        }
-      } else if (s > thr) {  // equal scores lose: their index is larger
-        std::pop_heap(heap.begin(), heap.end(), worse);
-        heap.back() = {s, idx};
-        std::push_heap(heap.begin(), heap.end(), worse);
-        thr = heap.front().s;
-      }
-    }
-  }
-  std::sort_heap(heap.begin(), heap.end(), worse);
-  std::copy(heap.begin(), heap.end(), out);
+// Row kernels of CenterNet's _nms (NaN-propagating maxima, as max_pool2d). float runs 16 lanes at a time.
+inline vf16 vnanmax(vf16 a, vf16 b) {
+  const vi16 c = (a > b) | (a != a);
+  return c ? a : b;
 }
 
+template <typename A>
+void rows_max3(const A* r0, const A* r1, const A* r2, A* out, int W) {
+  int x = 0;
+  if constexpr (std::is_same<A, float>::value) {
+    for (; x + kLanes <= W; x += kLanes) {
+      const vf16 v = vnanmax(vnanmax(vload(r0 + x), vload(r1 + x)), vload(r2 + x));
+      std::memcpy(out + x, &v, sizeof(v));
+    }
+  }
+  for (; x < W; ++x) out[x] = nanmax(nanmax(r0[x], r1[x]), r2[x]);
+}
+
+// sc[x] = cur[x] when it equals max(vm[x-1], vm[x], vm[x+1]) (clipped at the ends), else 0.
+template <typename A>
+void row_keep3(const A* vm, const A* cur, A* sc, int W) {
+  if (W == 1) {
+    sc[0] = vm[0] == cur[0] ? cur[0] : A(0);
+    return;
+  }
+  sc[0] = nanmax(vm[0], vm[1]) == cur[0] ? cur[0] : A(0);
+  int x = 1;
+  if constexpr (std::is_same<A, float>::value) {
+    for (; x + kLanes <= W - 1; x += kLanes) {
+      const vf16 c = vload(cur + x);
+      const vf16 m = vnanmax(vnanmax(vload(vm + x - 1), vload(vm + x)), vload(vm + x + 1));
+      const vf16 r = (m == c) ? c : vf16{};
+      std::memcpy(sc + x, &r, sizeof(r));
+    }
+  }
+  for (; x < W - 1; ++x) {
+    const A m = nanmax(nanmax(vm[x - 1], vm[x]), vm[x + 1]);
+    sc[x] = m == cur[x] ? cur[x] : A(0);
+  }
+  sc[W - 1] = nanmax(vm[W - 2], vm[W - 1]) == cur[W - 1] ? cur[W - 1] : A(0);
+}
+
+// Running top-k of (score, flat index) candidates: a max-heap on "worse", so its front is the current k-th best.
+template <typename A>
+struct TopK {
+  std::vector<Cand<A>> heap;
+  int64_t k = 0;
+  A thr = -std::numeric_limits<A>::infinity();
+  bool full = false;
+  static bool worse(const Cand<A>& a, const Cand<A>& b) { return cand_before(a.s, a.i, b.s, b.i); }
+  void reset(int64_t k_) {
+    heap.clear();
+    k = k_;
+    thr = -std::numeric_limits<A>::infinity();
+    full = k == 0;
+  }
+  // candidates arrive in increasing index order within a plane, and planes in increasing order: an equal score
+  // never beats the heap's worst
+  void push(A s, int64_t i) {
+    if (!full) {
+      heap.push_back({s, i});
+      std::push_heap(heap.begin(), heap.end(), worse);
+      if ((int64_t)heap.size() == k) {
+        full = true;
+        thr = heap.front().s;
+      }
+    } else if (s > thr) {
+      std::pop_heap(heap.begin(), heap.end(), worse);
+      heap.back() = {s, i};
+      std::push_heap(heap.begin(), heap.end(), worse);
+      thr = heap.front().s;
+    }
+  }
+};
+
+// Scans one plane (score = heat * keep) into the running top-k. Row by row: once the heap is full, a row whose
+// raw maximum cannot beat the heap's worst (and whose zeros cannot either) is skipped before any peak test; else
+// the vertical then horizontal window maxima and the row's scores are computed vectorised.
+template <typename A>
+void plane_topk(const A* p, int H, int W, int pad, int64_t base, TopK<A>& top, std::vector<A>& work) {
+  work.resize((size_t)2 * W);
+  A* vm = work.data();
+  A* sc = vm + W;
+  bool nan;
+  for (int y = 0; y < H; ++y) {
+    const A* cur = p + (int64_t)y * W;
+    if (top.full && !(A(0) > top.thr)) {
+      const A rm = lanes_max(cur, W, nan);
+      if (!(rm > top.thr) && !nan) continue;
+    }
+    const int ya = std::max(0, y - pad), yb = std::min(H - 1, y + pad);
+    if (pad == 1) {
+      rows_max3(p + (int64_t)ya * W, cur, p + (int64_t)yb * W, vm, W);
+      row_keep3(vm, cur, sc, W);
+    } else {
+      std::copy(p + (int64_t)ya * W, p + (int64_t)ya * W + W, vm);
+      for (int yy = ya + 1; yy <= yb; ++yy) {
+        const A* r = p + (int64_t)yy * W;
+        for (int x = 0; x < W; ++x) vm[x] = nanmax(vm[x], r[x]);
+      }
+      for (int x = 0; x < W; ++x) {
+        const int xa = std::max(0, x - pad), xb = std::min(W - 1, x + pad);
+        A m = vm[xa];
+        for (int xx = xa + 1; xx <= xb; ++xx) m = nanmax(m, vm[xx]);
+        sc[x] = m == cur[x] ? cur[x] : A(0);
+      }
+    }
+    if (top.full && !(lanes_max(sc, W, nan) > top.thr)) continue;  // scores are never NaN
+    const int64_t rb = base + (int64_t)y * W;
+    for (int x = 0; x < W; ++x) top.push(sc[x], rb + x);
+  }
+}
+
+// Top-k per image over all its planes. Each task keeps one running top-k per image over its planes; the union of
+// the tasks' lists holds the image's top-k, which a final sort by the strict (score, index) order extracts: the
+// result does not depend on how the planes were split between threads.
 template <typename T, typename A>
 void peaks_impl(const Tensor& hm, int64_t k, int64_t kernel, std::vector<Cand<A>>& result) {
   const int64_t B = hm.size(0), C = hm.size(1);
   const int H = (int)hm.size(2), W = (int)hm.size(3);
   const int64_t plane = (int64_t)H * W;
-  const int64_t kk = std::min<int64_t>(k, plane);
   const int pad = (int)(kernel - 1) / 2;
-  std::vector<Cand<A>> cands((size_t)(B * C * kk));
+  std::vector<std::vector<Cand<A>>> per_image((size_t)B);
+  std::mutex mu;
   const T* hp = hm.data_ptr<T>();
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> vm;
-    for (int64_t m = begin; m < end; ++m)
-      plane_topk<T, A>(hp + m * plane, H, W, pad, (m % C) * plane, kk, cands.data() + m * kk, vm);
+    std::vector<A> work, conv;
+    TopK<A> top;
+    int64_t cur_b = -1;
+    auto flush = [&]() {
+      if (cur_b < 0) return;
+      std::lock_guard<std::mutex> lock(mu);
+      auto& v = per_image[(size_t)cur_b];
+      v.insert(v.end(), top.heap.begin(), top.heap.end());
+    };
+    for (int64_t m = begin; m < end; ++m) {
+      const int64_t b = m / C;
+      if (b != cur_b) {
+        flush();
+        cur_b = b;
+        top.reset(k);
+      }
+      const A* q = as_acc<T, A>(hp + m * plane, plane, conv);
+      plane_topk<A>(q, H, W, pad, (m % C) * plane, top, work);
+    }
+    flush();
   });
   result.resize((size_t)(B * k));
   for (int64_t b = 0; b < B; ++b) {
-    auto first = cands.begin() + b * C * kk, last = first + C * kk;
-    std::partial_sort(first, first + k, last,
+    auto& v = per_image[(size_t)b];
+    std::partial_sort(v.begin(), v.begin() + k, v.end(),
                       [](const Cand<A>& a, const Cand<A>& c) { return cand_before(a.s, a.i, c.s, c.i); });
-    std::copy(first, first + k, result.begin() + b * k);
+    std::copy(v.begin(), v.begin() + k, result.begin() + b * k);
   }
 }
 
