@@ -105,9 +105,10 @@ void build_table(RoiTable<T>& t, const scalar_t* roi, const std::vector<Level<le
   const RoiBox<T> b = roi_box<T>(roi + 1, static_cast<T>(L.scale), ph, pw, sampling_ratio, aligned);
   build_axis<T>(b.start_h, b.bin_h, ph, b.grid_h, L.H, t.yo, t.yi, t.yw);
   build_axis<T>(b.start_w, b.bin_w, pw, b.grid_w, L.W, t.xo, t.xi, t.xw);
-  if (!t.xi.empty()) {  // columns are non-decreasing across bins: the first and last entries bound them
-    t.x0 = t.xi.front();
-    t.span = t.xi.back() - t.x0 + 1;
+  if (!t.xi.empty()) {  // (inverted boxes with aligned=True sample right to left: take the true bounds)
+    const auto [lo, hi] = std::minmax_element(t.xi.begin(), t.xi.end());
+    t.x0 = *lo;
+    t.span = *hi - t.x0 + 1;
     for (int& x : t.xi) x -= t.x0;
   }
 }
@@ -321,9 +322,10 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& 
   }
   const at::Tensor rois = rois_in.contiguous();
   const int64_t K = rois.size(0), C = f0.size(1), N = f0.size(0);
-  at::Tensor out = at::zeros({K, C, ph, pw}, f0.options().memory_format(
+  // at::zeros ignores the memory format in its options: allocate with it, then zero.
+  at::Tensor out = at::empty({K, C, ph, pw}, f0.options().memory_format(
                                                  is_channels_last(f0) ? at::MemoryFormat::ChannelsLast
-                                                                      : at::MemoryFormat::Contiguous));
+                                                                      : at::MemoryFormat::Contiguous)).zero_();
   if (K == 0 || C == 0) return out;
   int k_min = 0, k_max = 0;
   level_range(scales, k_min, k_max);
@@ -397,9 +399,10 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
   const auto acc_dtype = (dtype == at::kHalf || dtype == at::kBFloat16) ? at::kFloat : dtype;
   std::vector<at::Tensor> grads;
   for (size_t l = 0; l < L; ++l) {
-    grads.push_back(at::zeros({N, C, sizes[2 * l], sizes[2 * l + 1]},
+    grads.push_back(at::empty({N, C, sizes[2 * l], sizes[2 * l + 1]},
                               grad.options().dtype(acc_dtype).memory_format(
-                                  channels_last[l] ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)));
+                                  channels_last[l] ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous))
+                        .zero_());
   }
   if (K > 0 && C > 0) {
     int k_min = 0, k_max = 0;

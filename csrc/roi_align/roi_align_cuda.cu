@@ -216,7 +216,8 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
   std::vector<at::Tensor> grads;
   for (int l = 0; l < num_levels; ++l) {
     const auto fmt = channels_last[l] ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-    at::Tensor gi = at::zeros({N, C, sizes[2 * l], sizes[2 * l + 1]}, grad.options().dtype(acc_dtype).memory_format(fmt));
+    at::Tensor gi =
+        at::empty({N, C, sizes[2 * l], sizes[2 * l + 1]}, grad.options().dtype(acc_dtype).memory_format(fmt)).zero_();
     const int64_t rows = N * C * sizes[2 * l];
     if (rois.size(0) > 0 && rows > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastops_roi_align_backward_cuda", [&] {

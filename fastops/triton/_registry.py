@@ -56,3 +56,9 @@ def check_triton_device(t: torch.Tensor, name: str = "input") -> None:
             f"impl='triton' runs on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 set before "
             f"importing fastops; {name} is on the CPU"
         )
+
+
+def register_fake(op, fake) -> None:
+    """Explicit fake kernel: needed for the custom_op used under the interpreter; a triton_op derives its own."""
+    if INTERPRET:
+        op.register_fake(fake)

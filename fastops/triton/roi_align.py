@@ -1,0 +1,252 @@
+"""Triton RoIAlign: forward and backward, both layouts (strides), one program per (RoI, bin, channel block).
+
+Same conventions as the C++/CUDA kernels (torchvision's). The backward scatters with atomic adds: on a GPU it
+is not bitwise deterministic (the compiled CUDA backward is); under TRITON_INTERPRET=1 it is.
+Multi-scale: levels are assigned on the device (no host sync) and one launch per level pools the RoIs of that
+level.
+"""
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastops.triton._registry import check_triton_device, launch, register_fake, triton_custom_op
+
+
+@triton.jit
+def _tap(y, size):
+    # torchvision/Caffe2 bilinear rule along one axis: (valid, lo, hi, w_lo, w_hi)
+    valid = (y >= -1.0) & (y <= size)
+    y = tl.maximum(y, 0.0)
+    lo = tl.minimum(y, size - 1.0).to(tl.int32)  # bounded before the cast: NaN/inf never index
+    at_end = lo >= size - 1
+    lo = tl.where(at_end, size - 1, lo)
+    hi = tl.where(at_end, size - 1, lo + 1)
+    y = tl.where(at_end, lo.to(y.dtype), y)
+    frac = y - lo.to(y.dtype)
+    return valid, lo, hi, 1.0 - frac, frac
+
+
+@triton.jit
+def _roi_geometry(rois, k, spatial_scale, PH, PW, sampling_ratio, N, ALIGNED: tl.constexpr,
+                  ACC: tl.constexpr):
+    bidx = tl.load(rois + k * 5).to(ACC)
+    x1 = tl.load(rois + k * 5 + 1).to(ACC)
+    y1 = tl.load(rois + k * 5 + 2).to(ACC)
+    x2 = tl.load(rois + k * 5 + 3).to(ACC)
+    y2 = tl.load(rois + k * 5 + 4).to(ACC)
+    offset = 0.5 if ALIGNED else 0.0
+    start_w = x1 * spatial_scale - offset
+    start_h = y1 * spatial_scale - offset
+    roi_w = x2 * spatial_scale - offset - start_w
+    roi_h = y2 * spatial_scale - offset - start_h
+    if not ALIGNED:
+        roi_w = tl.maximum(roi_w, 1.0)
+        roi_h = tl.maximum(roi_h, 1.0)
+    bin_h = roi_h / PH
+    bin_w = roi_w / PW
+    ok = (bidx >= 0) & (bidx < N) & (roi_h == roi_h) & (roi_w == roi_w) & (roi_h < 1e30) & (roi_w < 1e30) \
+        & (start_h == start_h) & (start_w == start_w) & (tl.abs(start_h) < 1e30) & (tl.abs(start_w) < 1e30)
+    gh = tl.where(sampling_ratio > 0, sampling_ratio, tl.ceil(tl.minimum(tl.maximum(roi_h / PH, 0.0), 1e6)).to(tl.int32))
+    gw = tl.where(sampling_ratio > 0, sampling_ratio, tl.ceil(tl.minimum(tl.maximum(roi_w / PW, 0.0), 1e6)).to(tl.int32))
+    gh = tl.where(ok, gh, 0)
+    gw = tl.where(ok, gw, 0)
+    b = tl.where(ok, bidx, 0.0).to(tl.int64)
+    return b, start_h, start_w, bin_h, bin_w, gh, gw
+
+
+@triton.jit
+def _roi_align_fwd_kernel(inp, rois, out, levels, this_level, N, C, H, W, sN, sC, sH, sW, oK, oC, oH, oW,
+                          spatial_scale, sampling_ratio, PH, PW, ALIGNED: tl.constexpr, HAS_LEVELS: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    q = pid % PW
+    p = (pid // PW) % PH
+    k = pid // (PW * PH)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
+    b, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(rois, k, spatial_scale, PH, PW, sampling_ratio, N,
+                                                               ALIGNED, ACC)
+    if HAS_LEVELS:
+        mine = tl.load(levels + k) == this_level
+        gh = tl.where(mine, gh, 0)
+    else:
+        mine = True
+    base = inp + b * sN + offs_c * sC
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    for iy in range(0, gh):
+        y = start_h + p * bin_h + (iy + 0.5) * bin_h / gh
+        vy, y0, y1, wy0, wy1 = _tap(y, H)
+        for ix in range(0, gw):
+            x = start_w + q * bin_w + (ix + 0.5) * bin_w / gw
+            vx, x0, x1, wx0, wx1 = _tap(x, W)
+            m = tl.where(vy & vx, cmask, False)  # (scalar & block masks trip the CPU interpreter)
+            v00 = tl.load(base + y0 * sH + x0 * sW, mask=m, other=0.0).to(ACC)
+            v01 = tl.load(base + y0 * sH + x1 * sW, mask=m, other=0.0).to(ACC)
+            v10 = tl.load(base + y1 * sH + x0 * sW, mask=m, other=0.0).to(ACC)
+            v11 = tl.load(base + y1 * sH + x1 * sW, mask=m, other=0.0).to(ACC)
+            acc += wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11)
+    count = tl.maximum(gh * gw, 1)
+    res = acc / count
+    tl.store(out + k * oK + offs_c * oC + p * oH + q * oW, res.to(out.dtype.element_ty), mask=tl.where(mine, cmask, False))
+
+
+@triton.jit
+def _roi_align_bwd_kernel(grad, rois, gin, levels, this_level, N, C, H, W, sN, sC, sH, sW, gK, gC, gH, gW,
+                          spatial_scale, sampling_ratio, PH, PW, ALIGNED: tl.constexpr, HAS_LEVELS: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    q = pid % PW
+    p = (pid // PW) % PH
+    k = pid // (PW * PH)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
+    b, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(rois, k, spatial_scale, PH, PW, sampling_ratio, N,
+                                                               ALIGNED, ACC)
+    if HAS_LEVELS:
+        gh = tl.where(tl.load(levels + k) == this_level, gh, 0)
+    count = tl.maximum(gh * gw, 1)
+    g = tl.load(grad + k * gK + offs_c * gC + p * gH + q * gW, mask=cmask, other=0.0).to(ACC) / count
+    base = gin + b * sN + offs_c * sC
+    for iy in range(0, gh):
+        y = start_h + p * bin_h + (iy + 0.5) * bin_h / gh
+        vy, y0, y1, wy0, wy1 = _tap(y, H)
+        for ix in range(0, gw):
+            x = start_w + q * bin_w + (ix + 0.5) * bin_w / gw
+            vx, x0, x1, wx0, wx1 = _tap(x, W)
+            m = tl.where(vy & vx, cmask, False)  # (scalar & block masks trip the CPU interpreter)
+            tl.atomic_add(base + y0 * sH + x0 * sW, (g * wy0 * wx0).to(gin.dtype.element_ty), mask=m)
+            tl.atomic_add(base + y0 * sH + x1 * sW, (g * wy0 * wx1).to(gin.dtype.element_ty), mask=m)
+            tl.atomic_add(base + y1 * sH + x0 * sW, (g * wy1 * wx0).to(gin.dtype.element_ty), mask=m)
+            tl.atomic_add(base + y1 * sH + x1 * sW, (g * wy1 * wx1).to(gin.dtype.element_ty), mask=m)
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _block_c(c: int) -> int:
+    return max(16, min(64, triton.next_power_of_2(max(c, 1))))
+
+
+def _channels_last(t: Tensor) -> bool:
+    return t.size(1) > 1 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _levels(rois: Tensor, scales: List[float], canonical_scale: int, canonical_level: int) -> Tensor:
+    from fastops.reference.roi_align import fpn_levels
+
+    k_min = int(round(-math.log2(scales[0])))
+    k_max = int(round(-math.log2(scales[-1])))
+    return fpn_levels(rois, k_min, k_max, canonical_scale, canonical_level).to(torch.int32)
+
+
+def _forward(features: List[Tensor], rois: Tensor, scales: List[float], ph: int, pw: int, sampling_ratio: int,
+             aligned: bool, levels) -> Tensor:
+    f0 = features[0]
+    K, C = rois.size(0), f0.size(1)
+    fmt = torch.channels_last if _channels_last(f0) else torch.contiguous_format
+    out = torch.zeros((K, C, ph, pw), dtype=f0.dtype, device=f0.device).contiguous(memory_format=fmt)
+    if K == 0 or C == 0:
+        return out
+    rois = rois.contiguous()
+    grid = (K * ph * pw, triton.cdiv(C, _block_c(C)))
+    for lvl, (feat, scale) in enumerate(zip(features, scales)):
+        launch(_roi_align_fwd_kernel)[grid](
+            feat, rois, out, levels if levels is not None else rois, lvl, f0.size(0), C, feat.size(2), feat.size(3),
+            *feat.stride(), *out.stride(), float(scale), int(sampling_ratio), ph, pw, ALIGNED=bool(aligned),
+            HAS_LEVELS=levels is not None, ACC=_acc(f0.dtype), BLOCK_C=_block_c(C))
+    return out
+
+
+def _backward(grad: Tensor, rois: Tensor, scales: List[float], ph: int, pw: int, n: int, c: int, sizes: List[int],
+              sampling_ratio: int, aligned: bool, channels_last: List[bool], levels) -> List[Tensor]:
+    acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    outs = []
+    rois = rois.contiguous()
+    K = rois.size(0)
+    for lvl, scale in enumerate(scales):
+        fmt = torch.channels_last if channels_last[lvl] else torch.contiguous_format
+        gin = torch.zeros((n, c, sizes[2 * lvl], sizes[2 * lvl + 1]), dtype=acc_dtype, device=grad.device)
+        gin = gin.contiguous(memory_format=fmt)
+        if K > 0 and c > 0:
+            grid = (K * ph * pw, triton.cdiv(c, _block_c(c)))
+            launch(_roi_align_bwd_kernel)[grid](
+                grad, rois, gin, levels if levels is not None else rois, lvl, n, c, gin.size(2), gin.size(3),
+                *gin.stride(), *grad.stride(), float(scale), int(sampling_ratio), ph, pw, ALIGNED=bool(aligned),
+                HAS_LEVELS=levels is not None, ACC=_acc(grad.dtype), BLOCK_C=_block_c(c))
+        outs.append(gin.to(grad.dtype))
+    return outs
+
+
+@triton_custom_op("fastops::roi_align_triton", mutates_args=())
+def roi_align_triton(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,
+                     sampling_ratio: int, aligned: bool) -> Tensor:
+    check_triton_device(input)
+    return _forward([input], rois, [spatial_scale], pooled_height, pooled_width, sampling_ratio, aligned, None)
+
+
+@triton_custom_op("fastops::_roi_align_backward_triton", mutates_args=())
+def roi_align_backward_triton(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
+                              pooled_width: int, batch_size: int, channels: int, height: int, width: int,
+                              sampling_ratio: int, aligned: bool, channels_last: bool) -> Tensor:
+    return _backward(grad, rois, [spatial_scale], pooled_height, pooled_width, batch_size, channels,
+                     [height, width], sampling_ratio, aligned, [channels_last], None)[0]
+
+
+@triton_custom_op("fastops::multi_scale_roi_align_triton", mutates_args=())
+def multi_scale_roi_align_triton(features: List[Tensor], rois: Tensor, spatial_scales: List[float],
+                                 pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool,
+                                 canonical_scale: int, canonical_level: int) -> Tensor:
+    check_triton_device(features[0])
+    levels = _levels(rois, spatial_scales, canonical_scale, canonical_level) if len(features) > 1 else None
+    return _forward(list(features), rois, list(spatial_scales), pooled_height, pooled_width, sampling_ratio,
+                    aligned, levels)
+
+
+@triton_custom_op("fastops::_multi_scale_roi_align_backward_triton", mutates_args=())
+def multi_scale_roi_align_backward_triton(grad: Tensor, rois: Tensor, spatial_scales: List[float],
+                                          pooled_height: int, pooled_width: int, batch_size: int, channels: int,
+                                          sizes: List[int], sampling_ratio: int, aligned: bool, canonical_scale: int,
+                                          canonical_level: int, channels_last: List[bool]) -> List[Tensor]:
+    levels = _levels(rois, spatial_scales, canonical_scale, canonical_level) if len(spatial_scales) > 1 else None
+    return _backward(grad, rois, list(spatial_scales), pooled_height, pooled_width, batch_size, channels,
+                     list(sizes), sampling_ratio, aligned, list(channels_last), levels)
+
+
+# ---- fakes and autograd (shared with the compiled ops' Python side) -------------------------------------------
+from fastops.ops import roi_align as _ops  # noqa: E402
+
+for _op, _fake in ((roi_align_triton, _ops._roi_align_fake),
+                   (roi_align_backward_triton, _ops._roi_align_backward_fake),
+                   (multi_scale_roi_align_triton, _ops._msra_fake),
+                   (multi_scale_roi_align_backward_triton, _ops._msra_backward_fake)):
+    register_fake(_op, _fake)
+
+
+def _bwd(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    spatial_scale, ph, pw, sampling_ratio, aligned = ctx.args
+    n, c, h, w = ctx.input_shape
+    return (torch.ops.fastops._roi_align_backward_triton(grad, rois, spatial_scale, ph, pw, n, c, h, w,
+                                                         sampling_ratio, aligned, ctx.channels_last),
+            None, None, None, None, None, None)
+
+
+def _msra_bwd(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    spatial_scales, ph, pw = ctx.args
+    sampling_ratio, aligned, canonical_scale, canonical_level = ctx.args2
+    grads = torch.ops.fastops._multi_scale_roi_align_backward_triton(
+        grad, rois, spatial_scales, ph, pw, ctx.nc[0], ctx.nc[1], ctx.sizes, sampling_ratio, aligned,
+        canonical_scale, canonical_level, ctx.channels_last)
+    return list(grads), None, None, None, None, None, None, None, None
+
+
+roi_align_triton.register_autograd(_bwd, setup_context=_ops._roi_align_setup_context)
+multi_scale_roi_align_triton.register_autograd(_msra_bwd, setup_context=_ops._msra_setup_context)

@@ -1,0 +1,359 @@
+"""RoIAlign: fastops.roi_align / multi_scale_roi_align against torchvision.ops (the anchor) and the plain-PyTorch
+reference; opcheck, gradcheck, compile, export, Triton (interpreted), errors."""
+import math
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastops
+from fastops.ops.roi_align import boxes_to_rois
+
+TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5), torch.float16: (4e-3, 4e-3),
+       torch.bfloat16: (4e-3, 1.6e-2)}
+
+
+def make_rois(k, n, h, w, scale=1.0, lo=2.0, hi=None, dtype=torch.float32, outside=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hi = hi if hi is not None else max(h, w) / scale * 0.6
+    size = torch.rand(k, 2, generator=g) * (hi - lo) + lo
+    ext = torch.tensor([w / scale, h / scale])
+    margin = 0.3 if outside else 0.0
+    ctr = (torch.rand(k, 2, generator=g) * (1 + 2 * margin) - margin) * ext
+    boxes = torch.cat([ctr - size / 2, ctr + size / 2], 1)
+    idx = torch.randint(0, n, (k, 1), generator=g).float()
+    return torch.cat([idx, boxes], 1).to(dtype)
+
+
+def tv_roi_align(x, rois, out, scale, sr, aligned):
+    """torchvision in float32/float64 (it has no bf16 CPU kernel and a slow fp16 one)."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torchvision.ops.roi_align(x.to(dt), rois.to(dt), out, scale, sr, aligned)
+
+
+def assert_close(actual, expected, dtype):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(actual.to(expected.dtype), expected, atol=atol, rtol=rtol)
+
+
+class TestForwardAgainstTorchvision:
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("aligned", [False, True])
+    @pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2])
+    def test_dtypes_and_modes(self, dtype, aligned, sampling_ratio):
+        x = torch.randn(2, 5, 23, 31).to(dtype)
+        for scale in (1.0, 0.5, 0.25):
+            rois = make_rois(17, 2, 23, 31, scale, dtype=dtype, outside=True)
+            expected = tv_roi_align(x, rois, (7, 5), scale, sampling_ratio, aligned)
+            actual = fastops.roi_align(x, rois, (7, 5), scale, sampling_ratio, aligned)
+            assert actual.dtype == dtype
+            assert_close(actual, expected, dtype)
+
+    @pytest.mark.parametrize("layout", ["channels_last", "noncontiguous", "sliced_w"])
+    def test_layouts(self, layout):
+        x = torch.randn(2, 8, 19, 27)
+        if layout == "channels_last":
+            xi = x.contiguous(memory_format=torch.channels_last)
+        elif layout == "noncontiguous":
+            xi = torch.randn(2, 16, 19, 27)[:, ::2]
+            x = xi.contiguous()
+        else:
+            xi = torch.randn(2, 8, 19, 54)[..., ::2]
+            x = xi.contiguous()
+        rois = make_rois(23, 2, 19, 27, 0.5, outside=True)
+        expected = tv_roi_align(x, rois, 6, 0.5, -1, True)
+        actual = fastops.roi_align(xi, rois, 6, 0.5, -1, True)
+        assert_close(actual, expected, torch.float32)
+        if layout == "channels_last":
+            assert actual.is_contiguous(memory_format=torch.channels_last)
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_channels_last_low_precision(self, dtype):
+        x = torch.randn(2, 24, 19, 27).to(dtype).contiguous(memory_format=torch.channels_last)
+        rois = make_rois(15, 2, 19, 27, 0.25, dtype=dtype)
+        assert_close(fastops.roi_align(x, rois, 7, 0.25, 2, True), tv_roi_align(x, rois, 7, 0.25, 2, True), dtype)
+
+    def test_list_of_boxes(self):
+        x = torch.randn(3, 4, 20, 20)
+        boxes = [make_rois(n, 1, 20, 20)[:, 1:] for n in (4, 0, 6)]
+        expected = torchvision.ops.roi_align(x, boxes, 5, 1.0, 2)
+        assert_close(fastops.roi_align(x, boxes, 5, 1.0, 2), expected, torch.float32)
+        assert_close(fastops.RoIAlign(5, 1.0, 2)(x, boxes), expected, torch.float32)
+
+    def test_zero_boxes_and_channels(self):
+        x = torch.randn(2, 4, 10, 10)
+        out = fastops.roi_align(x, torch.zeros(0, 5), 3)
+        assert out.shape == (0, 4, 3, 3)
+        out = fastops.roi_align(torch.randn(2, 0, 10, 10), make_rois(3, 2, 10, 10), 3)
+        assert out.shape == (3, 0, 3, 3)
+
+    def test_boxes_wholly_outside_and_degenerate(self):
+        x = torch.randn(1, 3, 12, 12)
+        rois = torch.tensor([[0, -50.0, -50, -20, -20], [0, 30, 30, 60, 60], [0, 5, 5, 5, 5], [0, 8, 8, 3, 3],
+                             [0, -0.5, -0.5, 12.5, 12.5], [0, 11.9, 0, 12.0, 12]])
+        for aligned in (False, True):
+            for sr in (0, 2):
+                expected = tv_roi_align(x, rois, 4, 1.0, sr, aligned)
+                assert_close(fastops.roi_align(x, rois, 4, 1.0, sr, aligned), expected, torch.float32)
+
+    def test_same_result_with_one_and_two_threads(self):
+        x = torch.randn(2, 40, 30, 30)
+        rois = make_rois(50, 2, 30, 30, 0.5)
+        old = torch.get_num_threads()
+        try:
+            outs, grads = [], []
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+                    xi = xi.detach().requires_grad_()
+                    y = fastops.roi_align(xi, rois, 7, 0.5, 0, True)
+                    y.backward(torch.ones_like(y))
+                    outs.append(y.detach())
+                    grads.append(xi.grad)
+        finally:
+            torch.set_num_threads(old)
+        assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
+        assert torch.equal(grads[0], grads[2]) and torch.equal(grads[1], grads[3])
+
+    @settings(max_examples=25, deadline=None)
+    @given(n=st.integers(1, 3), c=st.integers(1, 7), h=st.integers(1, 17), w=st.integers(1, 17),
+           k=st.integers(0, 9), ph=st.integers(1, 5), pw=st.integers(1, 5), sr=st.integers(-1, 3),
+           aligned=st.booleans(), scale=st.sampled_from([1.0, 0.5, 0.125]), seed=st.integers(0, 1000))
+    def test_property_odd_shapes(self, n, c, h, w, k, ph, pw, sr, aligned, scale, seed):
+        x = torch.randn(n, c, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        rois = make_rois(k, n, h, w, scale, lo=0.0, dtype=torch.float64, outside=True, seed=seed)
+        expected = tv_roi_align(x, rois, (ph, pw), scale, sr, aligned)
+        assert_close(fastops.roi_align(x, rois, (ph, pw), scale, sr, aligned), expected, torch.float64)
+        xcl = x.contiguous(memory_format=torch.channels_last)
+        assert_close(fastops.roi_align(xcl, rois, (ph, pw), scale, sr, aligned), expected, torch.float64)
+
+
+class TestBackward:
+    @pytest.mark.parametrize("channels_last", [False, True])
+    @pytest.mark.parametrize("aligned,sr", [(False, -1), (True, 2), (True, 0)])
+    def test_gradcheck(self, channels_last, aligned, sr):
+        x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        rois = make_rois(5, 2, 9, 8, 0.5, dtype=torch.float64, outside=True)
+        torch.autograd.gradcheck(lambda t: fastops.roi_align(t, rois, 3, 0.5, sr, aligned), (x,))
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("channels_last", [False, True])
+    def test_grad_matches_torchvision(self, dtype, channels_last):
+        x = torch.randn(2, 20, 25, 30).to(dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        rois = make_rois(30, 2, 25, 30, 0.5, dtype=dtype)
+        g = torch.randn(30, 20, 7, 7)
+        xa = x.float().detach().requires_grad_()
+        torchvision.ops.roi_align(xa, rois.float(), 7, 0.5, 0, True).backward(g)
+        xf = x.detach().requires_grad_()
+        fastops.roi_align(xf, rois, 7, 0.5, 0, True).backward(g.to(dtype))
+        assert xf.grad.dtype == dtype
+        atol = 1e-5 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(xf.grad.float(), xa.grad, atol=atol, rtol=atol)
+
+    def test_reference_impl_gradcheck(self):
+        x = torch.randn(1, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+        rois = make_rois(3, 1, 7, 6, dtype=torch.float64)
+        torch.autograd.gradcheck(lambda t: fastops.roi_align(t, rois, 2, 1.0, 2, True, impl="reference"), (x,))
+
+
+class TestMultiScale:
+    def _fpn(self, dtype=torch.float32, channels_last=False):
+        feats = {f"p{i}": torch.randn(2, 6, 64 // 2 ** i, 96 // 2 ** i).to(dtype) for i in range(4)}
+        if channels_last:
+            feats = {k: v.contiguous(memory_format=torch.channels_last) for k, v in feats.items()}
+        g = torch.Generator().manual_seed(1)
+        boxes = []
+        for n in (7, 9):
+            wh = torch.rand(n, 2, generator=g) * 200 + 4
+            xy = torch.rand(n, 2, generator=g) * torch.tensor([384.0, 256.0])
+            boxes.append(torch.cat([xy, xy + wh], 1).to(dtype))
+        return feats, boxes, [(256, 384), (250, 380)]
+
+    @pytest.mark.parametrize("channels_last", [False, True])
+    def test_module_matches_torchvision(self, channels_last):
+        feats, boxes, shapes = self._fpn(channels_last=channels_last)
+        names = ["p0", "p1", "p2", "p3"]
+        expected = torchvision.ops.MultiScaleRoIAlign(names, 7, 2)(feats, boxes, shapes)
+        actual = fastops.MultiScaleRoIAlign(names, 7, 2)(feats, boxes, shapes)
+        assert_close(actual, expected, torch.float32)
+        ref = fastops.MultiScaleRoIAlign(names, 7, 2, impl="reference")(feats, boxes, shapes)
+        assert_close(ref, expected, torch.float32)
+
+    def test_subset_of_levels_and_single_level(self):
+        feats, boxes, shapes = self._fpn()
+        for names in (["p1", "p2"], ["p0"]):
+            expected = torchvision.ops.MultiScaleRoIAlign(names, (5, 3), 0)(feats, boxes, shapes)
+            assert_close(fastops.MultiScaleRoIAlign(names, (5, 3), 0)(feats, boxes, shapes), expected, torch.float32)
+
+    def test_gradcheck_all_levels(self):
+        feats = [torch.randn(1, 2, 16 // 2 ** i, 16 // 2 ** i, dtype=torch.float64, requires_grad=True)
+                 for i in range(3)]
+        rois = torch.tensor([[0, 1.0, 1, 6, 7], [0, 2, 2, 60, 50], [0, 0, 0, 15, 15], [0, 3, 1, 30, 40]],
+                            dtype=torch.float64)
+        torch.autograd.gradcheck(
+            lambda *f: fastops.multi_scale_roi_align(list(f), rois, 2, [1.0, 0.5, 0.25], 2, False, 16, 1), feats)
+
+    def test_grad_matches_torchvision(self):
+        feats, boxes, shapes = self._fpn()
+        names = ["p0", "p1", "p2", "p3"]
+        fa = {k: v.detach().requires_grad_() for k, v in feats.items()}
+        ff = {k: v.detach().requires_grad_() for k, v in feats.items()}
+        g = torch.randn(16, 6, 7, 7)
+        torchvision.ops.MultiScaleRoIAlign(names, 7, 2)(fa, boxes, shapes).backward(g)
+        fastops.MultiScaleRoIAlign(names, 7, 2)(ff, boxes, shapes).backward(g)
+        for k in names:
+            torch.testing.assert_close(ff[k].grad, fa[k].grad, atol=1e-5, rtol=1e-5)
+
+
+class TestLibrary:
+    def test_opcheck(self):
+        x = torch.randn(2, 3, 10, 12, dtype=torch.float64)
+        rois = make_rois(4, 2, 10, 12, dtype=torch.float64)
+        for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+            torch.library.opcheck(torch.ops.fastops.roi_align.default, (xi.requires_grad_(), rois, 0.5, 3, 2, 2, True))
+        feats = [torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True),
+                 torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)]
+        torch.library.opcheck(torch.ops.fastops.multi_scale_roi_align.default,
+                              (feats, rois, [1.0, 0.5], 2, 2, -1, False, 224, 4))
+        g = torch.randn(4, 3, 3, 2, dtype=torch.float64)
+        torch.library.opcheck(torch.ops.fastops._roi_align_backward.default,
+                              (g, rois, 0.5, 3, 2, 2, 3, 10, 12, 2, True, False))
+
+    def test_compile_fullgraph_and_backward(self):
+        x = torch.randn(2, 4, 12, 12, requires_grad=True)
+        rois = make_rois(6, 2, 12, 12)
+
+        def f(x, rois):
+            return fastops.roi_align(x, rois, 3, 1.0, 2, True).sum(dim=(2, 3))
+
+        compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+        out = compiled(x, rois)
+        torch.testing.assert_close(out, f(x, rois))
+        out.sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+
+    def test_compile_inductor_dynamic(self):
+        x = torch.randn(2, 4, 12, 12)
+        compiled = torch.compile(lambda x, r: fastops.roi_align(x, r, 3, 1.0, 2, True), fullgraph=True, dynamic=True)
+        for k in (3, 5):
+            rois = make_rois(k, 2, 12, 12)
+            torch.testing.assert_close(compiled(x, rois), tv_roi_align(x, rois, 3, 1.0, 2, True))
+
+    def test_export(self):
+        class M(torch.nn.Module):
+            def forward(self, x, rois):
+                return fastops.roi_align(x, rois, (4, 4), 0.5, 2, True)
+
+        x = torch.randn(2, 4, 12, 12)
+        rois = make_rois(5, 2, 12, 12, 0.5)
+        ep = torch.export.export(M(), (x, rois))
+        assert any("fastops.roi_align" in str(n.target) for n in ep.graph.nodes)
+        torch.testing.assert_close(ep.module()(x, rois), tv_roi_align(x, rois, 4, 0.5, 2, True))
+
+
+class TestTriton:
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("channels_last", [False, True])
+    def test_forward_backward(self, dtype, channels_last):
+        x = torch.randn(2, 3, 9, 11, dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        rois = make_rois(4, 2, 9, 11, 0.5, dtype=dtype, outside=True)
+        expected = tv_roi_align(x, rois, 3, 0.5, 0, True)
+        xt = x.detach().requires_grad_()
+        actual = fastops.roi_align(xt, rois, 3, 0.5, 0, True, impl="triton")
+        assert_close(actual, expected, dtype)
+        g = torch.randn_like(expected)
+        actual.backward(g.to(dtype))
+        xa = x.detach().to(expected.dtype).requires_grad_()
+        tv_roi_align(xa, rois, 3, 0.5, 0, True).backward(g)
+        assert_close(xt.grad, xa.grad, dtype)
+
+    def test_gradcheck_and_opcheck(self):
+        import fastops.triton.roi_align  # noqa: F401
+
+        x = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+        rois = make_rois(3, 1, 6, 5, dtype=torch.float64)
+        torch.autograd.gradcheck(lambda t: fastops.roi_align(t, rois, 2, 1.0, 2, False, impl="triton"), (x,))
+        torch.library.opcheck(torch.ops.fastops.roi_align_triton.default, (x, rois, 1.0, 2, 2, 2, False))
+
+    def test_multi_scale(self):
+        feats = [torch.randn(1, 2, 16 // 2 ** i, 16 // 2 ** i) for i in range(3)]
+        rois = torch.tensor([[0, 1.0, 1, 6, 7], [0, 2, 2, 60, 50], [0, 0, 0, 15, 15], [0, 3, 1, 30, 40]])
+        expected = fastops.multi_scale_roi_align(feats, rois, 2, [1.0, 0.5, 0.25], 2, False, 16, 1)
+        ref = fastops.multi_scale_roi_align(feats, rois, 2, [1.0, 0.5, 0.25], 2, False, 16, 1, impl="reference")
+        actual = fastops.multi_scale_roi_align(feats, rois, 2, [1.0, 0.5, 0.25], 2, False, 16, 1, impl="triton")
+        assert_close(actual, ref, torch.float32)
+        assert_close(expected, ref, torch.float32)
+
+    def test_compile(self):
+        x = torch.randn(1, 2, 6, 5)
+        rois = make_rois(3, 1, 6, 5)
+        f = torch.compile(lambda x, r: fastops.roi_align(x, r, 2, 1.0, 2, False, impl="triton"), fullgraph=True,
+                          backend="aot_eager")
+        torch.testing.assert_close(f(x, rois), tv_roi_align(x, rois, 2, 1.0, 2, False))
+
+
+class TestErrors:
+    def test_bad_ranks_and_shapes(self):
+        x = torch.randn(1, 2, 8, 8)
+        with pytest.raises(ValueError, match="input must be 4-D"):
+            fastops.roi_align(torch.randn(2, 8, 8), torch.zeros(1, 5), 2)
+        with pytest.raises(ValueError, match=r"boxes as a Tensor must have shape \[K, 5\]"):
+            fastops.roi_align(x, torch.zeros(3, 4), 2)
+        with pytest.raises(ValueError, match=r"boxes\[0\] must have shape \[L, 4\]"):
+            fastops.roi_align(x, [torch.zeros(3, 5)], 2)
+        with pytest.raises(ValueError, match="output_size must be positive"):
+            fastops.roi_align(x, torch.zeros(1, 5), 0)
+        with pytest.raises(ValueError, match="impl must be one of"):
+            fastops.roi_align(x, torch.zeros(1, 5), 2, impl="cuda")
+
+    def test_batch_index_out_of_range(self):
+        x = torch.randn(2, 2, 8, 8)
+        for bad in (2.0, -1.0, 0.5):
+            with pytest.raises(RuntimeError, match="batch index"):
+                fastops.roi_align(x, torch.tensor([[bad, 0, 0, 4, 4]]), 2)
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+    def test_non_finite_boxes(self, bad):
+        x = torch.randn(1, 2, 8, 8)
+        with pytest.raises(RuntimeError, match="finite"):
+            fastops.roi_align(x, torch.tensor([[0, 0, bad, 4, 4]]), 2)
+        with pytest.raises(RuntimeError, match="finite"):
+            fastops.multi_scale_roi_align([x, x[..., ::2, ::2]], torch.tensor([[0, 0, 0, bad, 4]]), 2, [1.0, 0.5])
+
+    def test_non_finite_boxes_triton_never_reads_out_of_bounds(self):
+        x = torch.randn(1, 2, 8, 8)
+        rois = torch.tensor([[0, 0, float("nan"), 4, 4], [0, -1e38, -1e38, 1e38, 1e38], [5.0, 0, 0, 4, 4]])
+        out = fastops.roi_align(x, rois, 2, impl="triton")
+        assert out.shape == (3, 2, 2, 2)
+
+    def test_mixed_dtypes_and_devices(self):
+        x = torch.randn(1, 2, 8, 8)
+        with pytest.raises(ValueError, match="same dtype"):
+            fastops.roi_align(x, torch.zeros(1, 5, dtype=torch.float64), 2)
+        with pytest.raises(ValueError, match="must be on"):
+            fastops.roi_align(x, torch.zeros(1, 5, device="meta"), 2)
+        with pytest.raises(ValueError, match="dtype in"):
+            fastops.roi_align(x.long(), torch.zeros(1, 5).long(), 2)
+
+    def test_multi_scale_mismatch(self):
+        f = [torch.randn(1, 2, 8, 8), torch.randn(1, 3, 4, 4)]
+        with pytest.raises(ValueError, match="share batch, channels and dtype"):
+            fastops.multi_scale_roi_align(f, torch.zeros(1, 5), 2, [1.0, 0.5])
+        with pytest.raises(ValueError, match="one entry per level"):
+            fastops.multi_scale_roi_align(f[:1], torch.zeros(1, 5), 2, [1.0, 0.5])
+
+
+def test_boxes_to_rois_roundtrip():
+    boxes = [torch.rand(3, 4), torch.rand(0, 4), torch.rand(2, 4)]
+    rois = boxes_to_rois(boxes, torch.float32, torch.device("cpu"))
+    assert rois.shape == (5, 5) and rois[:, 0].tolist() == [0, 0, 0, 2, 2]
+    assert math.isclose(float(rois[3, 1]), float(boxes[2][0, 0]))
