@@ -511,3 +511,50 @@ def test_compile_backward():
     (g1,) = torch.autograd.grad(f(x), x)
     (g2,) = torch.autograd.grad(torch.compile(f, fullgraph=True, backend="aot_eager")(x), x)
     close(g1, g2, rtol=1e-6, atol=1e-6)
+
+
+# ---- Triton (TRITON_INTERPRET=1 on CPU tensors; small cases: the interpreter is slow) ----------------------------
+
+@pytest.mark.parametrize("mode", ["msra", "udp", "dark"])
+def test_triton_render(mode):
+    kp = special_keypoints(2, 10, 12, 10)
+    vis = (torch.rand(2, 10) > 0.3).float()
+    for kernel, sigma in (("gaussian", 1.5), ("cauchy", 2.0)):
+        hm, wt = fastops.render_gaussian_heatmaps(kp, (12, 10), sigma, vis, mode=mode, kernel=kernel, impl="triton")
+        rh, rw = R.render_gaussian_heatmaps(kp, (12, 10), sigma, vis, mode, kernel)
+        close(hm, rh)
+        close(wt, rw, atol=0)
+    kp2 = torch.rand(1, 2, 3, 2) * 10
+    hm, wt = fastops.render_gaussian_heatmaps(kp2, (8, 9), 1.0, mode=mode, impl="triton")
+    rh, rw = R.render_gaussian_heatmaps(kp2, (8, 9), 1.0, None, mode)
+    close(hm, rh)
+    assert wt.shape == (1, 2, 3)
+
+
+def test_triton_soft_argmax():
+    hm = torch.randn(2, 3, 5, 7)
+    for normalize in (False, True):
+        close(fastops.soft_argmax(hm, 1.5, normalize=normalize, impl="triton"), R.soft_argmax(hm, 1.5, normalize),
+              rtol=1e-5, atol=1e-5)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda h: fastops.soft_argmax(h, 2.0, impl="triton"), (x,))
+    torch.library.opcheck(torch.ops.fastops.soft_argmax_triton.default, (x, 2.0, False),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_triton_corner_pool(mode):
+    x = torch.randint(0, 4, (1, 2, 5, 6)).float()
+    g = torch.randn(1, 2, 5, 6)
+    xr = x.clone().requires_grad_(True)
+    out = fastops.corner_pool(xr, mode, impl="triton")
+    assert torch.equal(out, R.cornernet_pool_forward(x, mode))
+    (gi,) = torch.autograd.grad(out, xr, g)
+    close(gi, R.cornernet_pool_backward(x, g, mode), rtol=1e-6, atol=1e-6)
+    if mode == "top":
+        xd = torch.randn(1, 1, 4, 3, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t: fastops.corner_pool(t, mode, impl="triton"), (xd,))
+        torch.library.opcheck(torch.ops.fastops.corner_pool_triton.default, (xd, mode),
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+        f = torch.compile(lambda t: fastops.corner_pool(t, mode, impl="triton"), fullgraph=True, backend="aot_eager")
+        assert torch.equal(f(x), out.detach())
