@@ -368,6 +368,18 @@ def test_peaks_property_odd_shapes(h, w, k, seed):
         assert torch.equal(a, b)
 
 
+@settings(max_examples=15, deadline=None)
+@given(h=st.integers(1, 13), w=st.integers(1, 13), n=st.integers(1, 3), sigma=st.sampled_from([0.7, 1.0, 1.5, 2.5]),
+       mode=st.sampled_from(["msra", "udp", "dark"]), seed=st.integers(0, 1000))
+def test_render_property_odd_shapes(h, w, n, sigma, mode, seed):
+    g = torch.Generator().manual_seed(seed)
+    kp = torch.rand(2, n, 3, 2, generator=g) * torch.tensor([w + 8.0, h + 8.0]) - 4
+    hm, wt = fastops.render_gaussian_heatmaps(kp, (h, w), sigma, mode=mode)
+    rh, rw = R.render_gaussian_heatmaps(kp, (h, w), sigma, None, mode)
+    close(hm, rh)
+    close(wt, rw, atol=0)
+
+
 # ---- threads, errors, opcheck, compile, export -------------------------------------------------------------------
 
 def test_same_results_one_and_two_threads():
@@ -486,6 +498,15 @@ def test_compile_fullgraph_and_export():
 
     args = (torch.rand(2, 5, 2) * 10, realistic_maps(2, 3, 12, 10), torch.rand(1, 3, 8, 8), torch.rand(1, 2, 8, 8),
             torch.randn(1, 2, 5, 6))
+
+    def g(kp, hm, heat, wh, x):
+        r = fastops.gaussian_radius(wh[0, 0].flatten() * 10 + 1, wh[0, 1].flatten() * 10 + 1)
+        cm = fastops.render_center_heatmap(kp, r[:10].reshape(2, 5), (r[:10].reshape(2, 5) > 2).long(), 2, (9, 7))
+        return (r, cm) + fastops.heatmap_peaks(heat, 9, 3)
+
+    eg = g(*args)
+    for a, b in zip(eg, torch.compile(g, fullgraph=True, backend="aot_eager")(*args)):
+        assert torch.equal(a, b)
     eager = f(*args)
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(*args)
     for a, b in zip(eager, compiled):
