@@ -550,8 +550,8 @@ def _argmax_kernel(hm, coords, scores, H, W, kc, KS, REFINE: tl.constexpr, ACC: 
             lo = tl.minimum(tl.minimum(tl.minimum(c, xp), tl.minimum(xm, yp)),
                             tl.minimum(tl.minimum(ym, xpp), tl.minimum(xmm, ypp)))
             lo = tl.minimum(lo, tl.minimum(tl.minimum(ymm, pp), tl.minimum(tl.minimum(mp, pm), mm)))
-            s = 1.0
-            clamped = not (lo >= 1e-10)
+            s = tl.full([], 1.0, ACC)  # a tensor on both sides of the branch below
+            clamped = ~(lo >= 1e-10)
             if clamped:
                 s = score / _blur_max(p, H, W, kc, KS, ACC, KB)
             c = tl.log(tl.maximum(c * s, 1e-10))
@@ -591,8 +591,8 @@ def _argmax_kernel(hm, coords, scores, H, W, kc, KS, REFINE: tl.constexpr, ACC: 
             iy1_ = _blur_at(p, H, W, ym1, x, kc, KS, ACC, KB)
             lo = tl.minimum(tl.minimum(tl.minimum(i_, ix1), tl.minimum(iy1, ix1y1)),
                             tl.minimum(tl.minimum(ix1_y1_, ix1_), iy1_))
-            s = 1.0
-            clipped = (not (lo >= 1e-3)) | (not (score <= 50.0))
+            s = tl.full([], 1.0, ACC)
+            clipped = ~(lo >= 1e-3) | ~(score <= 50.0)
             if clipped:
                 s = score / _blur_max(p, H, W, kc, KS, ACC, KB)
             i_ = tl.log(tl.minimum(tl.maximum(i_ * s, 1e-3), 50.0))
