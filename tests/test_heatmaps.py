@@ -626,3 +626,15 @@ def test_triton_peaks_and_decode():
     close(d64, R.centernet_ctdet_decode(heat.double(), wh.double(), None, 10), torch.float64)
     torch.library.opcheck(torch.ops.fastops.heatmap_peaks_triton.default, (heat, 7, 3),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_corner_pool_row_blocks(mode):
+    # 33 rows: two full 16-row blocks (the AVX-512 gather path for left/right on float) and a 1-row tail
+    x = torch.randint(0, 6, (1, 2, 33, 21)).float()
+    g = torch.randn(1, 2, 33, 21)
+    xr = x.clone().requires_grad_(True)
+    out = fastops.corner_pool(xr, mode)
+    assert torch.equal(out, R.cornernet_pool_forward(x, mode))
+    (gi,) = torch.autograd.grad(out, xr, g)
+    close(gi, R.cornernet_pool_backward(x, g, mode), rtol=1e-6, atol=1e-6)
