@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -55,6 +56,10 @@ struct RoiTable {
   int level = -1;  // -1: the RoI contributes nothing (output 0)
   int64_t batch = 0;
   int x0 = 0, span = 0;
+  int span_pad = 0;  // span rounded up to whole vectors where the row allows it (NCHW loops run full vectors)
+  int y_first = 0;   // smallest row: RoIs are visited top to bottom so neighbours share cached rows
+  int ld = 0;        // row length of xd: span_pad rounded up to whole vectors
+  std::vector<T> xd; // dense x weights [pw][ld] over the span (NCHW backward: vectorised AXPYs)
   std::vector<int> yo, xo, yi, xi;
   std::vector<T> yw, xw;
 };
@@ -94,6 +99,9 @@ void build_axis(T start, T bin, int pooled, int grid, int size, std::vector<int>
   }
 }
 
+// Dense x-weight rows are padded to whole vectors of this many lanes (one AVX-512 register of float).
+constexpr int kLanes = 16;
+
 template <typename T, typename scalar_t, typename level_t>
 void build_table(RoiTable<T>& t, const scalar_t* roi, const std::vector<Level<level_t>>& levels, int ph, int pw,
                  int sampling_ratio, bool aligned, int canonical_scale, int canonical_level, int k_min, int k_max) {
@@ -109,7 +117,13 @@ void build_table(RoiTable<T>& t, const scalar_t* roi, const std::vector<Level<le
     const auto [lo, hi] = std::minmax_element(t.xi.begin(), t.xi.end());
     t.x0 = *lo;
     t.span = *hi - t.x0 + 1;
+    t.span_pad = std::max(t.span, std::min((t.span + 15) / 16 * 16, L.W - t.x0));
+    t.y_first = t.yi.empty() ? 0 : *std::min_element(t.yi.begin(), t.yi.end());
+    t.ld = (t.span_pad + kLanes - 1) / kLanes * kLanes;
     for (int& x : t.xi) x -= t.x0;
+    t.xd.assign(static_cast<size_t>(pw) * t.ld, T(0));
+    for (int q = 0; q < pw; ++q)
+      for (int b = t.xo[q]; b < t.xo[q + 1]; ++b) t.xd[q * t.ld + t.xi[b]] += t.xw[b];
   }
 }
 
@@ -147,26 +161,26 @@ void build_tables(std::vector<RoiTable<T>>& tables, std::vector<int64_t>& order,
   max_span = 0;
   for (int64_t k = 0; k < K; ++k) {
     if (tables[k].level >= 0 && tables[k].span > 0) order.push_back(k);
-    max_span = std::max(max_span, tables[k].span);
+    max_span = std::max(max_span, tables[k].span_pad);
   }
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return std::make_pair(tables[a].level, tables[a].batch) < std::make_pair(tables[b].level, tables[b].batch);
+    const RoiTable<T>& ta = tables[a];
+    const RoiTable<T>& tb = tables[b];
+    return std::make_tuple(ta.level, ta.batch, ta.y_first, ta.x0) <
+           std::make_tuple(tb.level, tb.batch, tb.y_first, tb.x0);
   });
 }
 
 // One RoI, one channel, NCHW plane: for each output row p, V = sum_a wy[a] * F[y_a, x0 : x0 + span] (a
-// contiguous, vectorised AXPY), then out[p, q] = sum_b wx[b] * V[x_b].
+// contiguous, vectorised AXPY), then out[p, q] = sum_b wx[b] * V[x_b] (a few taps per bin).
 template <bool kUnitW, typename T, typename scalar_t>
 inline void forward_plane(const RoiTable<T>& t, const scalar_t* __restrict__ plane, int64_t sH, int64_t sW,
                           scalar_t* __restrict__ out, int64_t oH, int64_t oW, int ph, int pw, T* __restrict__ V) {
-  const int span = t.span;
+  const int span = kUnitW ? t.span_pad : t.span;  // padded columns are never read by the x step
   const int64_t sw = kUnitW ? 1 : sW;
   for (int p = 0; p < ph; ++p) {
     const int a0 = t.yo[p], a1 = t.yo[p + 1];
-    if (a0 == a1) {
-      for (int q = 0; q < pw; ++q) out[p * oH + q * oW] = scalar_t(0);
-      continue;
-    }
+    if (a0 == a1) continue;  // the output was zero-initialised
     {
       const scalar_t* row = plane + t.yi[a0] * sH + t.x0 * sw;
       const T w = t.yw[a0];
@@ -225,21 +239,24 @@ inline void forward_cl(const RoiTable<T>& t, const scalar_t* __restrict__ base, 
   }
 }
 
-// Backward of forward_plane: U = sum over bins q of g[p, q] * wx (scattered on the span), then
+// Backward of forward_plane: U = sum_q g[p, q] * xd[q] (dense AXPYs over the span), then
 // grad[y_a, x0 : x0 + span] += wy[a] * U (a contiguous AXPY).
 template <bool kUnitW, typename T, typename scalar_t, typename G>
 inline void backward_plane(const RoiTable<T>& t, G* __restrict__ plane, int64_t sH, int64_t sW,
                            const scalar_t* __restrict__ g, int64_t gH, int64_t gW, int ph, int pw,
                            T* __restrict__ U) {
-  const int span = t.span;
+  const int span = kUnitW ? t.span_pad : t.span;  // padded columns receive U = 0 (same row, same thread)
+  const int ld = t.ld;
   const int64_t sw = kUnitW ? 1 : sW;
   for (int p = 0; p < ph; ++p) {
     const int a0 = t.yo[p], a1 = t.yo[p + 1];
     if (a0 == a1) continue;
-    for (int s = 0; s < span; ++s) U[s] = T(0);
+    for (int s = 0; s < ld; ++s) U[s] = T(0);
     for (int q = 0; q < pw; ++q) {
       const T gv = static_cast<T>(g[p * gH + q * gW]);
-      for (int b = t.xo[q]; b < t.xo[q + 1]; ++b) U[t.xi[b]] += t.xw[b] * gv;
+      const T* xq = t.xd.data() + static_cast<int64_t>(q) * ld;
+      // Only the true span: padded columns keep U = 0 even for a non-finite gradient.
+      for (int s = 0; s < t.span; ++s) U[s] += gv * xq[s];
     }
     for (int a = a0; a < a1; ++a) {
       G* row = plane + t.yi[a] * sH + t.x0 * sw;
@@ -346,7 +363,7 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& 
     if (any_plane) {
       // NCHW levels: channel outer, so one plane is read by all RoIs while it sits in cache.
       at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-        std::vector<T> V(static_cast<size_t>(max_span) + 1);
+        std::vector<T> V(static_cast<size_t>(max_span) + kLanes);
         for (int64_t c = c0; c < c1; ++c) {
           for (int64_t k : order) {
             const RoiTable<T>& t = tables[k];
@@ -431,7 +448,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
       const int64_t chunk = any_cl ? std::max<int64_t>(kCB, (C + threads - 1) / threads) : kCB;
       const int64_t nblocks = (C + chunk - 1) / chunk;
       at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-        std::vector<T> U(static_cast<size_t>(max_span) * chunk + 1), gv(chunk);
+        std::vector<T> U(static_cast<size_t>(max_span + kLanes) * chunk), gv(chunk);
         for (int64_t blk = b0; blk < b1; ++blk) {
           const int64_t c0 = blk * chunk;
           const int nc = static_cast<int>(std::min<int64_t>(chunk, C - c0));
