@@ -8,5 +8,6 @@ import torch  # noqa: F401  (must be imported before fastops._C: it loads libc10
 
 from fastops._library import cuda_compiled  # noqa: F401
 from fastops.ops.roi_align import MultiScaleRoIAlign, RoIAlign, multi_scale_roi_align, roi_align  # noqa: F401
+from fastops.ops.heatmaps import centernet_decode, corner_pool, gaussian_radius, heatmap_argmax, heatmap_peaks, render_center_heatmap, render_gaussian_heatmaps, soft_argmax  # noqa: F401,E501
 
 __version__ = "0.1.0"
