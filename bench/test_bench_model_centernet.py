@@ -1,0 +1,58 @@
+"""CenterNet end to end: anchor = the same model with impl="reference" (CenterNet's own ctdet_decode and per-object
+draw_umich_gaussian/gaussian_radius loops), fastops = impl="auto"; 1 and 2 threads.
+
+- post-processing from head outputs to detections (sigmoid + decode + scaling), COCO size (80 classes, 512x512 input);
+- full inference (network + post-processing), 256x256 input, 80 classes;
+- target rendering of the training step (radius + heatmaps + regression targets), 8 images x 32 boxes, 128x128 maps.
+"""
+import pytest
+import torch
+
+from fastops.models.centernet import CenterNet
+
+from benchutil import record, run
+
+SIDES = ("anchor", "fastops")
+C = 80
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return CenterNet(C).eval()
+
+
+def _impl(side):
+    return "reference" if side == "anchor" else "auto"
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_centernet_postprocess(benchmark, threads, model, side):
+    g = torch.Generator().manual_seed(1)
+    out = {"hm": torch.randn(1, C, 128, 128, generator=g) - 2.19, "wh": torch.rand(1, 2, 128, 128, generator=g) * 40,
+           "reg": torch.rand(1, 2, 128, 128, generator=g)}
+    model.impl = _impl(side)
+    record(benchmark, "CenterNet postprocess", f"heads [1,{C},128,128] -> 100 dets", threads, side)
+    run(benchmark, lambda: model.postprocess(out), rounds=5 if side == "anchor" else 20)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_centernet_inference(benchmark, threads, model, side):
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    model.impl = _impl(side)
+    record(benchmark, "CenterNet inference", f"R18 1x3x256x256, {C} cls, net + decode", threads, side)
+    run(benchmark, lambda: model.detect(x), rounds=3)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_centernet_targets(benchmark, threads, model, side):
+    g = torch.Generator().manual_seed(3)
+    b, n, size = 8, 32, 512
+    xy = torch.rand(b, n, 2, generator=g) * (size - 40)
+    wh = 4 + torch.rand(b, n, 2, generator=g) * 200
+    boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=-1)
+    labels = torch.randint(0, C, (b, n), generator=g)
+    labels[:, 24:] = -1  # padding, as in a padded batch
+    model.impl = _impl(side)
+    record(benchmark, "CenterNet targets", f"{b} imgs x {n} boxes -> [{b},{C},128,128]", threads, side)
+    run(benchmark, lambda: model.build_targets(boxes, labels, (128, 128)), rounds=5 if side == "anchor" else 20)
