@@ -26,6 +26,7 @@ def _maps():
 @pytest.mark.parametrize("mode", ["msra", "udp", "dark"])
 @pytest.mark.parametrize("side", SIDES)
 def test_render_gaussian_heatmaps(benchmark, threads, mode, side):
+    """anchor: mmpose's per-sample NumPy encoder."""
     kp = _keypoints()
     vis = torch.ones(B, K)
     record(benchmark, "render_gaussian_heatmaps", f"{B}x{K} kpts {H}x{W} sigma2 {mode}", threads, side)
@@ -33,6 +34,14 @@ def test_render_gaussian_heatmaps(benchmark, threads, mode, side):
     rounds = 5 if side == "anchor" else 50
     run(benchmark, lambda: fastops.render_gaussian_heatmaps(kp, (H, W), 2.0, vis, mode=mode, impl=impl),
         rounds=rounds)
+
+
+def test_render_gaussian_heatmaps_floor(benchmark, threads):
+    """The spec's "best plain PyTorch" for MSRA targets: whole-batch, separable and exact
+    (fastops.reference.heatmaps.render_msra_torch); listed as "floor" beside the msra row."""
+    kp = _keypoints()
+    record(benchmark, "render_gaussian_heatmaps", f"{B}x{K} kpts {H}x{W} sigma2 msra", threads, "floor")
+    run(benchmark, lambda: R.render_msra_torch(kp, (H, W), 2.0), rounds=50)
 
 
 @pytest.mark.parametrize("side", SIDES)

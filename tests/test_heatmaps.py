@@ -368,6 +368,18 @@ def test_peaks_property_odd_shapes(h, w, k, seed):
         assert torch.equal(a, b)
 
 
+@settings(max_examples=15, deadline=None)
+@given(h=st.integers(1, 13), w=st.integers(1, 13), n=st.integers(1, 3), sigma=st.sampled_from([0.7, 1.0, 1.5, 2.5]),
+       mode=st.sampled_from(["msra", "udp", "dark"]), seed=st.integers(0, 1000))
+def test_render_property_odd_shapes(h, w, n, sigma, mode, seed):
+    g = torch.Generator().manual_seed(seed)
+    kp = torch.rand(2, n, 3, 2, generator=g) * torch.tensor([w + 8.0, h + 8.0]) - 4
+    hm, wt = fastops.render_gaussian_heatmaps(kp, (h, w), sigma, mode=mode)
+    rh, rw = R.render_gaussian_heatmaps(kp, (h, w), sigma, None, mode)
+    close(hm, rh)
+    close(wt, rw, atol=0)
+
+
 # ---- threads, errors, opcheck, compile, export -------------------------------------------------------------------
 
 def test_same_results_one_and_two_threads():
@@ -426,8 +438,6 @@ def test_errors():
         fastops.gaussian_radius(torch.ones(2), torch.ones(2), variant="x")
     with pytest.raises(ValueError, match="impl"):
         fastops.corner_pool(torch.rand(1, 1, 2, 2), impl="x")
-    with pytest.raises(ValueError, match="triton"):
-        fastops.heatmap_peaks(torch.rand(1, 1, 2, 2), impl="triton")
     with pytest.raises(RuntimeError, match="mode"):
         torch.ops.fastops.corner_pool(torch.rand(1, 1, 2, 2), "diag")
 
@@ -488,6 +498,15 @@ def test_compile_fullgraph_and_export():
 
     args = (torch.rand(2, 5, 2) * 10, realistic_maps(2, 3, 12, 10), torch.rand(1, 3, 8, 8), torch.rand(1, 2, 8, 8),
             torch.randn(1, 2, 5, 6))
+
+    def g(kp, hm, heat, wh, x):
+        r = fastops.gaussian_radius(wh[0, 0].flatten() * 10 + 1, wh[0, 1].flatten() * 10 + 1)
+        cm = fastops.render_center_heatmap(kp, r[:10].reshape(2, 5), (r[:10].reshape(2, 5) > 2).long(), 2, (9, 7))
+        return (r, cm) + fastops.heatmap_peaks(heat, 9, 3)
+
+    eg = g(*args)
+    for a, b in zip(eg, torch.compile(g, fullgraph=True, backend="aot_eager")(*args)):
+        assert torch.equal(a, b)
     eager = f(*args)
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(*args)
     for a, b in zip(eager, compiled):
@@ -558,3 +577,52 @@ def test_triton_corner_pool(mode):
                               test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
         f = torch.compile(lambda t: fastops.corner_pool(t, mode, impl="triton"), fullgraph=True, backend="aot_eager")
         assert torch.equal(f(x), out.detach())
+
+
+def test_triton_center_heatmap_and_radius():
+    c = torch.rand(2, 5, 2) * 20 - 2
+    c[0, 0] = torch.tensor([-1.5, 3.0])
+    r = torch.randint(0, 6, (2, 5))
+    lab = torch.randint(-1, 3, (2, 5))
+    out = fastops.render_center_heatmap(c, r, lab, 3, (12, 14), impl="triton")
+    close(out, R.render_center_heatmap(c, r, lab, 3, (12, 14)), atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="num_classes"):
+        fastops.render_center_heatmap(c, r, lab + 5, 3, (12, 14), impl="triton")
+    h = torch.rand(20, dtype=torch.float64) * 100 + 1
+    w = torch.rand(20, dtype=torch.float64) * 100 + 1
+    for variant in ("centernet", "cornernet"):
+        close(fastops.gaussian_radius(h, w, 0.7, variant=variant, impl="triton"), R.gaussian_radius(h, w, 0.7, variant),
+              torch.float64, rtol=1e-12, atol=1e-12)
+
+
+def test_triton_argmax():
+    hm = realistic_maps(2, 4, 12, 14, 1.5)
+    hm[0, 0] = -1.0
+    hm[0, 1, 3, 3] = float("nan")
+    hm[1, 0] = 0
+    hm[1, 0, 1, 7] = 1.0  # sharp peak: DARK's clamp needs the full-map rescale
+    for refine in REFINES:
+        c, s = fastops.heatmap_argmax(hm, refine=refine, blur_kernel=5, impl="triton")
+        rc, rs = R.heatmap_argmax(hm, refine, 5)
+        close(s, rs, atol=0, rtol=0)
+        if refine.startswith("dark"):  # a NaN inside the blur window has no meaningful DARK offset
+            keep = torch.ones(2, 4, dtype=torch.bool)
+            keep[0, 1] = False
+            c, rc = c[keep], rc[keep]
+        close(c, rc, atol=2e-4 if refine.startswith("dark") else 0, rtol=0)
+
+
+def test_triton_peaks_and_decode():
+    heat = torch.randint(0, 4, (2, 3, 6, 7)).float() / 4
+    heat[1, 0] = -torch.rand(6, 7)
+    for k in (5, 200):
+        for a, b in zip(fastops.heatmap_peaks(heat, k, impl="triton"), R.heatmap_peaks(heat, k)):
+            assert torch.equal(a, b)
+    heat = torch.rand(2, 3, 6, 7)
+    wh = torch.rand(2, 2, 6, 7) * 5
+    reg = torch.rand(2, 6, 7, 2).permute(0, 3, 1, 2)
+    close(fastops.centernet_decode(heat, wh, reg, 10, impl="triton"), R.centernet_ctdet_decode(heat, wh, reg, 10))
+    d64 = fastops.centernet_decode(heat.double(), wh.double(), None, 10, impl="triton")
+    close(d64, R.centernet_ctdet_decode(heat.double(), wh.double(), None, 10), torch.float64)
+    torch.library.opcheck(torch.ops.fastops.heatmap_peaks_triton.default, (heat, 7, 3),
+                          test_utils=("test_schema", "test_faketensor"))

@@ -792,6 +792,95 @@ Tensor centernet_decode_cpu(const Tensor& heat, const Tensor& wh, const c10::opt
 
 // ---- corner pooling ---------------------------------------------------------------------------------------------
 
+// Scans run over the rows of an [L][n] array (row stride ld) with the n lanes contiguous, so every step is a
+// vectorised row operation. top/bottom scan the plane's rows directly; left/right first transpose blocks of
+// kTile rows into such an array (and back).
+constexpr int kTile = 16;
+
+// out[t] = in[t] if in[t] > out[t-1] else out[t-1], t in scan order (rev: from row L-1 down).
+template <typename T, typename A>
+void scan_fwd_rows(const T* in, T* out, int L, int n, int64_t ld, bool rev) {
+  const int first = rev ? L - 1 : 0, step = rev ? -1 : 1;
+  std::copy(in + (int64_t)first * ld, in + (int64_t)first * ld + n, out + (int64_t)first * ld);
+  for (int t = 1; t < L; ++t) {
+    const int64_t y = first + step * t;
+    const T* r = in + y * ld;
+    const T* pr = out + (y - step) * ld;
+    T* o = out + y * ld;
+    int x = 0;
+    if constexpr (std::is_same<T, float>::value) {
+      for (; x + kLanes <= n; x += kLanes) {
+        const vf16 a = vload(r + x), b = vload(pr + x);
+        const vf16 v = a > b ? a : b;
+        std::memcpy(o + x, &v, sizeof(v));
+      }
+    }
+    for (; x < n; ++x) o[x] = (A)r[x] > (A)pr[x] ? r[x] : pr[x];
+  }
+}
+
+// CornerNet's backward along the same rows: walking against the scan, gradients accumulate until a "record" (first
+// of the scan, or strictly above the running max before it, i.e. the previous output) takes them.
+template <typename T, typename A>
+void scan_bwd_rows(const T* g, const T* in, const T* out, T* gin, int L, int n, int64_t ld, bool rev, A* acc) {
+  const int first = rev ? L - 1 : 0, step = rev ? -1 : 1;
+  std::fill(acc, acc + n, A(0));
+  for (int t = L - 1; t >= 0; --t) {
+    const int64_t y = first + step * t;
+    const T* ar = in + y * ld;
+    const T* gr = g + y * ld;
+    T* rr = gin + y * ld;
+    if (t == 0) {
+      for (int x = 0; x < n; ++x) rr[x] = (T)(acc[x] + (A)gr[x]);
+    } else {
+      const T* pr = out + (y - step) * ld;
+      int x = 0;
+      if constexpr (std::is_same<T, float>::value) {
+        for (; x + kLanes <= n; x += kLanes) {
+          const vf16 sv = vload(acc + x) + vload(gr + x);
+          const vi16 rec = vload(ar + x) > vload(pr + x);
+          const vf16 gv = rec ? sv : vf16{};
+          const vf16 av = rec ? vf16{} : sv;
+          std::memcpy(rr + x, &gv, sizeof(gv));
+          std::memcpy(acc + x, &av, sizeof(av));
+        }
+      }
+      for (; x < n; ++x) {
+        const A s = acc[x] + (A)gr[x];
+        const bool rec = (A)ar[x] > (A)pr[x];
+        rr[x] = (T)(rec ? s : A(0));
+        acc[x] = rec ? A(0) : s;
+      }
+    }
+  }
+}
+
+// rows [r0, r0 + nr) of a [H][W] plane -> buf [W][kTile] (lanes = rows)
+// (rows beyond nr are filled with copies of row 0 so the lanes stay finite; their results are never stored)
+template <typename T>
+void tile_in(const T* plane, int W, int r0, int nr, T* buf) {
+  for (int x0 = 0; x0 < W; x0 += kTile) {
+    const int nx = std::min(kTile, W - x0);
+    for (int r = 0; r < kTile; ++r) {
+      const T* src = plane + (int64_t)(r0 + (r < nr ? r : 0)) * W + x0;
+      T* dst = buf + (int64_t)x0 * kTile + r;
+      for (int j = 0; j < nx; ++j) dst[j * kTile] = src[j];
+    }
+  }
+}
+
+template <typename T>
+void tile_out(const T* buf, int W, int r0, int nr, T* plane) {
+  for (int x0 = 0; x0 < W; x0 += kTile) {
+    const int nx = std::min(kTile, W - x0);
+    for (int r = 0; r < nr; ++r) {
+      const T* src = buf + (int64_t)x0 * kTile + r;
+      T* dst = plane + (int64_t)(r0 + r) * W + x0;
+      for (int j = 0; j < nx; ++j) dst[j] = src[j * kTile];
+    }
+  }
+}
+
 Tensor corner_pool_cpu(const Tensor& input, c10::string_view mode_s) {
   const int mode = parse_pool_mode(mode_s);
   check_pool_args(input);
@@ -806,42 +895,21 @@ Tensor corner_pool_cpu(const Tensor& input, c10::string_view mode_s) {
     scalar_t* op = out.data_ptr<scalar_t>();
     const int64_t plane = (int64_t)H * W;
     at::parallel_for(0, BC, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> ti, to;
       for (int64_t m = begin; m < end; ++m) {
         const scalar_t* a = ip + m * plane;
         scalar_t* o = op + m * plane;
         if (mode == kTop || mode == kBottom) {
-          const int y0 = mode == kTop ? H - 1 : 0, step = mode == kTop ? -1 : 1;
-          std::copy(a + (int64_t)y0 * W, a + (int64_t)y0 * W + W, o + (int64_t)y0 * W);
-          for (int t = 1; t < H; ++t) {
-            const int y = y0 + step * t;
-            const scalar_t* r = a + (int64_t)y * W;
-            const scalar_t* pr = o + (int64_t)(y - step) * W;
-            scalar_t* orow = o + (int64_t)y * W;
-            for (int x = 0; x < W; ++x) orow[x] = (A)r[x] > (A)pr[x] ? r[x] : pr[x];
-          }
-        } else {
-          const bool rev = mode == kLeft;
-          for (int y = 0; y < H; ++y) {
-            const scalar_t* r = a + (int64_t)y * W;
-            scalar_t* orow = o + (int64_t)y * W;
-            if (rev) {
-              A mx = (A)r[W - 1];
-              orow[W - 1] = r[W - 1];
-              for (int x = W - 2; x >= 0; --x) {
-                const A v = (A)r[x];
-                if (v > mx) mx = v;
-                orow[x] = (scalar_t)mx;
-              }
-            } else {
-              A mx = (A)r[0];
-              orow[0] = r[0];
-              for (int x = 1; x < W; ++x) {
-                const A v = (A)r[x];
-                if (v > mx) mx = v;
-                orow[x] = (scalar_t)mx;
-              }
-            }
-          }
+          scan_fwd_rows<scalar_t, A>(a, o, H, W, W, mode == kTop);
+          continue;
+        }
+        ti.resize((size_t)W * kTile);
+        to.resize((size_t)W * kTile);
+        for (int r0 = 0; r0 < H; r0 += kTile) {
+          const int nr = std::min(kTile, H - r0);
+          tile_in(a, W, r0, nr, ti.data());
+          scan_fwd_rows<scalar_t, A>(ti.data(), to.data(), W, kTile, kTile, mode == kLeft);
+          tile_out(to.data(), W, r0, nr, o);
         }
       }
     });
@@ -849,10 +917,6 @@ Tensor corner_pool_cpu(const Tensor& input, c10::string_view mode_s) {
   return out;
 }
 
-// CornerNet's backward: each output gradient goes to the element its running max came from, the first one met in
-// the scan on ties. A position is a "record" when it is the first of the scan or strictly greater than the running
-// max before it (output at the previous position); walking against the scan direction, gradients accumulate until
-// a record takes them.
 Tensor corner_pool_backward_cpu(const Tensor& grad, const Tensor& input, const Tensor& output,
                                 c10::string_view mode_s) {
   const int mode = parse_pool_mode(mode_s);
@@ -871,58 +935,26 @@ Tensor corner_pool_backward_cpu(const Tensor& grad, const Tensor& input, const T
     scalar_t* rp = gin.data_ptr<scalar_t>();
     const int64_t plane = (int64_t)H * W;
     at::parallel_for(0, BC, 1, [&](int64_t begin, int64_t end) {
-      std::vector<A> acc((size_t)W);
+      std::vector<A> acc((size_t)std::max(W, kTile));
+      std::vector<scalar_t> tg, ti, to, tr;
       for (int64_t m = begin; m < end; ++m) {
         const scalar_t* a = ip + m * plane;
         const scalar_t* o = opp + m * plane;
         const scalar_t* gg = gp + m * plane;
         scalar_t* r = rp + m * plane;
         if (mode == kTop || mode == kBottom) {
-          // scan direction step; walk against it
-          const int step = mode == kTop ? -1 : 1;
-          const int first = mode == kTop ? H - 1 : 0;
-          std::fill(acc.begin(), acc.end(), A(0));
-          for (int t = H - 1; t >= 0; --t) {
-            const int y = first + step * t;
-            const scalar_t* ar = a + (int64_t)y * W;
-            const scalar_t* gr = gg + (int64_t)y * W;
-            scalar_t* rr = r + (int64_t)y * W;
-            if (t == 0) {
-              for (int x = 0; x < W; ++x) rr[x] = (scalar_t)(acc[x] + (A)gr[x]);
-            } else {
-              const scalar_t* pr = o + (int64_t)(y - step) * W;
-              for (int x = 0; x < W; ++x) {
-                const A s = acc[x] + (A)gr[x];
-                const bool rec = (A)ar[x] > (A)pr[x];
-                rr[x] = (scalar_t)(rec ? s : A(0));
-                acc[x] = rec ? A(0) : s;
-              }
-            }
-          }
-        } else {
-          const bool rev = mode == kLeft;  // scan from W-1 down to 0
-          for (int y = 0; y < H; ++y) {
-            const scalar_t* ar = a + (int64_t)y * W;
-            const scalar_t* orow = o + (int64_t)y * W;
-            const scalar_t* gr = gg + (int64_t)y * W;
-            scalar_t* rr = r + (int64_t)y * W;
-            A s = 0;
-            if (rev) {
-              for (int x = 0; x < W; ++x) {
-                s += (A)gr[x];
-                const bool rec = x == W - 1 || (A)ar[x] > (A)orow[x + 1];
-                rr[x] = (scalar_t)(rec ? s : A(0));
-                if (rec) s = 0;
-              }
-            } else {
-              for (int x = W - 1; x >= 0; --x) {
-                s += (A)gr[x];
-                const bool rec = x == 0 || (A)ar[x] > (A)orow[x - 1];
-                rr[x] = (scalar_t)(rec ? s : A(0));
-                if (rec) s = 0;
-              }
-            }
-          }
+          scan_bwd_rows<scalar_t, A>(gg, a, o, r, H, W, W, mode == kTop, acc.data());
+          continue;
+        }
+        for (auto* v : {&tg, &ti, &to, &tr}) v->resize((size_t)W * kTile);
+        for (int r0 = 0; r0 < H; r0 += kTile) {
+          const int nr = std::min(kTile, H - r0);
+          tile_in(gg, W, r0, nr, tg.data());
+          tile_in(a, W, r0, nr, ti.data());
+          tile_in(o, W, r0, nr, to.data());
+          scan_bwd_rows<scalar_t, A>(tg.data(), ti.data(), to.data(), tr.data(), W, kTile, kTile, mode == kLeft,
+                                     acc.data());
+          tile_out(tr.data(), W, r0, nr, r);
         }
       }
     });

@@ -26,7 +26,8 @@ RADIUS_VARIANTS = ("centernet", "cornernet")
 MAX_BLUR = 31
 
 # ops with a Triton kernel (fastops/triton/heatmaps.py)
-_TRITON_OPS = ("render_gaussian_heatmaps", "soft_argmax", "corner_pool")
+_TRITON_OPS = ("render_gaussian_heatmaps", "render_center_heatmap", "gaussian_radius", "heatmap_argmax",
+               "soft_argmax", "heatmap_peaks", "centernet_decode", "corner_pool")
 
 
 def _use_triton(impl: str, t: Tensor, op: str) -> bool:
@@ -183,9 +184,9 @@ def render_center_heatmap(
         from fastops.reference.heatmaps import render_center_heatmap as ref
 
         return ref(centers, radii, labels, num_classes, (H, W))
-    if _use_triton(impl, centers, "render_center_heatmap"):
-        raise AssertionError("unreachable")
     r = radii.to(torch.int64) if radii.dtype != torch.int64 else radii
+    if _use_triton(impl, centers, "render_center_heatmap"):
+        return torch.ops.fastops.render_center_heatmap_triton(centers, r, labels.to(torch.int64), num_classes, H, W)
     return torch.ops.fastops.render_center_heatmap(centers, r, labels.to(torch.int64), num_classes, H, W)
 
 
@@ -224,7 +225,7 @@ def gaussian_radius(heights, widths, min_overlap: float = 0.7, *, variant: str =
 
         return ref(h, w, min_overlap, variant)
     if _use_triton(impl, h, "gaussian_radius"):
-        raise AssertionError("unreachable")
+        return torch.ops.fastops.gaussian_radius_triton(h.contiguous(), w.contiguous(), min_overlap, variant)
     return torch.ops.fastops.gaussian_radius(h.contiguous(), w.contiguous(), min_overlap, variant)
 
 
@@ -268,7 +269,7 @@ def heatmap_argmax(heatmaps: Tensor, *, refine: str = "none", blur_kernel: int =
 
         c, s = ref(hm, refine, blur_kernel)
     elif _use_triton(impl, hm, "heatmap_argmax"):
-        raise AssertionError("unreachable")
+        c, s = torch.ops.fastops.heatmap_argmax_triton(hm, refine, blur_kernel)
     else:
         c, s = torch.ops.fastops.heatmap_argmax(hm, refine, blur_kernel)
     return (c[0], s[0]) if single else (c, s)
@@ -323,7 +324,7 @@ def heatmap_peaks(heatmaps: Tensor, k: int = 100, kernel: int = 3, *,
 
         return ref(heatmaps, k, kernel)
     if _use_triton(impl, heatmaps, "heatmap_peaks"):
-        raise AssertionError("unreachable")
+        return torch.ops.fastops.heatmap_peaks_triton(heatmaps, k, kernel)
     return torch.ops.fastops.heatmap_peaks(heatmaps, k, kernel)
 
 
@@ -353,7 +354,7 @@ def centernet_decode(heat: Tensor, wh: Tensor, reg: Optional[Tensor] = None, k: 
 
         return ref(heat, wh, reg, k)
     if _use_triton(impl, heat, "centernet_decode"):
-        raise AssertionError("unreachable")
+        return torch.ops.fastops.centernet_decode_triton(heat, wh, reg, k)
     return torch.ops.fastops.centernet_decode(heat, wh, reg, k)
 
 
