@@ -80,3 +80,21 @@ def test_centernet_targets_loss(benchmark, threads, model, side):
 
     record(benchmark, "CenterNet targets+loss", f"{b} imgs x {n} boxes, [{b},{C},128,128] heads", threads, side)
     run(benchmark, step, rounds=3)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_corner_pool_module_fwd_bwd(benchmark, threads, side):
+    """CornerNet's tl_pool module (convs + TopPool + LeftPool) forward and backward; anchor: the same module with
+    CornerNet's pooling forward/backward (reference), fastops: fastops.corner_pool."""
+    from fastops.models.centernet import CornerPool
+
+    torch.manual_seed(5)
+    m = CornerPool(64, ("top", "left"), mid_dim=64, impl=_impl(side)).train()
+    x = torch.randn(2, 64, 64, 64, requires_grad=True)
+
+    def step():
+        m.zero_grad(set_to_none=True)
+        m(x).sum().backward()
+
+    record(benchmark, "CornerPool module f+b", "tl_pool dim 64, [2,64,64,64]", threads, side)
+    run(benchmark, step, rounds=3)

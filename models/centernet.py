@@ -128,8 +128,9 @@ class CenterNet(nn.Module):
         """Head outputs -> detections ``[B, K, 6]`` rows ``(x1, y1, x2, y2, score, label)`` in input pixels
         (CenterNet's ``hm.sigmoid_()`` + ``ctdet_decode``, boxes scaled by ``down_ratio``; no test-time flip or
         affine un-warping)."""
-        heat = outputs["hm"].sigmoid()
-        dets = fastops.centernet_decode(heat, outputs["wh"], outputs.get("reg"),
+        heat = outputs["hm"].detach().sigmoid()  # decoding is not differentiable
+        reg = outputs.get("reg")
+        dets = fastops.centernet_decode(heat, outputs["wh"].detach(), None if reg is None else reg.detach(),
                                         self.max_dets if k is None else int(k), impl=self.impl)
         return torch.cat([dets[..., :4] * self.down_ratio, dets[..., 4:]], dim=-1)
 

@@ -175,7 +175,7 @@ class StackedHourglass(nn.Module):
         ``[B, K, h, w]``. Keypoints: the stacked-hourglass parser (first maximum, +-0.25 towards the larger
         neighbour, +0.5) times the stride; -1 where the score is <= 0.
         """
-        hm = preds[:, -1] if preds.dim() == 5 else preds
+        hm = (preds[:, -1] if preds.dim() == 5 else preds).detach()  # decoding is not differentiable
         coords, scores = fastops.heatmap_argmax(hm, refine="hourglass", impl=self.impl)
         coords = coords.to(hm.device)
         scores = scores.to(hm.device)
