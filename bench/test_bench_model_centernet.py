@@ -5,8 +5,11 @@ draw_umich_gaussian/gaussian_radius loops), fastops = impl="auto"; 1 and 2 threa
 - full inference (network + post-processing), 256x256 input, 80 classes;
 - the training step's targets (radius + heatmaps + regression targets), 8 images x 32 boxes, 128x128 maps, and the
   same with the focal/L1 losses from given head outputs, 2 images. At this size the fastops side mostly times the
-  allocation of the zeroed [8,80,128,128] heatmap (page faults), while the reference's np.zeros gets lazily zeroed
-  pages and touches only the objects' windows; in the full step the loss dominates.
+  zeroing of the fresh [8,80,128,128] (42 MB) heatmap: torch's CPU allocator faults it in 4 KB pages (this machine's
+  transparent huge pages are madvise-only and torch madvises only with THP_MEM_ALLOC_ENABLE=1), while the
+  reference's np.zeros gets lazily zeroed pages (NumPy madvises huge pages itself) and touches only the objects'
+  windows. Measured here: ~0.5x without THP_MEM_ALLOC_ENABLE, ~1.6-1.8x with it. In the full step the loss
+  dominates.
 """
 import pytest
 import torch
