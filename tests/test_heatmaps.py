@@ -626,3 +626,40 @@ def test_triton_peaks_and_decode():
     close(d64, R.centernet_ctdet_decode(heat.double(), wh.double(), None, 10), torch.float64)
     torch.library.opcheck(torch.ops.fastops.heatmap_peaks_triton.default, (heat, 7, 3),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_corner_pool_row_blocks(mode):
+    # 33 rows: two full 16-row blocks (the AVX-512 gather path for left/right on float) and a 1-row tail
+    x = torch.randint(0, 6, (1, 2, 33, 21)).float()
+    g = torch.randn(1, 2, 33, 21)
+    xr = x.clone().requires_grad_(True)
+    out = fastops.corner_pool(xr, mode)
+    assert torch.equal(out, R.cornernet_pool_forward(x, mode))
+    (gi,) = torch.autograd.grad(out, xr, g)
+    close(gi, R.cornernet_pool_backward(x, g, mode), rtol=1e-6, atol=1e-6)
+
+
+def test_triton_opcheck_remaining_ops():
+    import fastops.triton.heatmaps  # noqa: F401  (registers the *_triton ops)
+
+    utils = ("test_schema", "test_faketensor")
+    ops = torch.ops.fastops
+    kp = torch.rand(1, 2, 3, 2) * 6
+    torch.library.opcheck(ops.render_gaussian_heatmaps_triton.default, (kp, None, 6, 5, 1.0, "udp", "gaussian"),
+                          test_utils=utils)
+    torch.library.opcheck(ops.render_center_heatmap_triton.default,
+                          (torch.rand(1, 2, 2) * 5, torch.tensor([[1, 2]]), torch.tensor([[0, -1]]), 2, 5, 6),
+                          test_utils=utils)
+    torch.library.opcheck(ops.gaussian_radius_triton.default,
+                          (torch.rand(4) * 9 + 1, torch.rand(4) * 9 + 1, 0.7, "cornernet"), test_utils=utils)
+    torch.library.opcheck(ops.heatmap_argmax_triton.default, (realistic_maps(1, 2, 6, 7), "quarter", 11),
+                          test_utils=utils)
+    torch.library.opcheck(ops.centernet_decode_triton.default,
+                          (torch.rand(1, 2, 5, 6), torch.rand(1, 2, 5, 6), None, 4), test_utils=utils)
+    x = torch.randn(1, 1, 3, 4, dtype=torch.float64)
+    torch.library.opcheck(ops._corner_pool_backward_triton.default,
+                          (torch.randn_like(x), x, ops.corner_pool(x, "right"), "right"), test_utils=utils)
+    torch.library.opcheck(ops._soft_argmax_backward_triton.default,
+                          (torch.randn(1, 1, 2, dtype=torch.float64), x, torch.rand(1, 1, 2, dtype=torch.float64), 1.0,
+                           False), test_utils=utils)
