@@ -10,4 +10,6 @@ from fastops._library import cuda_compiled  # noqa: F401
 from fastops.ops.roi_align import MultiScaleRoIAlign, RoIAlign, multi_scale_roi_align, roi_align  # noqa: F401
 from fastops.ops.heatmaps import centernet_decode, corner_pool, gaussian_radius, heatmap_argmax, heatmap_peaks, render_center_heatmap, render_gaussian_heatmaps, soft_argmax  # noqa: F401,E501
 
+from fastops.patch import is_patched, patch_torchvision, unpatch_torchvision  # noqa: F401,E402
+
 __version__ = "0.1.0"

@@ -630,7 +630,7 @@ def test_triton_peaks_and_decode():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_corner_pool_row_blocks(mode):
-    # 33 rows: two full 16-row blocks (the AVX-512 gather path for left/right on float) and a 1-row tail
+    # 33 rows: four full 8-row blocks of the interleaved left/right scans and a 1-row tail
     x = torch.randint(0, 6, (1, 2, 33, 21)).float()
     g = torch.randn(1, 2, 33, 21)
     xr = x.clone().requires_grad_(True)

@@ -8,9 +8,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 #include <cstring>
 #include <mutex>
 #include <queue>
@@ -795,10 +792,8 @@ Tensor centernet_decode_cpu(const Tensor& heat, const Tensor& wh, const c10::opt
 
 // ---- corner pooling ---------------------------------------------------------------------------------------------
 
-// Scans run over the rows of an [L][n] array (row stride ld) with the n lanes contiguous, so every step is a
-// vectorised row operation. top/bottom scan the plane's rows directly; left/right first transpose blocks of
-// kTile rows into such an array (and back).
-constexpr int kTile = 16;
+// top/bottom: the scan runs over the plane's rows with the W lanes contiguous, so every step is a vectorised row
+// operation. left/right: the scan runs along the contiguous axis; kRows rows go together (independent chains).
 
 // out[t] = in[t] if in[t] > out[t-1] else out[t-1], t in scan order (rev: from row L-1 down).
 template <typename T, typename A>
@@ -858,70 +853,55 @@ void scan_bwd_rows(const T* g, const T* in, const T* out, T* gin, int L, int n, 
   }
 }
 
-// rows [r0, r0 + nr) of a [H][W] plane -> buf [W][kTile] (lanes = rows)
-// (rows beyond nr are filled with copies of row 0 so the lanes stay finite; their results are never stored)
-template <typename T>
-void tile_in(const T* plane, int W, int r0, int nr, T* buf) {
-  for (int x0 = 0; x0 < W; x0 += kTile) {
-    const int nx = std::min(kTile, W - x0);
-    for (int r = 0; r < kTile; ++r) {
-      const T* src = plane + (int64_t)(r0 + (r < nr ? r : 0)) * W + x0;
-      T* dst = buf + (int64_t)x0 * kTile + r;
-      for (int j = 0; j < nx; ++j) dst[j * kTile] = src[j];
-    }
-  }
-}
+// left/right: kRows rows scanned together along their contiguous axis; the rows' dependency chains are
+// independent, so the core overlaps them (no transposes, no gathers).
+constexpr int kRows = 8;
 
-template <typename T>
-void tile_out(const T* buf, int W, int r0, int nr, T* plane) {
-  for (int x0 = 0; x0 < W; x0 += kTile) {
-    const int nx = std::min(kTile, W - x0);
-    for (int r = 0; r < nr; ++r) {
-      const T* src = buf + (int64_t)x0 * kTile + r;
-      T* dst = plane + (int64_t)(r0 + r) * W + x0;
-      for (int j = 0; j < nx; ++j) dst[j] = src[j * kTile];
-    }
+template <typename T, typename A>
+void scan_fwd_interleaved(const T* in, T* out, int W, int nr, bool rev) {
+  A m[kRows];
+  const int first = rev ? W - 1 : 0, d = rev ? -1 : 1;
+  for (int r = 0; r < kRows; ++r) {
+    const int rr = r < nr ? r : 0;
+    m[r] = (A)in[(int64_t)rr * W + first];
   }
-}
-
-#if defined(__AVX512F__)
-// left/right on float with AVX-512: 16 rows at once, one gather (and scatter) per column step, so the scan's
-// dependency chain runs 16 lanes wide without transposing. Same arithmetic as the scalar scan.
-inline void scan_fwd_16rows_avx512(const float* in, float* out, int W, bool rev) {
-  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                         _mm512_set1_epi32(W));
-  int x = rev ? W - 1 : 0;
-  const int d = rev ? -1 : 1;
-  __m512 m = _mm512_i32gather_ps(idx, in + x, 4);
-  _mm512_i32scatter_ps(out + x, idx, m, 4);
+  for (int r = 0; r < nr; ++r) out[(int64_t)r * W + first] = in[(int64_t)r * W + first];
+  int x = first;
   for (int t = 1; t < W; ++t) {
     x += d;
-    const __m512 v = _mm512_i32gather_ps(idx, in + x, 4);
-    m = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, m, _CMP_GT_OQ), m, v);
-    _mm512_i32scatter_ps(out + x, idx, m, 4);
+    if (nr == kRows) {
+      for (int r = 0; r < kRows; ++r) {
+        const A v = (A)in[(int64_t)r * W + x];
+        m[r] = v > m[r] ? v : m[r];
+        out[(int64_t)r * W + x] = (T)m[r];
+      }
+    } else {
+      for (int r = 0; r < nr; ++r) {
+        const A v = (A)in[(int64_t)r * W + x];
+        m[r] = v > m[r] ? v : m[r];
+        out[(int64_t)r * W + x] = (T)m[r];
+      }
+    }
   }
 }
 
-inline void scan_bwd_16rows_avx512(const float* g, const float* in, const float* out, float* gin, int W, bool rev) {
-  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                         _mm512_set1_epi32(W));
-  __m512 acc = _mm512_setzero_ps();
-  // walk against the scan: for left (rev) the scan starts at W-1, so walk x = 0 .. W-1
+template <typename T, typename A>
+void scan_bwd_interleaved(const T* g, const T* in, const T* out, T* gin, int W, int nr, bool rev) {
+  A acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = A(0);
   for (int j = 0; j < W; ++j) {
-    const int x = rev ? j : W - 1 - j;
+    const int x = rev ? j : W - 1 - j;  // walk against the scan
     const bool first_of_scan = rev ? x == W - 1 : x == 0;
-    acc = _mm512_add_ps(acc, _mm512_i32gather_ps(idx, g + x, 4));
-    __mmask16 rec = 0xFFFF;
-    if (!first_of_scan) {
-      const int xp = rev ? x + 1 : x - 1;
-      rec = _mm512_cmp_ps_mask(_mm512_i32gather_ps(idx, in + x, 4), _mm512_i32gather_ps(idx, out + xp, 4),
-                               _CMP_GT_OQ);
+    const int xp = rev ? x + 1 : x - 1;
+    for (int r = 0; r < nr; ++r) {
+      const int64_t o = (int64_t)r * W;
+      const A s = acc[r] + (A)g[o + x];
+      const bool rec = first_of_scan || (A)in[o + x] > (A)out[o + xp];
+      gin[o + x] = (T)(rec ? s : A(0));
+      acc[r] = rec ? A(0) : s;
     }
-    _mm512_i32scatter_ps(gin + x, idx, _mm512_maskz_mov_ps(rec, acc), 4);
-    acc = _mm512_maskz_mov_ps((__mmask16)~rec, acc);
   }
 }
-#endif
 
 Tensor corner_pool_cpu(const Tensor& input, c10::string_view mode_s) {
   const int mode = parse_pool_mode(mode_s);
@@ -937,7 +917,6 @@ Tensor corner_pool_cpu(const Tensor& input, c10::string_view mode_s) {
     scalar_t* op = out.data_ptr<scalar_t>();
     const int64_t plane = (int64_t)H * W;
     at::parallel_for(0, BC, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> ti, to;
       for (int64_t m = begin; m < end; ++m) {
         const scalar_t* a = ip + m * plane;
         scalar_t* o = op + m * plane;
@@ -945,22 +924,9 @@ Tensor corner_pool_cpu(const Tensor& input, c10::string_view mode_s) {
           scan_fwd_rows<scalar_t, A>(a, o, H, W, W, mode == kTop);
           continue;
         }
-        ti.resize((size_t)W * kTile);
-        to.resize((size_t)W * kTile);
-        for (int r0 = 0; r0 < H; r0 += kTile) {
-          const int nr = std::min(kTile, H - r0);
-#if defined(__AVX512F__)
-          if constexpr (std::is_same<scalar_t, float>::value) {
-            if (nr == kTile && (int64_t)W * kTile < (int64_t(1) << 31)) {
-              scan_fwd_16rows_avx512(reinterpret_cast<const float*>(a + (int64_t)r0 * W),
-                                     reinterpret_cast<float*>(o + (int64_t)r0 * W), W, mode == kLeft);
-              continue;
-            }
-          }
-#endif
-          tile_in(a, W, r0, nr, ti.data());
-          scan_fwd_rows<scalar_t, A>(ti.data(), to.data(), W, kTile, kTile, mode == kLeft);
-          tile_out(to.data(), W, r0, nr, o);
+        for (int r0 = 0; r0 < H; r0 += kRows) {
+          const int nr = std::min(kRows, H - r0);
+          scan_fwd_interleaved<scalar_t, A>(a + (int64_t)r0 * W, o + (int64_t)r0 * W, W, nr, mode == kLeft);
         }
       }
     });
@@ -986,8 +952,7 @@ Tensor corner_pool_backward_cpu(const Tensor& grad, const Tensor& input, const T
     scalar_t* rp = gin.data_ptr<scalar_t>();
     const int64_t plane = (int64_t)H * W;
     at::parallel_for(0, BC, 1, [&](int64_t begin, int64_t end) {
-      std::vector<A> acc((size_t)std::max(W, kTile));
-      std::vector<scalar_t> tg, ti, to, tr;
+      std::vector<A> acc((size_t)W);
       for (int64_t m = begin; m < end; ++m) {
         const scalar_t* a = ip + m * plane;
         const scalar_t* o = opp + m * plane;
@@ -997,26 +962,10 @@ Tensor corner_pool_backward_cpu(const Tensor& grad, const Tensor& input, const T
           scan_bwd_rows<scalar_t, A>(gg, a, o, r, H, W, W, mode == kTop, acc.data());
           continue;
         }
-        for (auto* v : {&tg, &ti, &to, &tr}) v->resize((size_t)W * kTile);
-        for (int r0 = 0; r0 < H; r0 += kTile) {
-          const int nr = std::min(kTile, H - r0);
-#if defined(__AVX512F__)
-          if constexpr (std::is_same<scalar_t, float>::value) {
-            if (nr == kTile && (int64_t)W * kTile < (int64_t(1) << 31)) {
-              const int64_t off = (int64_t)r0 * W;
-              scan_bwd_16rows_avx512(reinterpret_cast<const float*>(gg + off), reinterpret_cast<const float*>(a + off),
-                                     reinterpret_cast<const float*>(o + off), reinterpret_cast<float*>(r + off), W,
-                                     mode == kLeft);
-              continue;
-            }
-          }
-#endif
-          tile_in(gg, W, r0, nr, tg.data());
-          tile_in(a, W, r0, nr, ti.data());
-          tile_in(o, W, r0, nr, to.data());
-          scan_bwd_rows<scalar_t, A>(tg.data(), ti.data(), to.data(), tr.data(), W, kTile, kTile, mode == kLeft,
-                                     acc.data());
-          tile_out(tr.data(), W, r0, nr, r);
+        for (int r0 = 0; r0 < H; r0 += kRows) {
+          const int nr = std::min(kRows, H - r0);
+          const int64_t off = (int64_t)r0 * W;
+          scan_bwd_interleaved<scalar_t, A>(gg + off, a + off, o + off, r + off, W, nr, mode == kLeft);
         }
       }
     });

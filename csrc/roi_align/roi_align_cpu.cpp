@@ -255,7 +255,8 @@ inline void backward_plane(const RoiTable<T>& t, G* __restrict__ plane, int64_t 
     for (int q = 0; q < pw; ++q) {
       const T gv = static_cast<T>(g[p * gH + q * gW]);
       const T* xq = t.xd.data() + static_cast<int64_t>(q) * ld;
-      for (int s = 0; s < ld; ++s) U[s] += gv * xq[s];
+      // Only the true span: padded columns keep U = 0 even for a non-finite gradient.
+      for (int s = 0; s < t.span; ++s) U[s] += gv * xq[s];
     }
     for (int a = a0; a < a1; ++a) {
       G* row = plane + t.yi[a] * sH + t.x0 * sw;
