@@ -226,6 +226,15 @@ std::tuple<Tensor, Tensor> render_gaussian_heatmaps_cpu(const Tensor& keypoints,
           A* gy = ty.data() + (size_t)cnt * H;
           fill_axis<A>(gx, w.x0, w.x1, w.cx, inv2s2, kern);
           fill_axis<A>(gy, w.y0, w.y1, w.cy, inv2s2, kern);
+          if (kern == kGaussian) {
+            // exact zeros at the ends (DARK's whole-map windows far from the keypoint) contribute nothing to a
+            // max with 0: shrink the window to the non-zero span (the unwritten pixels stay 0)
+            while (w.x1 > w.x0 && gx[w.x1 - 1] == A(0)) --w.x1;
+            while (w.x1 > w.x0 && gx[w.x0] == A(0)) ++w.x0;
+            while (w.y1 > w.y0 && gy[w.y1 - 1] == A(0)) --w.y1;
+            while (w.y1 > w.y0 && gy[w.y0] == A(0)) ++w.y0;
+            if (w.x1 <= w.x0 || w.y1 <= w.y0) continue;  // drawn (weight kept) but all zeros here
+          }
           wins[cnt++] = w;
         }
         scalar_t* out = hm + m * plane;
