@@ -7,6 +7,7 @@ under TRITON_INTERPRET=1), "reference" the plain-PyTorch reference in fastops.re
 import torch  # noqa: F401  (must be imported before fastops._C: it loads libc10)
 
 from fastops._library import cuda_compiled  # noqa: F401
+from fastops.ops.nms import batched_nms, fast_nms, multiclass_nms, nms, soft_nms  # noqa: F401
 from fastops.ops.roi_align import MultiScaleRoIAlign, RoIAlign, multi_scale_roi_align, roi_align  # noqa: F401
 
 __version__ = "0.1.0"

@@ -1,0 +1,662 @@
+// NMS family (issue 3): schemas and CPU kernels.
+//
+// nms / batched_nms     exactly torchvision.ops' results (stable descending score order, `iou > thr` suppresses)
+// multiclass_nms        score threshold + per-class top-k + per-class NMS + max_det cut in one op (pad variant)
+// fast_nms              YOLACT's Fast NMS (per class, or cross-class cc_fast_nms)
+// soft_nms              mmcv's soft-NMS (linear, gaussian, naive)
+//
+// CPU strategy: scores are sorted once (LSD radix sort of 32-bit order-preserving keys for float/half/bf16,
+// std::sort of (key, index) for double); boxes are gathered in score order into a structure of arrays; the
+// greedy pass takes the first remaining box, computes its IoU with all remaining boxes 16 at a time (AVX-512)
+// and compacts the survivors in place (mask compress-store), so every later pass only touches boxes that are
+// still alive. batched_nms / multiclass_nms / fast_nms run their classes in parallel (at::parallel_for over
+// classes: each class is independent, so results do not depend on the thread count).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <limits>
+#include <numeric>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX512F__)
+// gcc 12 warns about an uninitialised temporary inside its own compress-store intrinsics header.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#endif
+
+#include "nms/nms.h"
+
+TORCH_LIBRARY_FRAGMENT(fastops, m) {
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  m.def(
+      "multiclass_nms(Tensor boxes, Tensor scores, float score_threshold, float iou_threshold, int pre_nms_top_k, "
+      "int max_det, bool pad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "fast_nms(Tensor boxes, Tensor scores, float iou_threshold, int top_k, int max_det, float score_threshold, "
+      "bool cross_class) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "soft_nms(Tensor boxes, Tensor scores, float iou_threshold, float sigma, float min_score, str method) "
+      "-> (Tensor, Tensor)");
+}
+
+namespace fastops {
+namespace nms {
+namespace {
+
+// ---- checks ----------------------------------------------------------------------------------------------------
+
+void check_boxes_scores(const at::Tensor& boxes, const at::Tensor& scores, const char* op) {
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op, ": boxes must have shape [N, 4], got ", boxes.sizes());
+  TORCH_CHECK(scores.dim() == 1, op, ": scores must have shape [N], got ", scores.sizes());
+  TORCH_CHECK(boxes.size(0) == scores.size(0), op, ": boxes and scores must have the same N, got ", boxes.size(0),
+              " and ", scores.size(0));
+  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), op, ": boxes must be floating point, got ",
+              boxes.scalar_type());
+  TORCH_CHECK(boxes.scalar_type() == scores.scalar_type(), op, ": scores must have the dtype of boxes (",
+              boxes.scalar_type(), "), got ", scores.scalar_type());
+  TORCH_CHECK(boxes.device() == scores.device(), op, ": boxes and scores must be on the same device");
+  TORCH_CHECK(boxes.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 boxes");
+}
+
+// ---- sorting ---------------------------------------------------------------------------------------------------
+
+// Positions [0, n) in descending score order, ties by lower position, NaN first (torch.sort(stable, descending)).
+void argsort_desc(const float* s, int64_t n, int32_t* order) {
+  std::vector<uint64_t> a(n), b(n);
+  for (int64_t i = 0; i < n; ++i) a[i] = (uint64_t(desc_key(s[i])) << 32) | uint64_t(uint32_t(i));
+  // LSD radix sort on the 32 key bits (11 + 11 + 10), stable, so equal keys keep position order.
+  const int shifts[3] = {32, 43, 54};
+  const int bits[3] = {11, 11, 10};
+  std::vector<int64_t> cnt(2048);
+  for (int p = 0; p < 3; ++p) {
+    const int sh = shifts[p];
+    const uint64_t mask = (uint64_t(1) << bits[p]) - 1;
+    std::fill(cnt.begin(), cnt.end(), 0);
+    for (int64_t i = 0; i < n; ++i) cnt[(a[i] >> sh) & mask]++;
+    bool trivial = false;
+    for (int64_t c = 0; c <= int64_t(mask); ++c) trivial |= (cnt[c] == n);
+    if (trivial) continue;  // every key has the same digit: the pass would not move anything
+    int64_t sum = 0;
+    for (int64_t c = 0; c <= int64_t(mask); ++c) {
+      const int64_t t = cnt[c];
+      cnt[c] = sum;
+      sum += t;
+    }
+    for (int64_t i = 0; i < n; ++i) b[cnt[(a[i] >> sh) & mask]++] = a[i];
+    a.swap(b);
+  }
+  for (int64_t i = 0; i < n; ++i) order[i] = int32_t(uint32_t(a[i]));
+}
+
+void argsort_desc(const double* s, int64_t n, int32_t* order) {
+  std::vector<std::pair<uint64_t, int32_t>> a(n);
+  for (int64_t i = 0; i < n; ++i) a[i] = {desc_key(s[i]), int32_t(i)};
+  std::sort(a.begin(), a.end());
+  for (int64_t i = 0; i < n; ++i) order[i] = a[i].second;
+}
+
+// (key, position) pairs of a candidate list, in one 64-bit word for float keys.
+inline uint64_t packed(float s, int32_t pos) { return (uint64_t(desc_key(s)) << 32) | uint64_t(uint32_t(pos)); }
+inline int32_t packed_pos(uint64_t v) { return int32_t(uint32_t(v)); }
+
+// Sort `cand` (positions) by descending score (stable, NaN first); keep the first `k` (k < 0: all).
+// `s(i)` is the score of position i.
+template <typename A, typename S>
+void sort_topk(std::vector<int32_t>& cand, const S& s, int64_t k) {
+  const int64_t n = int64_t(cand.size());
+  const int64_t kk = (k < 0 || k > n) ? n : k;
+  if constexpr (std::is_same_v<A, float>) {
+    std::vector<uint64_t> v;
+    if (kk < n / 4 && n > 1024) {
+      // radix select: histogram of the top 12 key bits, then only the buckets that reach the k-th are sorted
+      std::vector<uint32_t> key(n);
+      int64_t hist[4096] = {0};
+      for (int64_t i = 0; i < n; ++i) {
+        key[i] = desc_key(A(s(cand[i])));
+        hist[key[i] >> 20]++;
+      }
+      uint32_t last = 0;
+      for (int64_t acc = 0; last < 4096; ++last) {
+        acc += hist[last];
+        if (acc >= kk) break;
+      }
+      v.reserve(kk + hist[std::min<uint32_t>(last, 4095)]);
+      for (int64_t i = 0; i < n; ++i)
+        if ((key[i] >> 20) <= last) v.push_back((uint64_t(key[i]) << 32) | uint64_t(uint32_t(cand[i])));
+    } else {
+      v.resize(n);
+      for (int64_t i = 0; i < n; ++i) v[i] = packed(A(s(cand[i])), cand[i]);
+    }
+    const int64_t nv = int64_t(v.size());
+    if (kk < nv) std::nth_element(v.begin(), v.begin() + kk, v.end());
+    std::sort(v.begin(), v.begin() + kk);
+    cand.resize(kk);
+    for (int64_t i = 0; i < kk; ++i) cand[i] = packed_pos(v[i]);
+  } else {
+    std::vector<std::pair<uint64_t, int32_t>> v(n);
+    for (int64_t i = 0; i < n; ++i) v[i] = {desc_key(A(s(cand[i]))), cand[i]};
+    if (kk < n) std::nth_element(v.begin(), v.begin() + kk, v.end());
+    std::sort(v.begin(), v.begin() + kk);
+    cand.resize(kk);
+    for (int64_t i = 0; i < kk; ++i) cand[i] = v[i].second;
+  }
+}
+
+// ---- structure of arrays ----------------------------------------------------------------------------------------
+
+template <typename A>
+struct Soa {
+  std::vector<A> x1, y1, x2, y2, ar;
+  std::vector<int32_t> id;
+  explicit Soa(int64_t n) : x1(n), y1(n), x2(n), y2(n), ar(n), id(n) {}
+  // Gather box `b` (coordinates at p[0], p[s], p[2s], p[3s]) into slot i, tagged with `tag`.
+  template <typename T>
+  void put(int64_t i, const T* p, int64_t s, int32_t tag) {
+    const A a = A(p[0]), b = A(p[s]), c = A(p[2 * s]), d = A(p[3 * s]);
+    x1[i] = a;
+    y1[i] = b;
+    x2[i] = c;
+    y2[i] = d;
+    ar[i] = box_area(a, b, c, d);
+    id[i] = tag;
+  }
+};
+
+// ---- greedy NMS over a score-sorted segment --------------------------------------------------------------------
+
+// Greedy NMS of the boxes [0, n) of the arrays (already in descending score order): repeatedly keeps the first
+// remaining box and drops every remaining box whose IoU with it is > thr (thr already floored to A: see
+// floor_to_float). Survivors are compacted in place. Writes the kept ids to out, returns their number.
+template <typename A>
+int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A thr, int32_t* out) {
+  int64_t nk = 0;
+  while (n > 0) {
+    const A bx1 = x1[0], by1 = y1[0], bx2 = x2[0], by2 = y2[0], ba = ar[0];
+    out[nk++] = id[0];
+    int64_t w = 0, j = 1;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<A, float>) {
+      const __m512 vx1 = _mm512_set1_ps(bx1), vy1 = _mm512_set1_ps(by1), vx2 = _mm512_set1_ps(bx2),
+                   vy2 = _mm512_set1_ps(by2), va = _mm512_set1_ps(ba), vt = _mm512_set1_ps(thr),
+                   zero = _mm512_setzero_ps();
+      for (; j + 16 <= n; j += 16) {
+        const __m512 cx1 = _mm512_loadu_ps(x1 + j), cy1 = _mm512_loadu_ps(y1 + j), cx2 = _mm512_loadu_ps(x2 + j),
+                     cy2 = _mm512_loadu_ps(y2 + j), ca = _mm512_loadu_ps(ar + j);
+        const __m512i cid = _mm512_loadu_si512(id + j);
+        const __m512 ww = _mm512_max_ps(_mm512_sub_ps(_mm512_min_ps(vx2, cx2), _mm512_max_ps(vx1, cx1)), zero);
+        const __m512 hh = _mm512_max_ps(_mm512_sub_ps(_mm512_min_ps(vy2, cy2), _mm512_max_ps(vy1, cy1)), zero);
+        const __m512 inter = _mm512_mul_ps(ww, hh);
+        const __m512 o = _mm512_div_ps(inter, _mm512_sub_ps(_mm512_add_ps(va, ca), inter));
+        const __mmask16 keep = _mm512_cmp_ps_mask(o, vt, _CMP_NGT_UQ);  // !(iou > thr), NaN keeps
+        _mm512_mask_compressstoreu_ps(x1 + w, keep, cx1);
+        _mm512_mask_compressstoreu_ps(y1 + w, keep, cy1);
+        _mm512_mask_compressstoreu_ps(x2 + w, keep, cx2);
+        _mm512_mask_compressstoreu_ps(y2 + w, keep, cy2);
+        _mm512_mask_compressstoreu_ps(ar + w, keep, ca);
+        _mm512_mask_compressstoreu_epi32(id + w, keep, cid);
+        w += __builtin_popcount(unsigned(keep));
+      }
+    }
+#endif
+    for (; j < n; ++j) {
+      const A o = iou(bx1, by1, bx2, by2, ba, x1[j], y1[j], x2[j], y2[j], ar[j]);
+      const A cx1 = x1[j], cy1 = y1[j], cx2 = x2[j], cy2 = y2[j], ca = ar[j];
+      const int32_t cid = id[j];
+      x1[w] = cx1;
+      y1[w] = cy1;
+      x2[w] = cx2;
+      y2[w] = cy2;
+      ar[w] = ca;
+      id[w] = cid;
+      w += !(o > thr);
+    }
+    n = w;
+  }
+  return nk;
+}
+
+template <typename A>
+A iou_thr_for(double t) {
+  if constexpr (std::is_same_v<A, float>) {
+    return floor_to_float(t);
+  } else {
+    return t;
+  }
+}
+
+template <typename A, typename T>
+std::vector<A> to_acc(const at::Tensor& t) {
+  // 1-D tensor (any stride) -> contiguous vector in the accumulation type
+  const int64_t n = t.numel(), st = n > 0 ? t.stride(0) : 1;
+  const T* p = t.const_data_ptr<T>();
+  std::vector<A> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = A(p[i * st]);
+  return v;
+}
+
+// ---- nms ------------------------------------------------------------------------------------------------------
+
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  check_boxes_scores(boxes, scores, "nms");
+  const int64_t n = boxes.size(0);
+  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  std::vector<int32_t> kept(n);
+  int64_t nk = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_nms", [&] {
+    using A = acc_t<scalar_t>;
+    const std::vector<A> s = to_acc<A, scalar_t>(scores);
+    std::vector<int32_t> order(n);
+    argsort_desc(s.data(), n, order.data());
+    Soa<A> soa(n);
+    const scalar_t* bp = boxes.const_data_ptr<scalar_t>();
+    const int64_t s0 = boxes.stride(0), s1 = boxes.stride(1);
+    for (int64_t i = 0; i < n; ++i) soa.put(i, bp + order[i] * s0, s1, order[i]);
+    nk = greedy_nms<A>(soa.x1.data(), soa.y1.data(), soa.x2.data(), soa.y2.data(), soa.ar.data(), soa.id.data(), n,
+                       iou_thr_for<A>(iou_threshold), kept.data());
+  });
+  at::Tensor out = at::empty({nk}, boxes.options().dtype(at::kLong));
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t i = 0; i < nk; ++i) o[i] = kept[i];
+  return out;
+}
+
+// ---- batched_nms ----------------------------------------------------------------------------------------------
+
+at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
+                           double iou_threshold) {
+  check_boxes_scores(boxes, scores, "batched_nms");
+  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "batched_nms: idxs must have shape [N] (N = ",
+              boxes.size(0), "), got ", idxs.sizes());
+  TORCH_CHECK(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false),
+              "batched_nms: idxs must be an integer tensor, got ", idxs.scalar_type());
+  const int64_t n = boxes.size(0);
+  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  const at::Tensor cls_t = idxs.to(at::kLong).contiguous();
+  const int64_t* cls = cls_t.const_data_ptr<int64_t>();
+
+  std::vector<int32_t> order(n), grouped(n), kept(n);
+  std::vector<int64_t> seg;  // segment starts (+ n at the end)
+  std::vector<uint8_t> keep(n, 0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_batched_nms", [&] {
+    using A = acc_t<scalar_t>;
+    const std::vector<A> s = to_acc<A, scalar_t>(scores);
+    argsort_desc(s.data(), n, order.data());
+    // Group by class, stable (score order inside each class).
+    const auto mm = std::minmax_element(cls, cls + n);
+    const int64_t lo = *mm.first, hi = *mm.second;
+    const bool small_range = (hi >= lo) && uint64_t(hi) - uint64_t(lo) < uint64_t(std::max<int64_t>(4 * n, 4096));
+    if (small_range) {
+      const int64_t r = hi - lo + 1;
+      std::vector<int64_t> cnt(r + 1, 0);
+      for (int64_t i = 0; i < n; ++i) cnt[cls[i] - lo + 1]++;
+      for (int64_t c = 0; c < r; ++c) {
+        if (cnt[c + 1] > 0) seg.push_back(cnt[c]);
+        cnt[c + 1] += cnt[c];
+      }
+      for (int64_t i = 0; i < n; ++i) grouped[cnt[cls[order[i]] - lo]++] = order[i];
+    } else {
+      grouped = order;
+      std::stable_sort(grouped.begin(), grouped.end(), [&](int32_t a, int32_t b) { return cls[a] < cls[b]; });
+      for (int64_t i = 0; i < n; ++i)
+        if (i == 0 || cls[grouped[i]] != cls[grouped[i - 1]]) seg.push_back(i);
+    }
+    seg.push_back(n);
+    Soa<A> soa(n);
+    const scalar_t* bp = boxes.const_data_ptr<scalar_t>();
+    const int64_t s0 = boxes.stride(0), s1 = boxes.stride(1);
+    for (int64_t i = 0; i < n; ++i) soa.put(i, bp + grouped[i] * s0, s1, grouped[i]);
+    const A thr = iou_thr_for<A>(iou_threshold);
+    const int64_t nseg = int64_t(seg.size()) - 1;
+    at::parallel_for(0, nseg, 1, [&](int64_t b, int64_t e) {
+      for (int64_t g = b; g < e; ++g) {
+        const int64_t st = seg[g], len = seg[g + 1] - st;
+        const int64_t nk = greedy_nms<A>(soa.x1.data() + st, soa.y1.data() + st, soa.x2.data() + st,
+                                         soa.y2.data() + st, soa.ar.data() + st, soa.id.data() + st, len, thr,
+                                         kept.data() + st);
+        for (int64_t k = 0; k < nk; ++k) keep[kept[st + k]] = 1;
+      }
+    });
+  });
+  int64_t nk = 0;
+  for (int64_t i = 0; i < n; ++i) nk += keep[i];
+  at::Tensor out = at::empty({nk}, boxes.options().dtype(at::kLong));
+  int64_t* o = out.data_ptr<int64_t>();
+  int64_t w = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (keep[order[i]]) o[w++] = order[i];
+  return out;
+}
+
+// ---- multiclass_nms -------------------------------------------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double score_threshold,
+                                           double iou_threshold, int64_t pre_nms_top_k, int64_t max_det, bool pad) {
+  TORCH_CHECK(scores.dim() == 2, "multiclass_nms: scores must have shape [N, C], got ", scores.sizes());
+  const int64_t n = scores.size(0), nc = scores.size(1);
+  const bool per_class = boxes.dim() == 3;
+  TORCH_CHECK((boxes.dim() == 2 && boxes.size(0) == n && boxes.size(1) == 4) ||
+                  (per_class && boxes.size(0) == n && boxes.size(1) == nc && boxes.size(2) == 4),
+              "multiclass_nms: boxes must have shape [N, 4] or [N, C, 4] (N = ", n, ", C = ", nc, "), got ",
+              boxes.sizes());
+  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()) && boxes.scalar_type() == scores.scalar_type(),
+              "multiclass_nms: boxes and scores must have the same floating dtype, got ", boxes.scalar_type(), " and ",
+              scores.scalar_type());
+  TORCH_CHECK(n < (int64_t(1) << 31), "multiclass_nms: at most 2^31 - 1 boxes");
+  TORCH_CHECK(!pad || max_det > 0, "multiclass_nms: pad=True needs max_det > 0, got ", max_det);
+
+  std::vector<std::vector<int32_t>> kept(nc);
+  std::vector<std::pair<uint64_t, int64_t>> all;  // (score key, flat n * C + c)
+  at::Tensor boxes_out, scores_out, labels_out, index_out, num_valid;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_multiclass_nms", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* sp = scores.const_data_ptr<scalar_t>();
+    const int64_t ss0 = scores.stride(0), ss1 = scores.stride(1);
+    const scalar_t* bp = boxes.const_data_ptr<scalar_t>();
+    const int64_t bs0 = boxes.stride(0), bs1 = per_class ? boxes.stride(1) : 0, bsl = boxes.stride(boxes.dim() - 1);
+    // `scores > score_threshold` as PyTorch evaluates it: the threshold is cast to the scores' dtype.
+    const A sthr = A(static_cast<scalar_t>(score_threshold));
+    const A thr = iou_thr_for<A>(iou_threshold);
+    // Candidates (score > threshold) per class, in box order. Row-major scores ([N, C] contiguous) are scanned
+    // once in fixed blocks of rows (parallel, merged in block order: thread-count independent); column-major
+    // ones class by class.
+    const bool rows_major = ss1 <= ss0;
+    constexpr int64_t kRows = 2048;
+    const int64_t nb = rows_major ? (n + kRows - 1) / kRows : 0;
+    std::vector<std::vector<int32_t>> part(nb * nc);
+    if (rows_major) {
+      at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          const int64_t e = std::min(n, (blk + 1) * kRows);
+          for (int64_t i = blk * kRows; i < e; ++i) {
+            const scalar_t* row = sp + i * ss0;
+            for (int64_t c = 0; c < nc; ++c)
+              if (A(row[c * ss1]) > sthr) part[blk * nc + c].push_back(int32_t(i));
+          }
+        }
+      });
+    }
+    at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
+      std::vector<int32_t> cand, out;
+      for (int64_t c = cb; c < ce; ++c) {
+        cand.clear();
+        if (rows_major) {
+          for (int64_t blk = 0; blk < nb; ++blk) {
+            const auto& pv = part[blk * nc + c];
+            cand.insert(cand.end(), pv.begin(), pv.end());
+          }
+        } else {
+          for (int64_t i = 0; i < n; ++i)
+            if (A(sp[i * ss0 + c * ss1]) > sthr) cand.push_back(int32_t(i));
+        }
+        const scalar_t* col = sp + c * ss1;
+        sort_topk<A>(cand, [&](int32_t i) { return A(col[i * ss0]); }, pre_nms_top_k > 0 ? pre_nms_top_k : -1);
+        const int64_t m = int64_t(cand.size());
+        Soa<A> soa(m);
+        for (int64_t i = 0; i < m; ++i) soa.put(i, bp + cand[i] * bs0 + c * bs1, bsl, cand[i]);
+        out.resize(m);
+        const int64_t nk = greedy_nms<A>(soa.x1.data(), soa.y1.data(), soa.x2.data(), soa.y2.data(), soa.ar.data(),
+                                         soa.id.data(), m, thr, out.data());
+        kept[c].assign(out.begin(), out.begin() + nk);
+      }
+    });
+    for (int64_t c = 0; c < nc; ++c)
+      for (int32_t i : kept[c]) all.push_back({desc_key(A(sp[i * ss0 + c * ss1])), int64_t(i) * nc + c});
+    const int64_t total = int64_t(all.size());
+    const int64_t m = max_det > 0 ? std::min(total, max_det) : total;
+    if (m < total) std::nth_element(all.begin(), all.begin() + m, all.end());
+    std::sort(all.begin(), all.begin() + m);
+    const int64_t rows = pad ? max_det : m;
+    boxes_out = at::zeros({rows, 4}, boxes.options());
+    scores_out = at::zeros({rows}, scores.options());
+    labels_out = at::full({rows}, -1, scores.options().dtype(at::kLong));
+    index_out = at::full({rows}, -1, scores.options().dtype(at::kLong));
+    num_valid = at::full({}, m, scores.options().dtype(at::kLong));
+    scalar_t* bo = boxes_out.data_ptr<scalar_t>();
+    scalar_t* so = scores_out.data_ptr<scalar_t>();
+    int64_t* lo = labels_out.data_ptr<int64_t>();
+    int64_t* io = index_out.data_ptr<int64_t>();
+    for (int64_t r = 0; r < m; ++r) {
+      const int64_t i = all[r].second / nc, c = all[r].second % nc;
+      const scalar_t* b = bp + i * bs0 + c * bs1;
+      for (int k = 0; k < 4; ++k) bo[r * 4 + k] = b[k * bsl];
+      so[r] = sp[i * ss0 + c * ss1];
+      lo[r] = c;
+      io[r] = i;
+    }
+  });
+  return std::make_tuple(boxes_out, scores_out, labels_out, index_out, num_valid);
+}
+
+// ---- fast_nms (YOLACT) ----------------------------------------------------------------------------------------
+
+// keep[j] = 1 when no earlier box i < j (in the given order) has IoU(i, j) > thr, NaN counting as "greater"
+// (YOLACT: column max of the upper-triangular IoU matrix, `iou_max <= thr`; suppressed boxes still suppress).
+template <typename A>
+void fast_nms_keep(const Soa<A>& b, int64_t k, A thr, uint8_t* keep) {
+  std::fill(keep, keep + k, uint8_t(1));
+  const A* x1 = b.x1.data();
+  const A* y1 = b.y1.data();
+  const A* x2 = b.x2.data();
+  const A* y2 = b.y2.data();
+  const A* ar = b.ar.data();
+  for (int64_t i = 0; i + 1 < k; ++i) {
+    const A bx1 = x1[i], by1 = y1[i], bx2 = x2[i], by2 = y2[i], ba = ar[i];
+#pragma omp simd
+    for (int64_t j = i + 1; j < k; ++j) {
+      const A o = iou(bx1, by1, bx2, by2, ba, x1[j], y1[j], x2[j], y2[j], ar[j]);
+      keep[j] &= uint8_t(o <= thr);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold,
+                                     int64_t top_k, int64_t max_det, double score_threshold, bool cross_class) {
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "fast_nms: boxes must have shape [N, 4], got ", boxes.sizes());
+  TORCH_CHECK(scores.dim() == 2 && scores.size(1) == boxes.size(0),
+              "fast_nms: scores must have shape [C, N] (N = ", boxes.size(0), "), got ", scores.sizes());
+  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()) && boxes.scalar_type() == scores.scalar_type(),
+              "fast_nms: boxes and scores must have the same floating dtype, got ", boxes.scalar_type(), " and ",
+              scores.scalar_type());
+  TORCH_CHECK(boxes.size(0) < (int64_t(1) << 31), "fast_nms: at most 2^31 - 1 boxes");
+  const int64_t n = boxes.size(0), nc = scores.size(0);
+  at::Tensor idx_out, lab_out, sc_out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_fast_nms", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* sp = scores.const_data_ptr<scalar_t>();
+    const int64_t ss0 = scores.stride(0), ss1 = scores.stride(1);
+    const scalar_t* bp = boxes.const_data_ptr<scalar_t>();
+    const int64_t bs0 = boxes.stride(0), bs1 = boxes.stride(1);
+    const A sthr = A(static_cast<scalar_t>(score_threshold));
+    const A thr = A(iou_threshold);  // `iou_max <= iou_threshold`: the threshold in the IoU's dtype
+    // 1. maximum class score per detection (NaN propagates, like torch.max) > score_threshold
+    std::vector<A> mx(n, -std::numeric_limits<A>::infinity());
+    std::vector<int32_t> amax(n, 0);
+    at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
+      for (int64_t c = 0; c < nc; ++c) {
+        const scalar_t* row = sp + c * ss0;
+        for (int64_t i = b; i < e; ++i) {
+          const A v = A(row[i * ss1]);
+          const bool take = (v > mx[i] || v != v) && mx[i] == mx[i];
+          mx[i] = take ? v : mx[i];
+          amax[i] = take ? int32_t(c) : amax[i];
+        }
+      }
+    });
+    std::vector<int32_t> pass;
+    for (int64_t i = 0; i < n; ++i)
+      if (mx[i] > sthr) pass.push_back(int32_t(i));
+    const int64_t np = int64_t(pass.size());
+    const int64_t k = (top_k > 0) ? std::min(top_k, np) : np;
+    // (score key, flat position, detection, class) of every kept pair
+    std::vector<std::pair<uint64_t, int64_t>> all;
+    std::vector<int32_t> det_of, cls_of;
+    if (!cross_class) {
+      std::vector<std::vector<int32_t>> kept(nc);
+      at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
+        std::vector<A> s(np);
+        std::vector<int32_t> cand(np);
+        std::vector<uint8_t> keep;
+        for (int64_t c = cb; c < ce; ++c) {
+          const scalar_t* row = sp + c * ss0;
+          for (int64_t p = 0; p < np; ++p) s[p] = A(row[pass[p] * ss1]);
+          cand.resize(np);
+          std::iota(cand.begin(), cand.end(), 0);
+          sort_topk<A>(cand, [&](int32_t p) { return s[p]; }, k);  // positions into pass, ties by lower index
+          Soa<A> soa(k);
+          for (int64_t r = 0; r < k; ++r) soa.put(r, bp + pass[cand[r]] * bs0, bs1, cand[r]);
+          keep.resize(k);
+          fast_nms_keep<A>(soa, k, thr, keep.data());
+          kept[c].clear();  // positions into `pass` of the kept ranks, in rank order
+          for (int64_t r = 0; r < k; ++r)
+            if (keep[r]) kept[c].push_back(cand[r]);
+        }
+      });
+      for (int64_t c = 0; c < nc; ++c) {
+        for (const int32_t p : kept[c]) {  // push order = flat [C, top_k] order (class-major, then rank)
+          const int32_t det = pass[p];
+          all.push_back({desc_key(A(sp[c * ss0 + det * ss1])), int64_t(all.size())});
+          det_of.push_back(det);
+          cls_of.push_back(int32_t(c));
+        }
+      }
+    } else {
+      // cc_fast_nms: one class per detection (first argmax), one IoU matrix over the top_k by max score
+      std::vector<A> s(np);
+      std::vector<int32_t> cand(np);
+      for (int64_t p = 0; p < np; ++p) s[p] = mx[pass[p]];
+      std::iota(cand.begin(), cand.end(), 0);
+      sort_topk<A>(cand, [&](int32_t p) { return s[p]; }, k);
+      Soa<A> soa(k);
+      for (int64_t r = 0; r < k; ++r) soa.put(r, bp + pass[cand[r]] * bs0, bs1, cand[r]);
+      std::vector<uint8_t> keep(k);
+      fast_nms_keep<A>(soa, k, thr, keep.data());
+      for (int64_t r = 0; r < k; ++r) {
+        if (!keep[r]) continue;
+        const int32_t det = pass[cand[r]];
+        all.push_back({desc_key(mx[det]), int64_t(all.size())});
+        det_of.push_back(det);
+        cls_of.push_back(amax[det]);
+      }
+    }
+    const int64_t total = int64_t(all.size());
+    const int64_t m = max_det > 0 ? std::min(total, max_det) : total;
+    if (m < total) std::nth_element(all.begin(), all.begin() + m, all.end());
+    std::sort(all.begin(), all.begin() + m);
+    idx_out = at::empty({m}, boxes.options().dtype(at::kLong));
+    lab_out = at::empty({m}, boxes.options().dtype(at::kLong));
+    sc_out = at::empty({m}, scores.options());
+    int64_t* io = idx_out.data_ptr<int64_t>();
+    int64_t* lo = lab_out.data_ptr<int64_t>();
+    scalar_t* so = sc_out.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < m; ++r) {
+      const int64_t q = all[r].second;
+      io[r] = det_of[q];
+      lo[r] = cls_of[q];
+      so[r] = sp[int64_t(cls_of[q]) * ss0 + int64_t(det_of[q]) * ss1];
+    }
+  });
+  return std::make_tuple(idx_out, lab_out, sc_out);
+}
+
+// ---- soft_nms (mmcv) ------------------------------------------------------------------------------------------
+
+int64_t soft_method(c10::string_view method) {
+  if (method == "naive") return 0;
+  if (method == "linear") return 1;
+  if (method == "gaussian") return 2;
+  TORCH_CHECK(false, "soft_nms: method must be 'linear', 'gaussian' or 'naive', got '", std::string(method), "'");
+}
+
+std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold,
+                                     double sigma, double min_score, c10::string_view method) {
+  check_boxes_scores(boxes, scores, "soft_nms");
+  const int64_t meth = soft_method(method);
+  TORCH_CHECK(meth != 2 || sigma > 0, "soft_nms: sigma must be > 0 for the gaussian method, got ", sigma);
+  const int64_t n = boxes.size(0);
+  at::Tensor dets_out, keep_out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_soft_nms", [&] {
+    using A = acc_t<scalar_t>;
+    // mmcv passes the thresholds as C++ floats: round them to the accumulation type
+    const A thr = A(iou_threshold), sig = A(sigma), mins = A(min_score);
+    const std::vector<A> s0 = to_acc<A, scalar_t>(scores);
+    const scalar_t* bp = boxes.const_data_ptr<scalar_t>();
+    const int64_t bs0 = boxes.stride(0), bs1 = boxes.stride(1);
+    Soa<A> b(n);
+    std::vector<A> sc(n);
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (s0[i] != s0[i]) continue;  // NaN scores are dropped up front
+      b.put(m, bp + i * bs0, bs1, int32_t(i));
+      sc[m] = s0[i];
+      ++m;
+    }
+    std::vector<A> dsc;
+    std::vector<int32_t> sel;
+    while (m > 0) {
+      // highest remaining score, ties by lower original index
+      int64_t best = 0;
+      for (int64_t j = 1; j < m; ++j) {
+        const bool better = sc[j] > sc[best] || (sc[j] == sc[best] && b.id[j] < b.id[best]);
+        best = better ? j : best;
+      }
+      const A bx1 = b.x1[best], by1 = b.y1[best], bx2 = b.x2[best], by2 = b.y2[best], ba = b.ar[best];
+      sel.push_back(b.id[best]);
+      dsc.push_back(sc[best]);
+      int64_t w = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        if (j == best) continue;
+        A o = iou(bx1, by1, bx2, by2, ba, b.x1[j], b.y1[j], b.x2[j], b.y2[j], b.ar[j]);
+        if (o != o) o = A(0);  // NaN IoU (NaN coordinates): no interaction
+        A wt = A(1);
+        if (meth == 0) {
+          if (o >= thr) wt = A(0);
+        } else if (meth == 1) {
+          if (o >= thr) wt = A(1) - o;
+        } else {
+          wt = std::exp(-(o * o) / sig);
+        }
+        const A ns = sc[j] * wt;
+        b.x1[w] = b.x1[j];
+        b.y1[w] = b.y1[j];
+        b.x2[w] = b.x2[j];
+        b.y2[w] = b.y2[j];
+        b.ar[w] = b.ar[j];
+        b.id[w] = b.id[j];
+        sc[w] = ns;
+        w += !(ns < mins);
+      }
+      m = w;
+    }
+    const int64_t k = int64_t(sel.size());
+    dets_out = at::empty({k, 5}, boxes.options());
+    keep_out = at::empty({k}, boxes.options().dtype(at::kLong));
+    scalar_t* d = dets_out.data_ptr<scalar_t>();
+    int64_t* o = keep_out.data_ptr<int64_t>();
+    for (int64_t r = 0; r < k; ++r) {
+      const scalar_t* p = bp + int64_t(sel[r]) * bs0;
+      for (int q = 0; q < 4; ++q) d[r * 5 + q] = p[q * bs1];
+      d[r * 5 + 4] = static_cast<scalar_t>(dsc[r]);
+      o[r] = sel[r];
+    }
+  });
+  return std::make_tuple(dets_out, keep_out);
+}
+
+}  // namespace
+}  // namespace nms
+}  // namespace fastops
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) {
+  m.impl("nms", &fastops::nms::nms_cpu);
+  m.impl("batched_nms", &fastops::nms::batched_nms_cpu);
+  m.impl("multiclass_nms", &fastops::nms::multiclass_nms_cpu);
+  m.impl("fast_nms", &fastops::nms::fast_nms_cpu);
+  m.impl("soft_nms", &fastops::nms::soft_nms_cpu);
+}

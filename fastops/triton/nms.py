@@ -1,0 +1,238 @@
+"""Triton kernels for the dense parts of the NMS family: IoU bitmask tiles (nms, batched_nms) and the per-class
+IoU triangle of YOLACT's Fast NMS. Sorting / gathering / compaction are torch ops around them.
+
+Registered as ``fastops::nms_triton``, ``fastops::batched_nms_triton``, ``fastops::fast_nms_triton`` (see
+_registry.py: ``triton_op`` on a GPU, ``custom_op`` with an explicit fake under TRITON_INTERPRET=1).
+Same results as the C++ kernels: IoU in float32 (float64 for float64 boxes) with IEEE division (``div_rn``) and
+no FMA contraction, torchvision's ``iou > thr`` with a float threshold floored so that it equals the double
+comparison, YOLACT's ``iou <= thr``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastops.triton._registry import INTERPRET, launch, triton_custom_op
+
+TILE = 64
+
+
+@triton.jit
+def _iou(x1i, y1i, x2i, y2i, ai, x1j, y1j, x2j, y2j, aj, IS_F64: tl.constexpr):
+    w = tl.maximum(tl.minimum(x2i, x2j) - tl.maximum(x1i, x1j), 0.0)
+    h = tl.maximum(tl.minimum(y2i, y2j) - tl.maximum(y1i, y1j), 0.0)
+    inter = w * h
+    if IS_F64:
+        return inter / ((ai + aj) - inter)  # fp64 division is IEEE-rounded
+    else:
+        return tl.math.div_rn(inter, (ai + aj) - inter)  # fp32 `/` may be approximate on a GPU
+
+
+@triton.jit
+def _iou_mask_kernel(b_ptr, cls_ptr, thr_ptr, mask_ptr, n, col_blocks, HAS_CLS: tl.constexpr,
+                     TILE_: tl.constexpr, IS_F64: tl.constexpr):
+    """Bit k of mask[i, cb] = box cb*64+k is after i, (same class) and IoU(i, .) > thr. One 64x64 tile per program."""
+    cb = tl.program_id(0)
+    rb = tl.program_id(1)
+    if cb >= rb:
+        i = rb * TILE_ + tl.arange(0, TILE_)
+        j = cb * TILE_ + tl.arange(0, TILE_)
+        im = i < n
+        jm = j < n
+        x1i = tl.load(b_ptr + i * 4 + 0, mask=im, other=0.0)
+        y1i = tl.load(b_ptr + i * 4 + 1, mask=im, other=0.0)
+        x2i = tl.load(b_ptr + i * 4 + 2, mask=im, other=0.0)
+        y2i = tl.load(b_ptr + i * 4 + 3, mask=im, other=0.0)
+        x1j = tl.load(b_ptr + j * 4 + 0, mask=jm, other=0.0)
+        y1j = tl.load(b_ptr + j * 4 + 1, mask=jm, other=0.0)
+        x2j = tl.load(b_ptr + j * 4 + 2, mask=jm, other=0.0)
+        y2j = tl.load(b_ptr + j * 4 + 3, mask=jm, other=0.0)
+        ai = (x2i - x1i) * (y2i - y1i)
+        aj = (x2j - x1j) * (y2j - y1j)
+        o = _iou(x1i[:, None], y1i[:, None], x2i[:, None], y2i[:, None], ai[:, None],
+                 x1j[None, :], y1j[None, :], x2j[None, :], y2j[None, :], aj[None, :], IS_F64)
+        thr = tl.load(thr_ptr)
+        sup = (o > thr) & (j[None, :] > i[:, None]) & jm[None, :]
+        if HAS_CLS:
+            ci = tl.load(cls_ptr + i, mask=im, other=0)
+            cj = tl.load(cls_ptr + j, mask=jm, other=1)
+            sup = sup & (ci[:, None] == cj[None, :])
+        shifts = tl.arange(0, TILE_).to(tl.int64)
+        bits = tl.sum(sup.to(tl.int64) << shifts[None, :], axis=1)  # distinct bits: the sum is the OR
+        tl.store(mask_ptr + i.to(tl.int64) * col_blocks + cb, bits, mask=im)
+
+
+@triton.jit
+def _greedy_reduce_kernel(mask_ptr, order_ptr, keep_ptr, count_ptr, n, col_blocks, BLOCK_W: tl.constexpr):
+    """Single program: walk the boxes in order; a box not yet removed is kept and ORs its mask row."""
+    offs = tl.arange(0, BLOCK_W)
+    wm = offs < col_blocks
+    rem = tl.zeros([BLOCK_W], dtype=tl.int64)
+    cnt = 0
+    for i in range(0, n):
+        word = tl.sum(tl.where(offs == i // 64, rem, 0), axis=0)
+        bit = (word >> (i % 64)) & 1
+        if bit == 0:
+            row = tl.load(mask_ptr + i * col_blocks + offs, mask=wm, other=0)
+            rem = rem | row
+            tl.store(keep_ptr + cnt, tl.load(order_ptr + i))
+            cnt += 1
+    tl.store(count_ptr, cnt)
+
+
+@triton.jit
+def _fast_nms_kernel(b_ptr, k_ptr, thr_ptr, keep_ptr, L, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+                     IS_F64: tl.constexpr):
+    """keep[r, j] = j < k and IoU(i, j) <= thr for all i < j of row r (boxes b[r, :, 4] in score order)."""
+    r = tl.program_id(0)
+    jb = tl.program_id(1)
+    k = tl.minimum(tl.load(k_ptr), L)
+    base = b_ptr + r.to(tl.int64) * L * 4
+    j = jb * BLOCK_J + tl.arange(0, BLOCK_J)
+    jm = j < k
+    x1j = tl.load(base + j * 4 + 0, mask=jm, other=0.0)
+    y1j = tl.load(base + j * 4 + 1, mask=jm, other=0.0)
+    x2j = tl.load(base + j * 4 + 2, mask=jm, other=0.0)
+    y2j = tl.load(base + j * 4 + 3, mask=jm, other=0.0)
+    aj = (x2j - x1j) * (y2j - y1j)
+    thr = tl.load(thr_ptr)
+    bad = tl.zeros([BLOCK_J], dtype=tl.int32)
+    for i0 in range(0, (jb + 1) * BLOCK_J, BLOCK_I):
+        i = i0 + tl.arange(0, BLOCK_I)
+        im = i < k
+        x1i = tl.load(base + i * 4 + 0, mask=im, other=0.0)
+        y1i = tl.load(base + i * 4 + 1, mask=im, other=0.0)
+        x2i = tl.load(base + i * 4 + 2, mask=im, other=0.0)
+        y2i = tl.load(base + i * 4 + 3, mask=im, other=0.0)
+        ai = (x2i - x1i) * (y2i - y1i)
+        o = _iou(x1i[:, None], y1i[:, None], x2i[:, None], y2i[:, None], ai[:, None],
+                 x1j[None, :], y1j[None, :], x2j[None, :], y2j[None, :], aj[None, :], IS_F64)
+        sup = (~(o <= thr)) & (i[:, None] < j[None, :]) & im[:, None]
+        bad = tl.maximum(bad, tl.max(sup.to(tl.int32), axis=0))
+    keep = jm & (bad == 0)
+    tl.store(keep_ptr + r.to(tl.int64) * L + j, keep.to(tl.int8), mask=j < L)
+
+
+def _cd(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _gt_threshold(t: float, cd: torch.dtype, device) -> Tensor:
+    """Threshold tensor for `iou > t` in the compute dtype, equal to torchvision's float-vs-double compare."""
+    if cd == torch.float32:
+        f = np.float32(t)
+        if float(f) > t:
+            f = np.nextafter(f, np.float32(-np.inf), dtype=np.float32)
+        return torch.tensor([float(f)], dtype=cd, device=device)
+    return torch.tensor([t], dtype=cd, device=device)
+
+
+def _bitmask_greedy(b: Tensor, cls, thr: Tensor, order: Tensor):
+    n = b.size(0)
+    col_blocks = triton.cdiv(n, TILE)
+    mask = torch.zeros((n, col_blocks), dtype=torch.int64, device=b.device)
+    has_cls = cls is not None
+    launch(_iou_mask_kernel)[(col_blocks, col_blocks)](b, cls if has_cls else order, thr, mask, n, col_blocks,
+                                                      HAS_CLS=has_cls, TILE_=TILE, enable_fp_fusion=False,
+                                                      IS_F64=b.dtype == torch.float64)
+    keep = torch.empty((n,), dtype=torch.int64, device=b.device)
+    count = torch.zeros((1,), dtype=torch.int32, device=b.device)
+    launch(_greedy_reduce_kernel)[(1,)](mask, order, keep, count, n, col_blocks,
+                                        BLOCK_W=triton.next_power_of_2(col_blocks))
+    return keep[: int(count.item())]
+
+
+@triton_custom_op("fastops::nms_triton", mutates_args=())
+def nms_triton(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    n = boxes.size(0)
+    if n == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    cd = _cd(boxes)
+    order = torch.sort(scores, stable=True, descending=True)[1]
+    b = boxes.index_select(0, order).to(cd).contiguous()
+    return _bitmask_greedy(b, None, _gt_threshold(iou_threshold, cd, boxes.device), order)
+
+
+@triton_custom_op("fastops::batched_nms_triton", mutates_args=())
+def batched_nms_triton(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    n = boxes.size(0)
+    if n == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    cd = _cd(boxes)
+    order = torch.sort(scores, stable=True, descending=True)[1]
+    cls_sorted = idxs.to(torch.int64).index_select(0, order)
+    cls_g, perm = torch.sort(cls_sorted, stable=True)
+    grouped = order.index_select(0, perm)
+    b = boxes.index_select(0, grouped).to(cd).contiguous()
+    kept = _bitmask_greedy(b, cls_g.contiguous(), _gt_threshold(iou_threshold, cd, boxes.device), grouped)
+    flag = torch.zeros((n,), dtype=torch.bool, device=boxes.device)
+    flag[kept] = True
+    return order[flag.index_select(0, order)]
+
+
+def _sort_candidates(score: Tensor, cand: Tensor) -> Tensor:
+    """Per row: candidates first, by descending score (stable: ties by column)."""
+    p1 = torch.sort(score, dim=1, stable=True, descending=True)[1]
+    nc = (~cand.gather(1, p1)).to(torch.uint8)
+    p2 = torch.sort(nc, dim=1, stable=True)[1]
+    return p1.gather(1, p2)
+
+
+@triton_custom_op("fastops::fast_nms_triton", mutates_args=())
+def fast_nms_triton(boxes: Tensor, scores: Tensor, iou_threshold: float, top_k: int, max_det: int,
+                    score_threshold: float, cross_class: bool) -> tuple[Tensor, Tensor, Tensor]:
+    n, nc = boxes.size(0), scores.size(0)
+    dev = boxes.device
+    L = min(top_k, n) if top_k > 0 else n
+    if n == 0 or nc == 0 or L == 0:
+        e = torch.empty((0,), dtype=torch.int64, device=dev)
+        return e, e.clone(), scores.new_empty((0,))
+    cd = _cd(boxes)
+    mx_t, amax = scores.max(dim=0)
+    passing = mx_t > score_threshold                    # in the scores' dtype, like YOLACT's conf filter
+    if cross_class:
+        order = _sort_candidates(mx_t.to(cd)[None], passing[None])[:, :L]
+    else:
+        order = _sort_candidates(scores, passing[None].expand(nc, n))[:, :L]
+    rows = order.size(0)
+    order = order.contiguous()
+    npass = passing.sum().view(1)
+    b = boxes.to(cd)[order].contiguous()                 # [rows, L, 4]
+    keep = torch.empty((rows, L), dtype=torch.int8, device=dev)
+    block_j = min(64, triton.next_power_of_2(L))
+    launch(_fast_nms_kernel)[(rows, triton.cdiv(L, block_j))](
+        b, npass, torch.tensor([iou_threshold], dtype=cd, device=dev), keep, L, BLOCK_I=32, BLOCK_J=block_j, enable_fp_fusion=False,
+        IS_F64=cd == torch.float64)
+    det = order.reshape(-1)
+    if cross_class:
+        lab = amax.index_select(0, det)
+    else:
+        lab = torch.arange(rows, device=dev).repeat_interleave(L)
+    kflat = keep.reshape(-1).bool()
+    sc = scores[lab, det]
+    fo = _sort_candidates(sc[None], kflat[None])[0]
+    total = int(kflat.sum().item())
+    m = min(total, max_det) if max_det > 0 else total
+    sel = fo[:m]
+    return det[sel], lab[sel], sc[sel]
+
+
+if INTERPRET:
+    @nms_triton.register_fake
+    def _(boxes, scores, iou_threshold):
+        m = torch.library.get_ctx().new_dynamic_size()
+        return boxes.new_empty((m,), dtype=torch.int64)
+
+    @batched_nms_triton.register_fake
+    def _(boxes, scores, idxs, iou_threshold):
+        m = torch.library.get_ctx().new_dynamic_size()
+        return boxes.new_empty((m,), dtype=torch.int64)
+
+    @fast_nms_triton.register_fake
+    def _(boxes, scores, iou_threshold, top_k, max_det, score_threshold, cross_class):
+        m = torch.library.get_ctx().new_dynamic_size()
+        return (boxes.new_empty((m,), dtype=torch.int64), boxes.new_empty((m,), dtype=torch.int64),
+                scores.new_empty((m,)))
