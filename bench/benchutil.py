@@ -27,12 +27,19 @@ def peak_extra_mb(fn):
 
     The child's high-water mark (ru_maxrss) starts at its RSS when forked; the difference after one call is the
     call's peak extra memory (temporaries included, freed or not).
+
+    The child runs `fn` with one intra-op thread: a forked child cannot use the parent's OpenMP (libgomp) thread
+    pool, and a parallel region there hangs forever once the parent has run one with 2+ threads. Peak memory is
+    essentially thread-count independent for these ops (per-thread scratch is small).
     """
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         try:
             os.close(r)
+            import torch as _torch
+
+            _torch.set_num_threads(1)
             base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             base = max(base, _rss_kb())
             fn()

@@ -1,0 +1,385 @@
+"""Triton kernels for instance mask assembly: `fastops::yolact_masks_triton`, `fastops::yolact_mask_loss_triton`
+(+ `_yolact_mask_loss_backward_triton`), `fastops::paste_masks_triton`.
+
+The per-detection geometry (YOLACT crop rectangles, torchvision's truncated boxes) is computed with a few small
+torch ops on `[N, 4]` tensors, in the boxes' dtype exactly as the originals do; the kernels then do the per-pixel
+work: for yolact_masks a tiled dot product of the bilinear taps' prototype vectors with the coefficients
+(`[BLOCK, P]` tiles) fused with sigmoid, crop, blend and threshold.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from fastops._library import FLOAT_DTYPES  # noqa: F401
+from fastops.triton._registry import INTERPRET, launch, triton_custom_op
+
+_BLOCK = 256
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _pb(P: int) -> int:
+    return max(triton.next_power_of_2(max(int(P), 1)), 2)
+
+
+# ---- geometry (small torch ops on [N, 4]) ---------------------------------------------------------------------
+
+def _crop_range(a: Tensor, b: Tensor, size: int) -> Tensor:
+    sa, sb = a * size, b * size  # boxes' dtype, as YOLACT's sanitize_coordinates
+    lo = torch.clamp(torch.min(sa, sb) - 1, min=0)
+    hi = torch.clamp(torch.max(sa, sb) + 1, max=size)
+    ar = torch.arange(size, device=a.device, dtype=a.dtype)
+    c0 = (ar[None, :] < lo[:, None]).sum(1)  # first c with c >= lo (NaN: 0)
+    c1 = (ar[None, :] < hi[:, None]).sum(1)
+    return torch.stack([c0, torch.maximum(c0, c1)], 1)
+
+
+def _yolact_crops(boxes: Tensor, Hp: int, Wp: int, crop: bool) -> Tensor:
+    N = boxes.size(0)
+    if not crop:
+        return torch.tensor([0, Wp, 0, Hp], dtype=torch.int32, device=boxes.device).repeat(N, 1).contiguous()
+    cx = _crop_range(boxes[:, 0], boxes[:, 2], Wp)
+    cy = _crop_range(boxes[:, 1], boxes[:, 3], Hp)
+    return torch.cat([cx, cy], 1).to(torch.int32).contiguous()
+
+
+def _loss_dims(boxes: Tensor, Hp: int, Wp: int) -> Tensor:
+    w = (boxes[:, 2] - boxes[:, 0]) * Wp
+    h = (boxes[:, 3] - boxes[:, 1]) * Hp
+    return torch.stack([w, h], 1).to(torch.float64).contiguous()
+
+
+def _paste_geometry(boxes: Tensor, M: int, padding: int, H: int, W: int) -> Tensor:
+    from fastops.reference.masks import _expand_boxes
+
+    e = _expand_boxes(boxes, float(M + 2 * padding) / M)
+    valid = (e.abs() < 2.0 ** 40).all(1)  # False for NaN/inf too
+    e = torch.where(valid[:, None], e, torch.zeros_like(e)).to(torch.int64)
+    x0, y0, x1, y1 = e.unbind(1)
+    one = torch.ones_like(x0)
+    bw, bh = torch.maximum(x1 - x0 + 1, one), torch.maximum(y1 - y0 + 1, one)
+    xa, xb = x0.clamp(min=0), torch.clamp(x1 + 1, max=W)
+    ya, yb = y0.clamp(min=0), torch.clamp(y1 + 1, max=H)
+    empty = ~valid | (xb <= xa) | (yb <= ya)
+    z = torch.zeros_like(x0)
+    xa, xb, ya, yb = (torch.where(empty, z, t) for t in (xa, xb, ya, yb))
+    return torch.stack([x0, y0, bw, bh, xa, xb, ya, yb], 1).contiguous()
+
+
+# ---- kernels --------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _taps(dst, in_size, out_size, ACC: tl.constexpr):
+    zf = dst.to(ACC) * 0.0  # sizes may arrive as constexpr (Triton specialises 1): promote through a tensor
+    scale = (zf + in_size) / (zf + out_size)
+    real = scale * (dst.to(ACC) + 0.5) - 0.5
+    real = tl.maximum(real, 0.0)
+    i0 = tl.minimum(real.to(tl.int64), in_size - 1)  # real >= 0: truncation is floor
+    lam = tl.minimum(tl.maximum(real - i0.to(ACC), 0.0), 1.0)
+    i1 = i0 + (i0 < in_size - 1).to(tl.int64)
+    return i0, i1, 1.0 - lam, lam
+
+
+@triton.jit
+def _tap_prob(pr, sY, sX, sP, yy, xx, m, pidx, pm, c, ACC: tl.constexpr):
+    # [BLOCK, PB] prototype vectors of the taps (masked to in-crop taps) dotted with the coefficients
+    ptrs = pr + yy[:, None] * sY + xx[:, None] * sX + pidx[None, :] * sP
+    v = tl.load(ptrs, mask=m[:, None] & pm[None, :], other=0.0).to(ACC)
+    s = tl.sum(v * c[None, :], axis=1)
+    p = 1.0 / (1.0 + tl.exp(-s))
+    return tl.where(m, p, 0.0)
+
+
+@triton.jit
+def _yolact_masks_kernel(pr, sY, sX, sP, cf, cs0, cs1, crops, Hp, Wp, P, out_h, out_w, thr, out,
+                         THRESH: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr):
+    pid = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < out_h * out_w
+    i = offs // out_w
+    j = offs % out_w
+    cx0 = tl.load(crops + 4 * n)
+    cx1 = tl.load(crops + 4 * n + 1)
+    cy0 = tl.load(crops + 4 * n + 2)
+    cy1 = tl.load(crops + 4 * n + 3)
+    y0, y1, wy0, wy1 = _taps(i, Hp, out_h, ACC)
+    x0, x1, wx0, wx1 = _taps(j, Wp, out_w, ACC)
+    y0in = valid & (y0 >= cy0) & (y0 < cy1)
+    y1in = valid & (y1 >= cy0) & (y1 < cy1)
+    x0in = (x0 >= cx0) & (x0 < cx1)
+    x1in = (x1 >= cx0) & (x1 < cx1)
+    pidx = tl.arange(0, PB)
+    pm = pidx < P
+    c = tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
+    a00 = _tap_prob(pr, sY, sX, sP, y0, x0, y0in & x0in, pidx, pm, c, ACC)
+    a10 = _tap_prob(pr, sY, sX, sP, y1, x0, y1in & x0in, pidx, pm, c, ACC)
+    a01 = _tap_prob(pr, sY, sX, sP, y0, x1, y0in & x1in, pidx, pm, c, ACC)
+    a11 = _tap_prob(pr, sY, sX, sP, y1, x1, y1in & x1in, pidx, pm, c, ACC)
+    t0 = a00 * wy0 + a10 * wy1
+    t1 = a01 * wy0 + a11 * wy1
+    v = t0 * wx0 + t1 * wx1
+    dst = out + n * out_h * out_w + offs
+    if THRESH:
+        tl.store(dst, v > thr, mask=valid)
+    else:
+        tl.store(dst, v.to(out.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _paste_kernel(masks, m0, m1, m2, Mh, Mw, padding, geo, H, W, thr, out,
+                  THRESH: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < H * W
+    y = offs // W
+    x = offs % W
+    gx0 = tl.load(geo + 8 * n)
+    gy0 = tl.load(geo + 8 * n + 1)
+    bw = tl.load(geo + 8 * n + 2)
+    bh = tl.load(geo + 8 * n + 3)
+    xa = tl.load(geo + 8 * n + 4)
+    xb = tl.load(geo + 8 * n + 5)
+    ya = tl.load(geo + 8 * n + 6)
+    yb = tl.load(geo + 8 * n + 7)
+    inside = valid & (x >= xa) & (x < xb) & (y >= ya) & (y < yb)
+    Ph = Mh + 2 * padding
+    Pw = Mw + 2 * padding
+    r0, r1, wy0, wy1 = _taps(y - gy0, Ph, bh, ACC)
+    c0, c1, wx0, wx1 = _taps(x - gx0, Pw, bw, ACC)
+    r0 -= padding
+    r1 -= padding
+    c0 -= padding
+    c1 -= padding
+    base = masks + n * m0
+    r0ok = inside & (r0 >= 0) & (r0 < Mh)
+    r1ok = inside & (r1 >= 0) & (r1 < Mh)
+    c0ok = (c0 >= 0) & (c0 < Mw)
+    c1ok = (c1 >= 0) & (c1 < Mw)
+    a00 = tl.load(base + r0 * m1 + c0 * m2, mask=r0ok & c0ok, other=0.0).to(ACC)
+    a10 = tl.load(base + r1 * m1 + c0 * m2, mask=r1ok & c0ok, other=0.0).to(ACC)
+    a01 = tl.load(base + r0 * m1 + c1 * m2, mask=r0ok & c1ok, other=0.0).to(ACC)
+    a11 = tl.load(base + r1 * m1 + c1 * m2, mask=r1ok & c1ok, other=0.0).to(ACC)
+    v = (a00 * wy0 + a10 * wy1) * wx0 + (a01 * wy0 + a11 * wy1) * wx1
+    v = tl.where(inside, v, 0.0)
+    dst = out + n * H * W + offs
+    if THRESH:
+        tl.store(dst, v > thr, mask=valid)
+    else:
+        tl.store(dst, v.to(out.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _bce(p, t):
+    lp = tl.maximum(tl.log(p), -100.0)
+    lq = tl.maximum(tl.log(1.0 - p), -100.0)
+    return -(t * lp + (1.0 - t) * lq)
+
+
+@triton.jit
+def _mask_loss_fwd_kernel(pr, sY, sX, sP, cf, cs0, cs1, gt, g0, g1, g2, crops, dims, Hp, Wp, P, loss,
+                          ACC: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    cx0 = tl.load(crops + 4 * n)
+    cx1 = tl.load(crops + 4 * n + 1)
+    cy0 = tl.load(crops + 4 * n + 2)
+    cy1 = tl.load(crops + 4 * n + 3)
+    pidx = tl.arange(0, PB)
+    pm = pidx < P
+    c = tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
+    acc = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(0, Hp * Wp, BLOCK):
+        k = start + tl.arange(0, BLOCK)
+        ok = k < Hp * Wp
+        y = k // Wp
+        x = k % Wp
+        t = tl.load(gt + n * g0 + y * g1 + x * g2, mask=ok, other=0.0).to(ACC)
+        inc = ok & (y >= cy0) & (y < cy1) & (x >= cx0) & (x < cx1)
+        p = _tap_prob(pr, sY, sX, sP, y, x, inc, pidx, pm, c, ACC)
+        acc += tl.where(inc, _bce(p, t), 100.0 * t)
+    total = tl.sum(acc, axis=0)
+    dw = tl.load(dims + 2 * n).to(ACC)
+    dh = tl.load(dims + 2 * n + 1).to(ACC)
+    tl.store(loss + n, (total / dw / dh * (Hp * Wp)).to(loss.dtype.element_ty))
+
+
+@triton.jit
+def _dlogit(p, t, Gn):
+    s = (1.0 - p) * p
+    return Gn * ((p - t) / tl.maximum(s, 1e-12) * (1.0 - p) * p)
+
+
+@triton.jit
+def _mask_loss_bwd_coeffs_kernel(grad, gs, pr, sY, sX, sP, cf, cs0, cs1, gt, g0, g1, g2, crops, dims, Hp, Wp, P,
+                                 gcoeffs, ACC: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    cx0 = tl.load(crops + 4 * n).to(tl.int64)
+    cx1 = tl.load(crops + 4 * n + 1).to(tl.int64)
+    cy0 = tl.load(crops + 4 * n + 2).to(tl.int64)
+    cy1 = tl.load(crops + 4 * n + 3).to(tl.int64)
+    cw = tl.maximum(cx1 - cx0, 0)
+    ch = tl.maximum(cy1 - cy0, 0)
+    Gn = tl.load(grad + n * gs).to(ACC) / tl.load(dims + 2 * n).to(ACC) / tl.load(dims + 2 * n + 1).to(ACC) \
+        * (Hp * Wp)
+    pidx = tl.arange(0, PB)
+    pm = pidx < P
+    c = tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
+    acc = tl.zeros([PB], dtype=ACC)
+    for start in range(0, cw * ch, BLOCK):
+        k = start + tl.arange(0, BLOCK)
+        ok = k < cw * ch
+        y = cy0 + k // tl.maximum(cw, 1)
+        x = cx0 + k % tl.maximum(cw, 1)
+        t = tl.load(gt + n * g0 + y * g1 + x * g2, mask=ok, other=0.0).to(ACC)
+        ptrs = pr + y[:, None] * sY + x[:, None] * sX + pidx[None, :] * sP
+        v = tl.load(ptrs, mask=ok[:, None] & pm[None, :], other=0.0).to(ACC)
+        p = 1.0 / (1.0 + tl.exp(-tl.sum(v * c[None, :], axis=1)))
+        d = tl.where(ok, _dlogit(p, t, Gn), 0.0)
+        acc += tl.sum(d[:, None] * v, axis=0)
+    tl.store(gcoeffs + n * P + pidx, acc.to(gcoeffs.dtype.element_ty), mask=pm)
+
+
+@triton.jit
+def _mask_loss_bwd_protos_kernel(grad, gs, pr, sY, sX, sP, cf, cs0, cs1, gt, g0, g1, g2, crops, dims, N, Hp, Wp,
+                                 P, gprotos, ACC: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr):
+    pid = tl.program_id(0)
+    k = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = k < Hp * Wp
+    y = k // Wp
+    x = k % Wp
+    pidx = tl.arange(0, PB)
+    pm = pidx < P
+    v = tl.load(pr + y[:, None] * sY + x[:, None] * sX + pidx[None, :] * sP, mask=ok[:, None] & pm[None, :],
+                other=0.0).to(ACC)
+    acc = tl.zeros([BLOCK, PB], dtype=ACC)
+    for n in range(0, N):
+        cx0 = tl.load(crops + 4 * n)
+        cx1 = tl.load(crops + 4 * n + 1)
+        cy0 = tl.load(crops + 4 * n + 2)
+        cy1 = tl.load(crops + 4 * n + 3)
+        inc = ok & (y >= cy0) & (y < cy1) & (x >= cx0) & (x < cx1)
+        Gn = tl.load(grad + n * gs).to(ACC) / tl.load(dims + 2 * n).to(ACC) / tl.load(dims + 2 * n + 1).to(ACC) \
+            * (Hp * Wp)
+        c = tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
+        t = tl.load(gt + n * g0 + y * g1 + x * g2, mask=inc, other=0.0).to(ACC)
+        p = 1.0 / (1.0 + tl.exp(-tl.sum(v * c[None, :], axis=1)))
+        d = tl.where(inc, _dlogit(p, t, Gn), 0.0)
+        acc += d[:, None] * c[None, :]
+    tl.store(gprotos + k[:, None] * P + pidx[None, :], acc.to(gprotos.dtype.element_ty),
+             mask=ok[:, None] & pm[None, :])
+
+
+# ---- ops ------------------------------------------------------------------------------------------------------
+
+@triton_custom_op("fastops::yolact_masks_triton", mutates_args=())
+def yolact_masks_triton(protos: Tensor, coeffs: Tensor, boxes: Tensor, out_h: int, out_w: int, crop: bool,
+                        threshold: Optional[float]) -> Tensor:
+    N = coeffs.size(0)
+    Hp, Wp, P = protos.shape
+    thresh = threshold is not None
+    out = torch.empty((N, out_h, out_w), dtype=torch.bool if thresh else protos.dtype, device=protos.device)
+    if out.numel() == 0:
+        return out
+    crops = _yolact_crops(boxes, Hp, Wp, crop)
+    grid = (triton.cdiv(out_h * out_w, _BLOCK), N)
+    launch(_yolact_masks_kernel)[grid](
+        protos, protos.stride(0), protos.stride(1), protos.stride(2), coeffs, coeffs.stride(0), coeffs.stride(1),
+        crops, Hp, Wp, P, out_h, out_w, float(threshold) if thresh else 0.0, out,
+        THRESH=thresh, ACC=_acc(protos.dtype), BLOCK=_BLOCK, PB=_pb(P))
+    return out
+
+
+@triton_custom_op("fastops::paste_masks_triton", mutates_args=())
+def paste_masks_triton(masks: Tensor, boxes: Tensor, image_h: int, image_w: int, padding: int,
+                       threshold: Optional[float]) -> Tensor:
+    N, Mh, Mw = masks.shape
+    thresh = threshold is not None
+    out = torch.empty((N, 1, image_h, image_w), dtype=torch.bool if thresh else masks.dtype, device=masks.device)
+    if out.numel() == 0:
+        return out
+    geo = _paste_geometry(boxes, Mw, padding, image_h, image_w)
+    grid = (triton.cdiv(image_h * image_w, _BLOCK), N)
+    launch(_paste_kernel)[grid](
+        masks, masks.stride(0), masks.stride(1), masks.stride(2), Mh, Mw, padding, geo, image_h, image_w,
+        float(threshold) if thresh else 0.0, out, THRESH=thresh, ACC=_acc(masks.dtype), BLOCK=_BLOCK)
+    return out
+
+
+@triton_custom_op("fastops::yolact_mask_loss_triton", mutates_args=())
+def yolact_mask_loss_triton(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_masks: Tensor) -> Tensor:
+    N = coeffs.size(0)
+    Hp, Wp, P = protos.shape
+    loss = torch.empty((N,), dtype=protos.dtype, device=protos.device)
+    if N == 0:
+        return loss
+    crops = _yolact_crops(boxes, Hp, Wp, True)
+    dims = _loss_dims(boxes, Hp, Wp)
+    launch(_mask_loss_fwd_kernel)[(N,)](
+        protos, protos.stride(0), protos.stride(1), protos.stride(2), coeffs, coeffs.stride(0), coeffs.stride(1),
+        gt_masks, gt_masks.stride(0), gt_masks.stride(1), gt_masks.stride(2), crops, dims, Hp, Wp, P, loss,
+        ACC=_acc(protos.dtype), BLOCK=_BLOCK, PB=_pb(P))
+    return loss
+
+
+@triton_custom_op("fastops::_yolact_mask_loss_backward_triton", mutates_args=())
+def _yolact_mask_loss_backward_triton(grad: Tensor, protos: Tensor, coeffs: Tensor, boxes: Tensor,
+                                      gt_masks: Tensor) -> tuple[Tensor, Tensor]:
+    N = coeffs.size(0)
+    Hp, Wp, P = protos.shape
+    gprotos = torch.zeros((Hp, Wp, P), dtype=protos.dtype, device=protos.device)
+    gcoeffs = torch.zeros((N, P), dtype=protos.dtype, device=protos.device)
+    if N == 0 or P == 0:
+        return gprotos, gcoeffs
+    grad = grad.to(protos.dtype)
+    crops = _yolact_crops(boxes, Hp, Wp, True)
+    dims = _loss_dims(boxes, Hp, Wp)
+    acc = _acc(protos.dtype)
+    args = (protos, protos.stride(0), protos.stride(1), protos.stride(2), coeffs, coeffs.stride(0), coeffs.stride(1),
+            gt_masks, gt_masks.stride(0), gt_masks.stride(1), gt_masks.stride(2), crops, dims)
+    launch(_mask_loss_bwd_coeffs_kernel)[(N,)](grad, grad.stride(0), *args, Hp, Wp, P, gcoeffs,
+                                               ACC=acc, BLOCK=64, PB=_pb(P))
+    launch(_mask_loss_bwd_protos_kernel)[(triton.cdiv(Hp * Wp, 64),)](grad, grad.stride(0), *args, N, Hp, Wp, P,
+                                                                      gprotos, ACC=acc, BLOCK=64, PB=_pb(P))
+    return gprotos, gcoeffs
+
+
+if INTERPRET:
+    @yolact_masks_triton.register_fake
+    def _(protos, coeffs, boxes, out_h, out_w, crop, threshold):
+        dtype = torch.bool if threshold is not None else protos.dtype
+        return protos.new_empty((coeffs.size(0), out_h, out_w), dtype=dtype)
+
+    @paste_masks_triton.register_fake
+    def _(masks, boxes, image_h, image_w, padding, threshold):
+        dtype = torch.bool if threshold is not None else masks.dtype
+        return masks.new_empty((masks.size(0), 1, image_h, image_w), dtype=dtype)
+
+    @yolact_mask_loss_triton.register_fake
+    def _(protos, coeffs, boxes, gt_masks):
+        return protos.new_empty((coeffs.size(0),))
+
+    @_yolact_mask_loss_backward_triton.register_fake
+    def _(grad, protos, coeffs, boxes, gt_masks):
+        return protos.new_empty(tuple(protos.shape)), protos.new_empty((coeffs.size(0), coeffs.size(1)))
+
+
+def _loss_setup_context(ctx, inputs, output):
+    protos, coeffs, boxes, gt_masks = inputs
+    ctx.save_for_backward(protos, coeffs, boxes, gt_masks)
+
+
+def _loss_backward(ctx, grad):
+    protos, coeffs, boxes, gt_masks = ctx.saved_tensors
+    gp, gc = torch.ops.fastops._yolact_mask_loss_backward_triton(grad, protos, coeffs, boxes, gt_masks)
+    return gp, gc, None, None
+
+
+yolact_mask_loss_triton.register_autograd(_loss_backward, setup_context=_loss_setup_context)
