@@ -9,6 +9,8 @@ import torch  # noqa: F401  (must be imported before fastops._C: it loads libc10
 from fastops._library import cuda_compiled  # noqa: F401
 from fastops.ops.nms import batched_nms, fast_nms, multiclass_nms, nms, soft_nms  # noqa: F401
 from fastops.ops.masks import paste_masks, yolact_mask_loss, yolact_masks  # noqa: F401
+from fastops.ops.flow_warp import flow_warp  # noqa: F401
+from fastops.ops.panoptic import panoptic_fuse  # noqa: F401
 from fastops.ops.roi_align import MultiScaleRoIAlign, RoIAlign, multi_scale_roi_align, roi_align  # noqa: F401
 
 __version__ = "0.1.0"

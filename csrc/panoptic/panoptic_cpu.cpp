@@ -1,0 +1,341 @@
+// panoptic_fuse: schema and CPU kernel.
+//
+// Parallel over output rows. Per row: the semantic logits are upsampled on the fly (vertical lerp of the two
+// source rows for every channel into a small buffer, then a horizontal lerp per channel and pixel), the stuff
+// channels are reduced to a running (max, argmax) once, the thing channels to their max (void), and each
+// instance is visited only where its box covers the row; outside its box an instance is a 0 logit, which only
+// matters while the running max is below 0. Nothing of size [S+N+1, H, W] is ever built.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "panoptic/panoptic.h"
+
+TORCH_LIBRARY_FRAGMENT(fastops, m) {
+  m.def(
+      "panoptic_fuse(Tensor semantic_logits, Tensor mask_logits, Tensor boxes, Tensor labels, int num_stuff, "
+      "int[]? output_size=None, bool void=True) -> Tensor");
+}
+
+namespace fastops {
+namespace panoptic {
+namespace {
+
+using at::Tensor;
+
+void check_args(const Tensor& sem, const Tensor& masks, const Tensor& boxes, const Tensor& labels, int64_t S,
+                at::OptionalIntArrayRef output_size) {
+  TORCH_CHECK(sem.dim() == 3, "panoptic_fuse: semantic_logits must be [S+T, h, w], got shape ", sem.sizes());
+  TORCH_CHECK(at::isFloatingType(sem.scalar_type()), "panoptic_fuse: semantic_logits must be floating point");
+  TORCH_CHECK(masks.dim() == 3, "panoptic_fuse: mask_logits must be [N, M, M], got shape ", masks.sizes());
+  TORCH_CHECK(masks.scalar_type() == sem.scalar_type(),
+              "panoptic_fuse: mask_logits must have semantic_logits' dtype ", sem.dtype(), ", got ", masks.dtype());
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "panoptic_fuse: boxes must be [N, 4], got shape ",
+              boxes.sizes());
+  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), "panoptic_fuse: boxes must be floating point");
+  TORCH_CHECK(labels.dim() == 1, "panoptic_fuse: labels must be [N], got shape ", labels.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
+              "panoptic_fuse: labels must be int64 or int32, got ", labels.dtype());
+  const int64_t N = masks.size(0);
+  TORCH_CHECK(boxes.size(0) == N && labels.size(0) == N, "panoptic_fuse: mask_logits, boxes and labels must ",
+              "have the same N, got ", N, ", ", boxes.size(0), ", ", labels.size(0));
+  TORCH_CHECK(N == 0 || (masks.size(1) > 0 && masks.size(2) > 0), "panoptic_fuse: mask_logits must be non-empty");
+  TORCH_CHECK(S >= 0 && S <= sem.size(0), "panoptic_fuse: num_stuff must be in [0, ", sem.size(0), "], got ", S);
+  TORCH_CHECK(sem.device() == masks.device() && sem.device() == boxes.device() && sem.device() == labels.device(),
+              "panoptic_fuse: all tensors must be on the same device");
+  if (output_size.has_value()) {
+    TORCH_CHECK(output_size->size() == 2 && (*output_size)[0] >= 0 && (*output_size)[1] >= 0,
+                "panoptic_fuse: output_size must be (H, W), got ", *output_size);
+    TORCH_CHECK(((*output_size)[0] == 0 || sem.size(1) > 0) && ((*output_size)[1] == 0 || sem.size(2) > 0),
+                "panoptic_fuse: cannot upsample empty semantic_logits to ", *output_size);
+  }
+}
+
+template <typename T, bool UP>
+void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>& insts, int64_t S, bool with_void,
+                 int32_t* out, int64_t H, int64_t W) {
+  using A = acc_t<T>;
+  const int64_t C = sem.size(0), h = sem.size(1), w = sem.size(2);
+  const int64_t cS = sem.stride(0), hS = sem.stride(1), wS = sem.stride(2);
+  const int64_t N = (int64_t)insts.size();
+  const int64_t MH = masks.size(1), MW = masks.size(2);
+  const int64_t mN = masks.stride(0), mHs = masks.stride(1), mWs = masks.stride(2);
+  const T* X = sem.const_data_ptr<T>();
+  const T* M = masks.const_data_ptr<T>();
+  // Horizontal taps of the semantic upsampling.
+  std::vector<int64_t> xi0(UP ? W : 0), xi1(UP ? W : 0);
+  std::vector<A> xl0(UP ? W : 0), xl1(UP ? W : 0);
+  if (UP) {
+    for (int64_t x = 0; x < W; ++x) {
+      const Lerp<A> l = resize_lerp<A>(x, w, W);
+      xi0[x] = l.i0;
+      xi1[x] = l.i1;
+      xl0[x] = l.l0;
+      xl1[x] = l.l1;
+    }
+  }
+  // Horizontal taps of every pasted mask, over its clipped columns.
+  std::vector<int64_t> moff(N + 1, 0);
+  for (int64_t i = 0; i < N; ++i) moff[i + 1] = moff[i] + std::max<int64_t>(0, insts[i].mx1 - insts[i].mx0);
+  std::vector<int64_t> mi0(moff[N]), mi1(moff[N]);
+  std::vector<A> ml0(moff[N]), ml1(moff[N]);
+  for (int64_t i = 0; i < N; ++i) {
+    const Inst& in = insts[i];
+    for (int64_t x = in.mx0; x < in.mx1; ++x) {
+      const Lerp<A> l = resize_lerp<A>(x - in.bx0, MW, in.mw);
+      const int64_t k = moff[i] + x - in.mx0;
+      mi0[k] = l.i0;
+      mi1[k] = l.i1;
+      ml0[k] = l.l0;
+      ml1[k] = l.l1;
+    }
+  }
+  const int64_t T_ = C - S;
+  const A neg_inf = -std::numeric_limits<A>::infinity();
+  at::parallel_for(0, H, 1, [&](int64_t y0r, int64_t y1r) {
+    std::vector<A> best(W), tmax(W), smax(W), mrow(MW), vals(W);
+    std::vector<int32_t> arg(W);
+    // Upsampling: candidate channels per source cell (i0, j0) of the current cell row (see below).
+    std::vector<A> lo_best(UP ? w : 0);
+    std::vector<uint8_t> keep(UP ? C * w : 0);
+    std::vector<int32_t> cand_s(UP ? S * w : 0), cand_t(UP ? (C - S) * w : 0);
+    std::vector<int32_t> ncand_s(UP ? w : 0), ncand_t(UP ? w : 0);
+    int64_t cell_row = -1;
+    for (int64_t y = y0r; y < y1r; ++y) {
+      const T* rows0 = nullptr;
+      Lerp<A> ly{0, 0, A(1), A(0)};
+      if (UP) {
+        ly = resize_lerp<A>(y, h, H);
+        if (ly.i0 != cell_row) {
+          // Every output pixel in source cell (i0, j0) is a convex combination of the cell's four corners, so a
+          // channel whose largest corner is below the best smallest corner of another channel can be neither
+          // the argmax nor the max anywhere in the cell (with a small tolerance for rounding). The surviving
+          // channels (a few, whatever S and T) are the only ones evaluated per pixel.
+          cell_row = ly.i0;
+          const int64_t i1 = std::min<int64_t>(ly.i0 + 1, h - 1);
+          auto select = [&](int64_t c0, int64_t c1, int32_t* cand, int32_t* ncand) {
+            const int64_t nc = c1 - c0;
+            A* __restrict__ lb = lo_best.data();
+            for (int64_t j = 0; j < w; ++j) lb[j] = neg_inf;
+            for (int64_t c = c0; c < c1; ++c) {
+              const T* p0 = X + c * cS + ly.i0 * hS;
+              const T* p1 = X + c * cS + i1 * hS;
+              for (int64_t j = 0; j < w; ++j) {
+                const int64_t j1 = j + 1 < w ? j + 1 : j;
+                const A a = A(p0[j * wS]), b = A(p0[j1 * wS]), d = A(p1[j * wS]), e = A(p1[j1 * wS]);
+                const A m1 = a < b ? a : b, m2 = d < e ? d : e;
+                const A lo = m1 < m2 ? m1 : m2;
+                lb[j] = lo > lb[j] ? lo : lb[j];
+              }
+            }
+            for (int64_t c = c0; c < c1; ++c) {
+              const T* p0 = X + c * cS + ly.i0 * hS;
+              const T* p1 = X + c * cS + i1 * hS;
+              uint8_t* __restrict__ kp = keep.data() + (c - c0) * w;
+              for (int64_t j = 0; j < w; ++j) {
+                const int64_t j1 = j + 1 < w ? j + 1 : j;
+                const A a = A(p0[j * wS]), b = A(p0[j1 * wS]), d = A(p1[j * wS]), e = A(p1[j1 * wS]);
+                const A m1 = a > b ? a : b, m2 = d > e ? d : e;
+                const A hi = m1 > m2 ? m1 : m2;
+                const A tol = A(1e-5) * ((hi < A(0) ? -hi : hi) + (lb[j] < A(0) ? -lb[j] : lb[j]));
+                kp[j] = !(hi < lb[j] - tol);  // NaN channels are kept
+              }
+            }
+            for (int64_t j = 0; j < w; ++j) {
+              int32_t n = 0;
+              int32_t* cj = cand + j * nc;
+              for (int64_t c = 0; c < nc; ++c) {
+                if (keep[c * w + j]) cj[n++] = (int32_t)(c0 + c);
+              }
+              ncand[j] = n;
+            }
+          };
+          select(0, S, cand_s.data(), ncand_s.data());
+          if (with_void) select(S, C, cand_t.data(), ncand_t.data());
+        }
+      } else {
+        rows0 = X + y * hS;
+      }
+      const int64_t yi1 = ly.i1;
+      // The logit of channel c at output pixel x.
+      auto value = [&](int64_t c, int64_t x) -> A {
+        if (UP) {
+          const T* p0 = X + c * cS + ly.i0 * hS;
+          const T* p1 = X + c * cS + yi1 * hS;
+          const int64_t j0 = xi0[x] * wS, j1 = xi1[x] * wS;
+          return ly.l0 * (xl0[x] * A(p0[j0]) + xl1[x] * A(p0[j1])) +
+                 ly.l1 * (xl0[x] * A(p1[j0]) + xl1[x] * A(p1[j1]));
+        }
+        return A(rows0[c * cS + x * wS]);
+      };
+      A* __restrict__ pb = best.data();
+      int32_t* __restrict__ pa = arg.data();
+      A* __restrict__ pt = tmax.data();
+      A* __restrict__ ps = smax.data();
+      if (UP) {
+        for (int64_t x = 0; x < W; ++x) {
+          const int64_t j = xi0[x];
+          const int32_t* cs = cand_s.data() + j * S;
+          A bv = neg_inf;
+          int32_t ba = 0;
+          for (int32_t k = 0, n = ncand_s[j]; k < n; ++k) {
+            const A v = value(cs[k], x);
+            if (v > bv) {
+              bv = v;
+              ba = cs[k];
+            }
+          }
+          pb[x] = bv;
+          pa[x] = ba;
+          if (with_void) {
+            const int32_t* ct = cand_t.data() + j * (C - S);
+            A mv = neg_inf;
+            for (int32_t k = 0, n = ncand_t[j]; k < n; ++k) {
+              const A v = value(ct[k], x);
+              mv = v > mv ? v : mv;
+            }
+            pt[x] = mv;
+            ps[x] = N == 0 ? A(-10) : neg_inf;
+          }
+        }
+      } else {
+        for (int64_t x = 0; x < W; ++x) {
+          pb[x] = neg_inf;
+          pa[x] = 0;
+        }
+        for (int64_t c = 0; c < S; ++c) {
+          const T* __restrict__ r = rows0 + c * cS;
+          for (int64_t x = 0; x < W; ++x) {
+            const A v = A(r[x * wS]);
+            const bool gt = v > pb[x];
+            pb[x] = gt ? v : pb[x];
+            pa[x] = gt ? (int32_t)c : pa[x];
+          }
+        }
+        if (with_void) {
+          for (int64_t x = 0; x < W; ++x) {
+            pt[x] = neg_inf;
+            ps[x] = N == 0 ? A(-10) : neg_inf;
+          }
+          for (int64_t c = S; c < C; ++c) {
+            const T* __restrict__ r = rows0 + c * cS;
+            for (int64_t x = 0; x < W; ++x) {
+              const A v = A(r[x * wS]);
+              pt[x] = v > pt[x] ? v : pt[x];
+            }
+          }
+        }
+      }
+      for (int64_t i = 0; i < N; ++i) {
+        const Inst& in = insts[i];
+        const int32_t id = (int32_t)(S + i);
+        // The instance's logit is seg (inside the seg region) + mask (inside the mask region), 0 elsewhere; both
+        // regions start at the truncated box corner, so on a row their union is one interval [xa, xb).
+        const bool seg_row = y >= in.sy0 && y < in.sy1 && in.sx1 > in.sx0;
+        const bool mask_row = y >= in.my0 && y < in.my1 && in.mx1 > in.mx0;
+        const int64_t sxb = seg_row ? in.sx1 : in.sx0;
+        const int64_t mxb = mask_row ? in.mx1 : in.mx0;
+        const int64_t xa = (seg_row || mask_row) ? in.sx0 : W;
+        const int64_t xb = (seg_row || mask_row) ? std::max(sxb, mxb) : W;
+        // Outside both: a 0 logit (and a 0 seg term for void).
+        for (int64_t x = 0; x < xa; ++x) {
+          const bool gt = A(0) > pb[x];
+          pb[x] = gt ? A(0) : pb[x];
+          pa[x] = gt ? id : pa[x];
+        }
+        for (int64_t x = xb; x < W; ++x) {
+          const bool gt = A(0) > pb[x];
+          pb[x] = gt ? A(0) : pb[x];
+          pa[x] = gt ? id : pa[x];
+        }
+        if (with_void) {
+          for (int64_t x = 0; x < xa; ++x) ps[x] = A(0) > ps[x] ? A(0) : ps[x];
+          for (int64_t x = xb; x < W; ++x) ps[x] = A(0) > ps[x] ? A(0) : ps[x];
+        }
+        if (xb <= xa) continue;
+        A* __restrict__ pv = vals.data();
+        for (int64_t x = xa; x < sxb; ++x) pv[x] = value(in.ch, x);
+        for (int64_t x = sxb; x < xb; ++x) pv[x] = A(0);
+        if (with_void) {
+          for (int64_t x = xa; x < xb; ++x) ps[x] = pv[x] > ps[x] ? pv[x] : ps[x];
+        }
+        // The pasted mask logits on this row.
+        if (mask_row) {
+          const Lerp<A> ly = resize_lerp<A>(y - in.by0, MH, in.mh);
+          const T* m0 = M + i * mN + ly.i0 * mHs;
+          const T* m1 = M + i * mN + ly.i1 * mHs;
+          for (int64_t j = 0; j < MW; ++j) mrow[j] = ly.l0 * A(m0[j * mWs]) + ly.l1 * A(m1[j * mWs]);
+          const int64_t k0 = moff[i] - in.mx0;
+          for (int64_t x = in.mx0; x < in.mx1; ++x) {
+            const int64_t k = k0 + x;
+            pv[x] += ml0[k] * mrow[mi0[k]] + ml1[k] * mrow[mi1[k]];
+          }
+        }
+        for (int64_t x = xa; x < xb; ++x) {
+          const bool gt = pv[x] > pb[x];
+          pb[x] = gt ? pv[x] : pb[x];
+          pa[x] = gt ? id : pa[x];
+        }
+      }
+      int32_t* dst = out + y * W;
+      if (with_void) {
+        for (int64_t x = 0; x < W; ++x) {
+          const A v = pt[x] - ps[x];
+          dst[x] = v > pb[x] ? kVoidId : pa[x];
+        }
+      } else {
+        for (int64_t x = 0; x < W; ++x) dst[x] = pa[x];
+      }
+      (void)T_;
+    }
+  });
+}
+
+Tensor panoptic_fuse_cpu(const Tensor& sem, const Tensor& masks, const Tensor& boxes, const Tensor& labels,
+                         int64_t num_stuff, at::OptionalIntArrayRef output_size, bool with_void) {
+  check_args(sem, masks, boxes, labels, num_stuff, output_size);
+  const int64_t C = sem.size(0);
+  const int64_t H = output_size.has_value() ? (*output_size)[0] : sem.size(1);
+  const int64_t W = output_size.has_value() ? (*output_size)[1] : sem.size(2);
+  Tensor out = at::empty({H, W}, sem.options().dtype(at::kInt));
+  const int64_t N = boxes.size(0);
+  // Data-dependent checks before the parallel region.
+  Tensor b64 = boxes.to(at::kDouble).contiguous();
+  Tensor l64 = labels.to(at::kLong).contiguous();
+  const double* bp = b64.const_data_ptr<double>();
+  const int64_t* lp = l64.const_data_ptr<int64_t>();
+  std::vector<Inst> insts(N);
+  for (int64_t i = 0; i < N; ++i) {
+    TORCH_CHECK(lp[i] >= 1 && lp[i] <= C - num_stuff, "panoptic_fuse: labels must be thing classes in [1, ",
+                C - num_stuff, "], got ", lp[i], " at index ", i);
+    for (int j = 0; j < 4; ++j) {
+      TORCH_CHECK(std::isfinite(bp[4 * i + j]), "panoptic_fuse: boxes must be finite, got a non-finite value at ",
+                  "index ", i);
+    }
+    insts[i] = make_inst(bp[4 * i], bp[4 * i + 1], bp[4 * i + 2], bp[4 * i + 3], lp[i], num_stuff, H, W);
+  }
+  TORCH_CHECK(num_stuff > 0 || N > 0 || with_void,
+              "panoptic_fuse: nothing to fuse: num_stuff is 0, there are no instances and void is False");
+  if (H * W == 0) return out;
+  TORCH_CHECK(C > 0, "panoptic_fuse: semantic_logits must have at least one channel");
+  const bool up = sem.size(1) != H || sem.size(2) != W;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sem.scalar_type(), "panoptic_fuse_cpu", [&] {
+    if (up) {
+      fuse_kernel<scalar_t, true>(sem, masks, insts, num_stuff, with_void, out.data_ptr<int32_t>(), H, W);
+    } else {
+      fuse_kernel<scalar_t, false>(sem, masks, insts, num_stuff, with_void, out.data_ptr<int32_t>(), H, W);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace panoptic
+}  // namespace fastops
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) { m.impl("panoptic_fuse", &fastops::panoptic::panoptic_fuse_cpu); }

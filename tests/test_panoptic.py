@@ -1,0 +1,257 @@
+"""fastops.panoptic_fuse against a plain-PyTorch transcription of UPSNet's test-time panoptic head."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastops
+from fastops.reference.panoptic import panoptic_fuse as upsnet_fuse
+from fastops.reference.panoptic import upsnet_panoptic_logits
+
+
+def _data(S=5, T=4, h=12, w=15, N=6, M=7, out=None, dtype=torch.float32, seed=0, smooth=False, spread=1.1):
+    g = torch.Generator().manual_seed(seed)
+    H, W = out if out is not None else (h, w)
+    if smooth:
+        sem = F.interpolate(torch.randn(1, S + T, max(h // 4, 1), max(w // 4, 1), generator=g) * 3, size=(h, w),
+                            mode="bilinear", align_corners=False)[0] + 0.3 * torch.randn(S + T, h, w, generator=g)
+    else:
+        sem = torch.randn(S + T, h, w, generator=g) * 2
+    masks = torch.randn(N, M, M, generator=g) * 3
+    x1 = torch.rand(N, generator=g) * W * spread - 3
+    y1 = torch.rand(N, generator=g) * H * spread - 3
+    boxes = torch.stack([x1, y1, x1 + torch.rand(N, generator=g) * W * 0.6,
+                         y1 + torch.rand(N, generator=g) * H * 0.6], 1)
+    labels = torch.randint(1, T + 1, (N,), generator=g)
+    return sem.to(dtype), masks.to(dtype), boxes, labels
+
+
+def _assert_same_ids(out, sem, masks, boxes, labels, S, output_size, void, logits_dtype=None):
+    """Ids equal UPSNet's, except where the top two UPSNet logits are within rounding of each other."""
+    exp = upsnet_fuse(sem, masks, boxes, labels, S, output_size, void)
+    assert out.dtype == torch.int32 and out.shape == exp.shape
+    diff = out != exp
+    if diff.any():
+        logits = upsnet_panoptic_logits(sem.float(), masks.float(), boxes, labels, S, output_size, void)[0]
+        top2 = logits.topk(2, dim=0).values if logits.shape[0] > 1 else None
+        assert top2 is not None
+        gap = (top2[0] - top2[1])[diff]
+        tol = 1e-4 if logits_dtype in (None, torch.float32, torch.float64) else 5e-2
+        assert (gap <= tol * (1 + top2[0][diff].abs())).all(), f"{int(diff.sum())} ids differ, gaps {gap[:8]}"
+        assert diff.float().mean() < 0.01
+
+
+@pytest.mark.parametrize("void", (True, False))
+@pytest.mark.parametrize("output_size", (None, (30, 41), (12, 15), (7, 9)))
+@pytest.mark.parametrize("N", (0, 1, 6, 20))
+def test_matches_upsnet(void, output_size, N):
+    sem, masks, boxes, labels = _data(N=N, out=output_size)
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=5, output_size=output_size, void=void)
+    _assert_same_ids(out, sem, masks, boxes, labels, 5, output_size, void)
+
+
+@pytest.mark.parametrize("void", (True, False))
+def test_smooth_logits_upsampled(void):
+    sem, masks, boxes, labels = _data(S=7, T=6, h=24, w=32, N=12, M=14, out=(96, 128), smooth=True)
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=7, output_size=(96, 128), void=void)
+    _assert_same_ids(out, sem, masks, boxes, labels, 7, (96, 128), void)
+    assert len(torch.unique(out)) > 5
+
+
+def test_overlapping_instances_and_ties():
+    # Two identical instances: the lower index wins (first-index ties); outside both boxes an instance is a 0
+    # logit, which wins wherever every stuff logit is negative.
+    S, T = 3, 2
+    sem = torch.full((S + T, 10, 10), -1.0)
+    sem[0, :, :5] = 2.0
+    sem[S + 1] = 3.0  # thing class 2
+    masks = torch.ones(2, 4, 4)
+    boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0], [2.0, 2.0, 6.0, 6.0]])
+    labels = torch.tensor([2, 2])
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, void=False)
+    exp = upsnet_fuse(sem, masks, boxes, labels, S, None, False)
+    assert torch.equal(out, exp)
+    assert (out[2:7, 2:7] == S).all()  # instance 0, not 1
+    assert (out[:, 7:] == S).all()  # 0 logit of instance 0 beats the negative stuff logits
+    assert (out[0, :5] == 0).all()
+    outv = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, void=True)
+    assert torch.equal(outv, upsnet_fuse(sem, masks, boxes, labels, S, None, True))
+
+
+def test_boxes_crossing_the_border_and_rounding():
+    S, T = 2, 3
+    sem, masks, _, _ = _data(S=S, T=T, h=16, w=20, N=6)
+    boxes = torch.tensor([
+        [-5.5, -3.2, 4.7, 6.5],     # crosses the top-left corner; x2 rounds up, trunc(x2) does not
+        [15.2, 10.4, 25.0, 30.0],   # crosses the bottom-right corner
+        [3.5, 2.5, 8.5, 7.5],       # half-way coordinates: round half to even
+        [-9.0, -9.0, -0.8, -0.6],   # entirely outside (top-left); trunc(-0.6) = 0 leaves one mask row
+        [30.0, 2.0, 40.0, 9.0],     # entirely right of the map
+        [6.0, 6.0, 6.0, 6.0],       # a single pixel
+    ])
+    labels = torch.tensor([1, 2, 3, 1, 2, 3])
+    for void in (True, False):
+        for out_size in (None, (32, 40)):
+            b = boxes if out_size is None else boxes * 2
+            out = fastops.panoptic_fuse(sem, masks, b, labels, num_stuff=S, output_size=out_size, void=void)
+            _assert_same_ids(out, sem, masks, b, labels, S, out_size, void)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float16, torch.bfloat16))
+def test_dtypes(dtype):
+    sem, masks, boxes, labels = _data(N=5, dtype=dtype, out=(24, 30))
+    out = fastops.panoptic_fuse(sem, masks, boxes.to(dtype), labels, num_stuff=5, output_size=(24, 30))
+    # float64 follows UPSNet in float64; half types are computed in float32 (UPSNet would round every
+    # intermediate logit to the half type, creating ties): compare with the float32 transcription.
+    ref_sem = sem if dtype == torch.float64 else sem.float()
+    ref_masks = masks if dtype == torch.float64 else masks.float()
+    _assert_same_ids(out, ref_sem, ref_masks, boxes.to(dtype).double(), labels, 5, (24, 30), True, dtype)
+
+
+def test_non_contiguous_and_layouts():
+    sem, masks, boxes, labels = _data(N=6, out=(24, 30))
+    sem_t = sem.transpose(1, 2).contiguous().transpose(1, 2)  # [C, h, w] with w-major strides
+    masks4 = masks.unsqueeze(1)
+    out = fastops.panoptic_fuse(sem_t, masks4, boxes, labels.int(), num_stuff=5, output_size=(24, 30))
+    _assert_same_ids(out, sem, masks, boxes, labels, 5, (24, 30), True)
+    out2 = fastops.panoptic_fuse(sem[:, ::1, :], masks.transpose(1, 2).contiguous().transpose(1, 2), boxes,
+                                 labels, num_stuff=5)
+    _assert_same_ids(out2, sem, masks, boxes, labels, 5, None, True)
+
+
+def test_thread_independent():
+    sem, masks, boxes, labels = _data(N=10, h=20, w=24, out=(60, 70), smooth=True)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=5, output_size=(60, 70)))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_empty():
+    sem, masks, boxes, labels = _data(N=0)
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=5, output_size=(0, 7))
+    assert out.shape == (0, 7) and out.dtype == torch.int32
+    out = fastops.panoptic_fuse(sem[:, :0], masks, boxes, labels, num_stuff=5)
+    assert out.shape == (0, 15)
+    # No stuff classes at all.
+    sem, masks, boxes, labels = _data(S=0, T=3, N=4)
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=0)
+    _assert_same_ids(out, sem, masks, boxes, labels, 0, None, True)
+
+
+def test_errors():
+    sem, masks, boxes, labels = _data(N=3)
+    f = fastops.panoptic_fuse
+    with pytest.raises(ValueError, match="semantic_logits must be 3-D"):
+        f(sem[None], masks, boxes, labels, num_stuff=5)
+    with pytest.raises(ValueError, match="boxes must have shape"):
+        f(sem, masks, boxes[:2], labels, num_stuff=5)
+    with pytest.raises(ValueError, match="boxes must have shape"):
+        f(sem, masks, boxes[:, :3], labels, num_stuff=5)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        f(sem, masks, boxes, labels[:1], num_stuff=5)
+    with pytest.raises(ValueError, match="labels must have dtype"):
+        f(sem, masks, boxes, labels.float(), num_stuff=5)
+    with pytest.raises(ValueError, match="mask_logits must have the same dtype"):
+        f(sem, masks.double(), boxes, labels, num_stuff=5)
+    with pytest.raises(ValueError, match="mask_logits must be"):
+        f(sem, masks[:, None].expand(3, 2, 7, 7), boxes, labels, num_stuff=5)
+    with pytest.raises(ValueError, match="num_stuff"):
+        f(sem, masks, boxes, labels, num_stuff=10)
+    with pytest.raises(ValueError, match="output_size"):
+        f(sem, masks, boxes, labels, num_stuff=5, output_size=(3,))
+    with pytest.raises(ValueError, match="impl"):
+        f(sem, masks, boxes, labels, num_stuff=5, impl="fast")
+    with pytest.raises(ValueError, match="nothing to fuse"):
+        f(sem, masks[:0], boxes[:0], labels[:0], num_stuff=0, void=False)
+    # Data-dependent checks happen in the kernel (RuntimeError naming the argument).
+    with pytest.raises(RuntimeError, match="labels must be thing classes"):
+        f(sem, masks, boxes, torch.tensor([1, 0, 2]), num_stuff=5)
+    with pytest.raises(RuntimeError, match="labels must be thing classes"):
+        f(sem, masks, boxes, torch.tensor([1, 5, 2]), num_stuff=5)
+    bad = boxes.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(RuntimeError, match="boxes must be finite"):
+        f(sem, masks, bad, labels, num_stuff=5)
+    with pytest.raises(RuntimeError, match="num_stuff"):
+        torch.ops.fastops.panoptic_fuse(sem, masks, boxes, labels, 12, None, True)
+
+
+def test_huge_boxes_do_not_allocate_or_overflow():
+    sem, masks, _, labels = _data(N=2)
+    boxes = torch.tensor([[-1e30, -1e30, 1e30, 1e30], [3.0, 3.0, 1e12, 5.0]])
+    out = fastops.panoptic_fuse(sem, masks[:2], boxes, labels[:2], num_stuff=5)
+    assert out.shape == (12, 15)
+
+
+def test_reference_impl():
+    sem, masks, boxes, labels = _data(N=4)
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=5, impl="reference")
+    assert torch.equal(out, upsnet_fuse(sem, masks, boxes, labels, 5, None, True))
+
+
+@pytest.mark.parametrize("output_size", (None, [20, 25]))
+def test_opcheck(output_size):
+    sem, masks, boxes, labels = _data(N=3)
+    torch.library.opcheck(torch.ops.fastops.panoptic_fuse.default,
+                          (sem, masks, boxes, labels, 5, output_size, True))
+
+
+def test_compile_and_export():
+    sem, masks, boxes, labels = _data(N=3)
+
+    def fn(s, m, b, lab):
+        return fastops.panoptic_fuse(s, m, b, lab, num_stuff=5, output_size=(20, 25))
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(sem, masks, boxes, labels), fn(sem, masks, boxes, labels))
+
+    class M(torch.nn.Module):
+        def forward(self, s, m, b, lab):
+            return fastops.panoptic_fuse(s, m, b, lab, num_stuff=5, void=False)
+
+    ep = torch.export.export(M(), (sem, masks, boxes, labels))
+    assert torch.equal(ep.module()(sem, masks, boxes, labels), M()(sem, masks, boxes, labels))
+
+
+@settings(max_examples=20, deadline=None)
+@given(S=st.integers(0, 4), T=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9), N=st.integers(0, 6),
+       M=st.integers(1, 6), up=st.sampled_from([None, (1, 1), (5, 3), (17, 23)]), void=st.booleans(),
+       seed=st.integers(0, 10 ** 6))
+def test_property_odd_shapes(S, T, h, w, N, M, up, void, seed):
+    sem, masks, boxes, labels = _data(S=S, T=T, h=h, w=w, N=N, M=M, out=up, seed=seed, spread=1.3)
+    if S == 0 and N == 0 and not void:
+        return  # nothing to fuse (a ValueError, see test_errors)
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, output_size=up, void=void)
+    _assert_same_ids(out, sem, masks, boxes, labels, S, up, void)
+
+
+# ---- Triton (interpreted on the CPU: small and few) --------------------------------------------------------------
+
+@pytest.mark.parametrize("void", (True, False))
+@pytest.mark.parametrize("output_size", (None, (30, 41)))
+@pytest.mark.parametrize("N", (0, 6))
+def test_triton(void, output_size, N):
+    sem, masks, boxes, labels = _data(N=N, out=output_size)
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=5, output_size=output_size, void=void,
+                                impl="triton")
+    _assert_same_ids(out, sem, masks, boxes, labels, 5, output_size, void)
+
+
+def test_triton_opcheck_and_dtypes():
+    import fastops.triton.panoptic as _registers_triton_ops  # noqa: F401
+
+    sem, masks, boxes, labels = _data(N=3)
+    torch.library.opcheck(torch.ops.fastops.panoptic_fuse_triton.default,
+                          (sem, masks, boxes, labels, 5, [16, 20], True))
+    for dtype in (torch.float64, torch.bfloat16):
+        s, m = sem.to(dtype), masks.to(dtype)
+        out = fastops.panoptic_fuse(s, m, boxes, labels, num_stuff=5, output_size=(16, 20), impl="triton")
+        rs, rm = (s, m) if dtype == torch.float64 else (s.float(), m.float())
+        _assert_same_ids(out, rs, rm, boxes, labels, 5, (16, 20), True, dtype)
