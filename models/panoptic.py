@@ -133,7 +133,8 @@ class UPSNet(nn.Module):
 
     ``forward(images)`` (list of ``[3,H,W]``) returns in eval mode, per image, ``boxes``/``labels``/``scores``
     (original image pixels), ``masks`` ``[N,1,H,W]`` float probabilities (torchvision's format), ``panoptic``
-    ``[H,W]`` int32 and ``semantic`` ``[H,W]`` int64 (argmax of the semantic head); in train mode with targets
+    ``[H,W]`` int32 (``panoptic_instances``: the detections that entered the fusion, id ``S + i`` is the i-th of
+    them); in train mode with targets
     (torchvision's Mask R-CNN targets plus ``semantic [H,W]`` int64, 255 = ignore) the loss dict.
     """
 
@@ -251,13 +252,10 @@ class UPSNet(nn.Module):
         padded = (sh * 4, sw * 4)
         pan = fastops.panoptic_fuse(semantic_logits, mask_logits[pan_sel], boxes[pan_sel], labels[pan_sel],
                                     num_stuff=self.num_stuff, output_size=padded, impl=self.impl)[:h, :w]
-        sem = F.interpolate(semantic_logits[None], size=padded, mode="bilinear", align_corners=False)[0, :, :h, :w]
-        sem = sem.argmax(0)
         if (h, w) != (oh, ow):
             pan = F.interpolate(pan[None, None].float(), size=(oh, ow), mode="nearest")[0, 0].to(torch.int32)
-            sem = F.interpolate(sem[None, None].float(), size=(oh, ow), mode="nearest")[0, 0].long()
         return {"boxes": boxes_o, "labels": labels, "scores": scores, "masks": masks, "panoptic": pan,
-                "panoptic_instances": torch.where(pan_sel)[0], "semantic": sem}
+                "panoptic_instances": torch.where(pan_sel)[0]}
 
     # -- forward -------------------------------------------------------------------------------------------------
     def _run(self, images: List[Tensor], targets=None, state: Optional[Dict[str, Tensor]] = None):

@@ -313,7 +313,8 @@ class Yolact(nn.Module):
         proto = F.relu(self.proto_net(feats[0])).permute(0, 2, 3, 1).contiguous()
         out = {
             "loc": torch.cat(locs, 1), "conf": torch.cat(confs, 1), "mask": torch.cat(coefs, 1),
-            "priors": self.priors([tuple(f.shape[-2:]) for f in feats], feats[0].device), "proto": proto,
+            "priors": self.priors([tuple(f.shape[-2:]) for f in feats], feats[0].device).to(feats[0].dtype),
+            "proto": proto,
         }
         if self.training:
             out["segm"] = self.semantic_seg_conv(feats[0])
@@ -410,8 +411,8 @@ class Yolact(nn.Module):
             loss_c = (torch.logsumexp(bc, 1) - bc[:, 0]).view(bsz, -1)
             loss_c[pos] = 0
             loss_c[conf_t < 0] = 0
-            loss_idx = loss_c.sort(1, descending=True, stable=True)[1]
-            idx_rank = loss_idx.sort(1, stable=True)[1]
+            loss_idx = loss_c.sort(dim=1, descending=True, stable=True)[1]
+            idx_rank = loss_idx.sort(dim=1, stable=True)[1]
             num_neg = torch.clamp(self.negpos_ratio * num_pos, max=num_priors - 1)
             neg = idx_rank < num_neg
             neg[pos] = False
