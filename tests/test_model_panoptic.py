@@ -1,7 +1,7 @@
 """UPSNet-style panoptic model on torchvision's Mask R-CNN (models/panoptic.py): fastops path against the reference
 path (impl="reference": torchvision's RoIAlign/NMS/paste and the UPSNet fusion transcription).
 
-Small images (128x160) and few proposals keep the file fast on a 2-core CPU. The random-init classifier is
+Small images (96x128) and few proposals keep the file fast on a 2-core CPU. The random-init classifier is
 re-initialised with a larger spread so that detection scores are well separated (no near-ties whose order could
 depend on the last bit of a RoIAlign sum).
 """
@@ -13,18 +13,18 @@ import fastops
 from fastops.models.panoptic import UPSNet, load_panoptic_checkpoint
 
 NUM_THINGS, NUM_STUFF = 4, 3
-H, W = 128, 160
-KW = dict(min_size=H, max_size=W, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
-          rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100, box_batch_size_per_image=64,
-          box_detections_per_img=40, panoptic_score_threshold=0.0)
+H, W = 96, 128
+KW = dict(min_size=H, max_size=W, rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=60,
+          rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=60, box_batch_size_per_image=48,
+          box_detections_per_img=30, panoptic_score_threshold=0.0)
 
 
 def _build(impl="auto", seed=0, **kw):
     torch.manual_seed(seed)
     m = UPSNet(NUM_THINGS, NUM_STUFF, impl=impl, **{**KW, **kw})
     with torch.no_grad():
-        m.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.05)
-        m.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.01)
+        m.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.005)
+        m.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.001)
         m.fcn_head.score.weight.normal_(0, 0.1)
     return m.eval()
 
@@ -52,7 +52,7 @@ def _targets(seed=2, n=2):
     for _ in range(n):
         k = 3
         ctr = torch.rand(k, 2, generator=g) * torch.tensor([W * 0.6, H * 0.6]) + torch.tensor([W * 0.2, H * 0.2])
-        wh = torch.rand(k, 2, generator=g) * 40 + 20
+        wh = torch.rand(k, 2, generator=g) * 30 + 16
         boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], 1)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W - 1)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H - 1)
@@ -65,6 +65,15 @@ def _targets(seed=2, n=2):
         sem[:4] = 255
         out.append({"boxes": boxes, "labels": labels, "masks": masks, "semantic": sem})
     return out
+
+
+def _assert_grads_close(got, want, rtol=2e-3):
+    """Deep float32 backward: compare per tensor relative to its scale (summation order differs in the ops)."""
+    assert set(got) == set(want)
+    for k in want:
+        scale = want[k].abs().max().item()
+        torch.testing.assert_close(got[k], want[k], rtol=rtol, atol=rtol * scale + 1e-12, msg=k)
+        assert (got[k] - want[k]).norm() <= rtol * want[k].norm() + 1e-12, k
 
 
 def _assert_results_equal(got, want, max_pan_mismatch=1e-3):
@@ -95,10 +104,10 @@ def test_inference_matches_reference(pair):
 def test_inference_resized_input_matches_reference(pair):
     """An image that the transform resizes: boxes, masks and the panoptic map come back at the original size."""
     fast, ref = pair
-    img = torch.rand(3, 96, 100, generator=torch.Generator().manual_seed(5))
+    img = torch.rand(3, 72, 90, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         got, want = fast([img]), ref([img])
-    assert got[0]["panoptic"].shape == (96, 100) and got[0]["masks"].shape[-2:] == (96, 100)
+    assert got[0]["panoptic"].shape == (72, 90) and got[0]["masks"].shape[-2:] == (72, 90)
     _assert_results_equal(got, want)
 
 
@@ -148,8 +157,7 @@ def test_training_step_matches_reference():
         torch.testing.assert_close(lf[k], lr[k], rtol=1e-4, atol=1e-6, msg=k)
     gf, gr = res["fast"][1], res["ref"][1]
     assert set(gf) == set(gr) and "fcn_head.score.weight" in gf and "roi_heads.mask_head.0.0.weight" in gf
-    for k in gr:
-        torch.testing.assert_close(gf[k], gr[k], rtol=2e-3, atol=1e-5, msg=k)
+    _assert_grads_close(gf, gr)
 
 
 def test_compile_postprocess(pair):
@@ -224,9 +232,13 @@ def test_temporal_matches_reference(temporal_pair):
     assert not torch.equal(got[1][0]["scores"], single[0]["scores"])
 
 
-def test_temporal_training_matches_reference(temporal_pair):
-    fast, ref = temporal_pair
+def test_temporal_training_matches_reference():
+    """In float64: the flow gradient reaches the flow net through a long chain of cancelling sums, where float32
+    rounding of the two warps (exact position vs grid_sample's normalised grid) is amplified to ~1e-3."""
+    fast, ref = (m.double() for m in _pair(temporal=True))
     frames, targets = _frames(seed=13), _targets(seed=14, n=1)
+    frames = [[f.double() for f in fr] for fr in frames]
+    targets = [{k: (v.double() if v.is_floating_point() else v) for k, v in t.items()} for t in targets]
     res = {}
     for name, m in (("fast", fast), ("ref", ref)):
         with torch.no_grad():
@@ -241,10 +253,9 @@ def test_temporal_training_matches_reference(temporal_pair):
                       if p.grad is not None and k.startswith(("flow_net.", "temporal_fuse."))})
         m.eval()
     for k in res["ref"][0]:
-        torch.testing.assert_close(res["fast"][0][k], res["ref"][0][k], rtol=1e-4, atol=1e-6, msg=k)
+        torch.testing.assert_close(res["fast"][0][k], res["ref"][0][k], rtol=1e-9, atol=1e-12, msg=k)
     assert "flow_net.predict_flow.weight" in res["fast"][1]
-    for k in res["ref"][1]:
-        torch.testing.assert_close(res["fast"][1][k], res["ref"][1][k], rtol=2e-3, atol=1e-6, msg=k)
+    _assert_grads_close(res["fast"][1], res["ref"][1], rtol=1e-7)
 
 
 def test_impl_argument():
