@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv build test bench ptxas clean
 
-$(VENV)/.stamp: Makefile
+$(VENV)/.stamp:
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1 triton pytest pytest-benchmark hypothesis \
@@ -34,7 +34,7 @@ ptxas:
 	$(VPY) tools/ptxas_report.py build/build.log
 
 test: build
-	PYTHONPATH=$(CURDIR) $(VPY) -m pytest tests -q -x -p no:cacheprovider $(PYTEST_ARGS)
+	PYTHONPATH=$(CURDIR) $(VPY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: build
 	@mkdir -p build

@@ -58,7 +58,7 @@ cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
 cuda_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True)) if with_cuda else []
 
 march = os.environ.get("FASTOPS_MARCH", "native")
-cxx_flags = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas"]
+cxx_flags = ["-O3", "-g0", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas"]
 if march:
     cxx_flags.append(f"-march={march}")
 nvcc_flags = ["-O3", "-Xptxas", "-v", "-lineinfo", "--expt-relaxed-constexpr"]

@@ -13,4 +13,6 @@ from fastops.ops.flow_warp import flow_warp  # noqa: F401
 from fastops.ops.panoptic import panoptic_fuse  # noqa: F401
 from fastops.ops.roi_align import MultiScaleRoIAlign, RoIAlign, multi_scale_roi_align, roi_align  # noqa: F401
 
+from fastops.patch import is_patched, patch_torchvision, unpatch_torchvision  # noqa: F401,E402
+
 __version__ = "0.1.0"

@@ -109,15 +109,23 @@ def test_nms_nan():
     assert fastops.nms(nanall, torch.rand(5), 0.5).numel() == 5
 
 
-def test_nms_threads_identical():
+def test_threads_identical():
     boxes, scores = clustered(5000, objects=50), distinct_scores(5000)
     idxs = torch.randint(0, 30, (5000,))
+    mb, ms = _mc_inputs(5000, 6, False)
+    yb, ys = _yolact_inputs(6000, 10)
+
+    def run():
+        return (fastops.nms(boxes, scores, 0.5), fastops.batched_nms(boxes, scores, idxs, 0.5),
+                *fastops.multiclass_nms(mb, ms, 0.2, 0.5, max_det=-1), *fastops.fast_nms(yb, ys, 0.5, 200, -1),
+                *fastops.fast_nms(yb, ys, 0.5, 200, -1, cross_class=True))
+
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        a = (fastops.nms(boxes, scores, 0.5), fastops.batched_nms(boxes, scores, idxs, 0.5))
+        a = run()
         torch.set_num_threads(2)
-        b = (fastops.nms(boxes, scores, 0.5), fastops.batched_nms(boxes, scores, idxs, 0.5))
+        b = run()
     finally:
         torch.set_num_threads(old)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -336,6 +344,11 @@ def test_soft_nms_edge_and_nan():
         edets, ekeep = ref.soft_nms(boxes, scores, 0.3, 0.5, 1e-3, m)
         assert torch.equal(keep, ekeep) and 3 not in keep.tolist()
         torch.testing.assert_close(dets, edets, rtol=1e-5, atol=1e-7, equal_nan=True)
+    # infinite scores: inf * 0 = NaN discards the box (naive), inf * (1 - iou) stays inf (linear)
+    same = torch.tensor([[0.0, 0, 4, 4]]).repeat(4, 1)
+    inf = torch.full((4,), float("inf"))
+    assert fastops.soft_nms(same, inf, method="naive")[1].tolist() == [0]
+    assert fastops.soft_nms(same, inf, method="naive", impl="reference")[1].tolist() == [0]
 
 
 # ---- errors -------------------------------------------------------------------------------------------------------
@@ -416,6 +429,22 @@ def test_compile_fullgraph():
     assert torch.equal(out[1], torchvision.ops.nms(b, s, 0.5))
     assert torch.equal(out[3], ref.fast_nms(yb, ys, 0.5, 50, 40)[2] + 1)
     assert torch.equal(out[5], ref.soft_nms(b, s, method="linear")[1])
+
+
+def test_compile_inductor_batched_nms_any_size():
+    torch._dynamo.reset()
+
+    @torch.compile(fullgraph=True, dynamic=True)
+    def post(boxes, scores, idxs):
+        keep = fastops.batched_nms(boxes, scores, idxs, 0.5)
+        return boxes[keep] * 2, scores[keep]
+
+    for n in (50, 6000):  # torchvision switches algorithm at 1000 boxes (CPU); the op does not
+        b, s = clustered(n), distinct_scores(n)
+        i = torch.randint(0, 8, (n,))
+        keep = torchvision.ops.batched_nms(b, s, i, 0.5)
+        out = post(b, s, i)
+        assert torch.equal(out[0], b[keep] * 2) and torch.equal(out[1], s[keep])
 
 
 def test_export():

@@ -41,16 +41,16 @@ inline float floor_to_float(double t) {
 // Sort key (ascending order of the key = descending order of the score), float scores: NaN first (torch.sort
 // puts NaN above +inf), -0.0 equal to +0.0. Ties are broken by the caller (position in the low bits).
 FASTOPS_HD uint32_t desc_key(float v) {
-  if (v != v) return 0u;
-  if (v == 0.0f) v = 0.0f;
+  // branch-free (vectorisable): v + 0 turns -0.0 into +0.0; flip all bits of negatives, the sign of positives
+  const float z = v + 0.0f;
   uint32_t u;
 #if defined(__CUDA_ARCH__)
-  u = __float_as_uint(v);
+  u = __float_as_uint(z);
 #else
-  std::memcpy(&u, &v, sizeof(u));
+  std::memcpy(&u, &z, sizeof(u));
 #endif
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  return ~u;
+  u ^= static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u;
+  return (v != v) ? 0u : ~u;
 }
 
 FASTOPS_HD uint64_t desc_key(double v) {

@@ -479,13 +479,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(const at::Tensor& bo
     std::vector<A> mx(n, -std::numeric_limits<A>::infinity());
     std::vector<int32_t> amax(n, 0);
     at::parallel_for(0, n, 2048, [&](int64_t b, int64_t e) {
+      A* __restrict__ m = mx.data();
+      int32_t* __restrict__ am = amax.data();
       for (int64_t c = 0; c < nc; ++c) {
         const scalar_t* row = sp + c * ss0;
-        for (int64_t i = b; i < e; ++i) {
-          const A v = A(row[i * ss1]);
-          const bool take = (v > mx[i] || v != v) && mx[i] == mx[i];
-          mx[i] = take ? v : mx[i];
-          amax[i] = take ? int32_t(c) : amax[i];
+        if (ss1 == 1) {  // contiguous rows: a loop the compiler vectorises
+          for (int64_t i = b; i < e; ++i) {
+            const A v = A(row[i]);
+            const bool take = ((v > m[i]) | (v != v)) & (m[i] == m[i]);
+            m[i] = take ? v : m[i];
+            am[i] = take ? int32_t(c) : am[i];
+          }
+        } else {
+          for (int64_t i = b; i < e; ++i) {
+            const A v = A(row[i * ss1]);
+            const bool take = ((v > m[i]) | (v != v)) & (m[i] == m[i]);
+            m[i] = take ? v : m[i];
+            am[i] = take ? int32_t(c) : am[i];
+          }
         }
       }
     });
@@ -500,15 +511,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(const at::Tensor& bo
     if (!cross_class) {
       std::vector<std::vector<int32_t>> kept(nc);
       at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
-        std::vector<A> s(np);
         std::vector<int32_t> cand(np);
         std::vector<uint8_t> keep;
         for (int64_t c = cb; c < ce; ++c) {
           const scalar_t* row = sp + c * ss0;
-          for (int64_t p = 0; p < np; ++p) s[p] = A(row[pass[p] * ss1]);
           cand.resize(np);
           std::iota(cand.begin(), cand.end(), 0);
-          sort_topk<A>(cand, [&](int32_t p) { return s[p]; }, k);  // positions into pass, ties by lower index
+          // positions into pass, ties by lower index
+          sort_topk<A>(cand, [&](int32_t p) { return A(row[int64_t(pass[p]) * ss1]); }, k);
           Soa<A> soa(k);
           for (int64_t r = 0; r < k; ++r) soa.put(r, bp + pass[cand[r]] * bs0, bs1, cand[r]);
           keep.resize(k);
@@ -630,7 +640,7 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const a
         b.ar[w] = b.ar[j];
         b.id[w] = b.id[j];
         sc[w] = ns;
-        w += !(ns < mins);
+        w += (ns >= mins);  // discards ns < min_score, and a NaN decayed score (inf * 0)
       }
       m = w;
     }

@@ -585,7 +585,7 @@ __global__ void soft_nms_kernel(const T* __restrict__ boxes, int64_t bs0, int64_
       }
       const A ns = sc[j] * w;
       sc[j] = ns;
-      if (ns < min_score) alive[j] = 0;
+      if (!(ns >= min_score)) alive[j] = 0;  // below min_score, or NaN (inf * 0)
     }
     __syncthreads();
   }

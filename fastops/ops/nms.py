@@ -213,7 +213,7 @@ def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: f
     ``iou >= iou_threshold``; ``gaussian``: ``s *= exp(-iou^2 / sigma)``. (mmcv's kernels compare with ``>=``;
     the spec's summary writes ``>``, which only differs at exact equality; we follow mmcv.) After each decay a box
     whose score is ``< min_score`` is discarded (so, as in mmcv, the first selected box is kept whatever its
-    score). Thresholds are rounded to the compute type (float32, float64 for float64 input), as mmcv's float
+    score); a decayed score that becomes NaN (an infinite score times 0) discards the box too. Thresholds are rounded to the compute type (float32, float64 for float64 input), as mmcv's float
     arguments are.
 
     Returns:

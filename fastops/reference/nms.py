@@ -7,7 +7,8 @@
   first; sorts are stable (ties by lower index), the one deliberate difference.
 * ``soft_nms``: mmcv's ``soft_nms`` semantics (ops/csrc/pytorch/cpu/nms.cpp): repeatedly select the highest score,
   decay the others (naive / linear when ``iou >= iou_threshold``, gaussian always), drop boxes whose score falls
-  below ``min_score``. Ties select the lower original index; NaN scores are dropped; a NaN IoU counts as 0.
+  below ``min_score`` (or becomes NaN: inf * 0). Ties select the lower original index; NaN scores are dropped; a
+  NaN IoU counts as 0.
 * ``multiclass_nms``: what users write around ``torchvision.ops.batched_nms`` (threshold, per-class top-k, NMS,
   sort, ``max_det`` cut).
 """
@@ -165,7 +166,7 @@ def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: f
         else:
             wt = torch.exp(-(o * o) / sigma)
         s = s * wt
-        alive = ~(s < min_score)
+        alive = s >= min_score  # also drops a NaN decayed score (inf * 0)
         b, s, ids, area = b[alive], s[alive], ids[alive], area[alive]
     keep = torch.tensor(sel, dtype=torch.int64, device=boxes.device)
     dets = torch.empty((len(sel), 5), dtype=boxes.dtype, device=boxes.device)
