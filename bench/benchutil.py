@@ -22,6 +22,31 @@ def _rss_kb():
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(field)
+
+
+def _reset_peak():
+    """Return freed heap pages to the OS and reset the RSS high-water mark (VmHWM) to the current RSS.
+
+    Without this, memory the parent freed but glibc kept (e.g. blocks below its dynamic 32 MB mmap threshold) is
+    reused by the call without raising RSS, and its temporaries go uncounted. Returns False if unsupported.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_extra_mb(fn):
     """Peak memory (MB) that one call of `fn` adds on top of what the process holds, measured in a fork.
 
@@ -31,6 +56,8 @@ def peak_extra_mb(fn):
     The child runs `fn` with one intra-op thread: a forked child cannot use the parent's OpenMP (libgomp) thread
     pool, and a parallel region there hangs forever once the parent has run one with 2+ threads. Peak memory is
     essentially thread-count independent for these ops (per-thread scratch is small).
+    Before the call the child trims glibc's free heap and resets VmHWM (see _reset_peak), so memory the parent
+    freed but kept resident is not silently reused; peak = VmHWM - VmRSS around the call.
     """
     r, w = os.pipe()
     pid = os.fork()
@@ -40,10 +67,15 @@ def peak_extra_mb(fn):
             import torch as _torch
 
             _torch.set_num_threads(1)
-            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            base = max(base, _rss_kb())
-            fn()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            if _reset_peak():
+                base = _status_kb("VmRSS")
+                fn()
+                peak = _status_kb("VmHWM")
+            else:
+                base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                base = max(base, _rss_kb())
+                fn()
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             os.write(w, str((peak - base) / 1024.0).encode())
         finally:
             os._exit(0)

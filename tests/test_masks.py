@@ -172,8 +172,8 @@ def test_yolact_masks_nan_and_inf_boxes():
     torch.testing.assert_close(out, exp, atol=2e-6, rtol=0)
 
 
-def test_yolact_masks_large_output_calloc_path():
-    """Outputs over 1 MB come from zero pages; only box pixels are written (checked against the reference)."""
+def test_yolact_masks_large_output_mmap_path():
+    """Outputs over 1 MB are fresh zero pages; only box pixels are written (checked against the reference)."""
     protos, coeffs, boxes = _yolact_inputs(12, kind="border")
     out = fastops.yolact_masks(protos, coeffs, boxes, (300, 400))
     _assert_bool_close(out, _ref_masks(protos, coeffs, boxes, (300, 400)))
@@ -418,17 +418,40 @@ def test_paste_masks_threads_identical():
     assert torch.equal(res[0], res[1])
 
 
-def test_patch_torchvision_paste_masks():
-    from fastops.ops.masks import patch_torchvision_paste_masks
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(0, 4), mh=st.integers(1, 9), mw=st.integers(1, 9), H=st.integers(1, 37), W=st.integers(1, 37),
+       padding=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_paste_masks_property_odd_shapes(n, mh, mw, H, W, padding, seed):
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.rand(n, 1, mh, mw, generator=g)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([W * 1.4, H * 1.4]) - torch.tensor([W * 0.2, H * 0.2])
+    wh = torch.rand(n, 2, generator=g) * torch.tensor([W * 1.0, H * 1.0]) - 2
+    boxes = torch.cat([xy, xy + wh], 1)
+    out = fastops.paste_masks(masks, boxes, (H, W), padding)
+    exp = ref.paste_masks_in_image(masks, boxes, (H, W), padding)
+    torch.testing.assert_close(out, exp, atol=2e-6, rtol=0)
 
-    masks, boxes, shape = _paste_inputs(3)
-    exp = tv_roi_heads.paste_masks_in_image(masks, boxes, shape)
-    orig = tv_roi_heads.paste_masks_in_image
-    try:
-        patch_torchvision_paste_masks()
-        torch.testing.assert_close(tv_roi_heads.paste_masks_in_image(masks, boxes, shape), exp)
-    finally:
-        tv_roi_heads.paste_masks_in_image = orig
+
+@settings(max_examples=10, deadline=None)
+@given(hp=st.integers(1, 13), wp=st.integers(1, 13), p=st.integers(1, 17), n=st.integers(0, 4),
+       seed=st.integers(0, 2**16))
+def test_mask_loss_property_odd_shapes(hp, wp, p, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(hp, wp, p, generator=g, dtype=torch.float64)
+    coeffs = torch.randn(n, p, generator=g, dtype=torch.float64)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 1.2 - 0.1
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g, dtype=torch.float64) * 0.6 + 0.05], 1)
+    gt = torch.rand(n, hp, wp, generator=g, dtype=torch.float64)
+    pr, cr = protos.clone().requires_grad_(), coeffs.clone().requires_grad_()
+    out = fastops.yolact_mask_loss(pr, cr, boxes, gt)
+    exp = ref.lincomb_mask_loss(protos, coeffs, boxes, gt)
+    torch.testing.assert_close(out, exp)
+    if n:
+        out.sum().backward()
+        p2, c2 = protos.clone().requires_grad_(), coeffs.clone().requires_grad_()
+        ref.lincomb_mask_loss(p2, c2, boxes, gt).sum().backward()
+        torch.testing.assert_close(pr.grad, p2.grad)
+        torch.testing.assert_close(cr.grad, c2.grad)
 
 
 # ---- opcheck, compile, export ---------------------------------------------------------------------------------
@@ -467,14 +490,31 @@ def test_compile_fullgraph():
 
 
 def test_export():
-    protos, coeffs, boxes = _yolact_inputs(3)
+    protos, coeffs, boxes, gt = _loss_inputs(3)
+    masks, pboxes, _ = _paste_inputs(3, "crossing", H=20, W=24)
 
     class M(torch.nn.Module):
-        def forward(self, protos, coeffs, boxes):
-            return fastops.yolact_masks(protos, coeffs, boxes, (20, 24), threshold=None)
+        def forward(self, protos, coeffs, boxes, gt, masks, pboxes):
+            return (fastops.yolact_masks(protos, coeffs, boxes, (20, 24), threshold=None),
+                    fastops.yolact_mask_loss(protos, coeffs, boxes, gt),
+                    fastops.paste_masks(masks, pboxes, (20, 24)))
 
-    ep = torch.export.export(M(), (protos, coeffs, boxes))
-    torch.testing.assert_close(ep.module()(protos, coeffs, boxes), M()(protos, coeffs, boxes))
+    args = (protos, coeffs, boxes, gt, masks, pboxes)
+    ep = torch.export.export(M(), args)
+    for a, b in zip(ep.module()(*args), M()(*args)):
+        torch.testing.assert_close(a, b)
+
+
+def test_compile_dynamic_shapes():
+    def f(protos, coeffs, boxes, gt):
+        return fastops.yolact_masks(protos, coeffs, boxes, threshold=None), fastops.yolact_mask_loss(
+            protos, coeffs, boxes, gt)
+
+    cf = torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")
+    for n in (3, 5):
+        protos, coeffs, boxes, gt = _loss_inputs(n)
+        for a, b in zip(cf(protos, coeffs, boxes, gt), f(protos, coeffs, boxes, gt)):
+            torch.testing.assert_close(a, b)
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------

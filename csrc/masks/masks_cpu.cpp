@@ -6,6 +6,8 @@
 #include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -36,9 +38,21 @@ namespace {
 
 using at::Tensor;
 
-// A tensor whose memory is zero-filled by calloc: large blocks come straight from mmap, so the pages a kernel
-// never writes are never touched (no memset, no RSS). Kernels then write only the pixels inside their boxes.
-// The storage is resizable through the ordinary CPU allocator.
+// A tensor whose memory is fresh anonymous mmap (zero pages supplied lazily by the kernel): the pages a kernel
+// never writes are never touched (no memset, no RSS), so kernels write only the pixels inside their boxes.
+// (calloc is not enough: glibc serves blocks below its dynamic mmap threshold, up to 32 MB, from the heap and
+// memsets them.) The storage stays resizable through the ordinary CPU allocator.
+struct MmapBlock {
+  void* ptr;
+  size_t bytes;
+};
+
+void free_mmap_block(void* ctx) {
+  auto* b = static_cast<MmapBlock*>(ctx);
+  munmap(b->ptr, b->bytes);
+  delete b;
+}
+
 Tensor zeroed_cpu(at::IntArrayRef sizes, at::ScalarType dtype) {
   int64_t numel = 1;
   for (auto s : sizes) numel *= s;
@@ -46,13 +60,30 @@ Tensor zeroed_cpu(at::IntArrayRef sizes, at::ScalarType dtype) {
   if (nbytes < (size_t(1) << 20)) {
     return at::zeros(sizes, at::TensorOptions().dtype(dtype).device(at::kCPU));
   }
-  void* ptr = std::calloc(nbytes, 1);
-  TORCH_CHECK(ptr != nullptr, "fastops: out of memory allocating ", nbytes, " bytes");
-  c10::DataPtr data(ptr, ptr, [](void* p) { std::free(p); }, at::Device(at::kCPU));
+  void* ptr = mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  TORCH_CHECK(ptr != MAP_FAILED, "fastops: out of memory mapping ", nbytes, " bytes");
+  auto* ctx = new MmapBlock{ptr, nbytes};
+  c10::DataPtr data(ptr, ctx, &free_mmap_block, at::Device(at::kCPU));
   c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), c10::GetCPUAllocator(),
                        /*resizable=*/true);
   return at::empty({0}, at::TensorOptions().dtype(dtype).device(at::kCPU)).set_(storage, 0, sizes);
 }
+
+// Prefaults the pages of bytes [begin, end) of a zeroed_cpu() block in one madvise(MADV_POPULATE_WRITE) call
+// instead of one page fault per page (faults are costly, in VMs especially); errors (old kernels) are ignored.
+inline void prefault(void* base, int64_t begin, int64_t end) {
+#ifdef MADV_POPULATE_WRITE
+  if (end <= begin) return;
+  const uintptr_t page = 4096;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(begin)) & ~(page - 1);
+  const uintptr_t b = reinterpret_cast<uintptr_t>(base) + static_cast<uintptr_t>(end);
+  (void)madvise(reinterpret_cast<void*>(a), b - a, MADV_POPULATE_WRITE);
+#else
+  (void)base, (void)begin, (void)end;
+#endif
+}
+
+bool is_mmapped(const Tensor& t) { return t.storage().data_ptr().get_deleter() == &free_mmap_block; }
 
 // Runs f(item, scratch_owner_thread_state) over `order` with dynamic scheduling on at::get_num_threads()
 // workers. Each item writes only its own outputs, so results do not depend on the thread count.
@@ -192,6 +223,8 @@ void yolact_masks_impl(const Tensor& protos, const Tensor& coeffs, const std::ve
   uint8_t* out_b = thresholded ? reinterpret_cast<uint8_t*>(out.data_ptr<bool>()) : nullptr;
   T* out_f = thresholded ? nullptr : out.data_ptr<T>();
   const int64_t plane = out_h * out_w;
+  const bool mapped = is_mmapped(out);
+  void* out_base = out.data_ptr();
 
   struct Det {
     int64_t cx0, cx1, cy0, cy1, jx0, jx1, jy0, jy1;
@@ -232,6 +265,10 @@ void yolact_masks_impl(const Tensor& protos, const Tensor& coeffs, const std::ve
           for (int64_t x = 0; x < cw; ++x) row[x] = sigmoid_<A>(row[x]);
         }
         // 2. bilinear resize of the (zero-padded) crop, only for output pixels whose taps touch it
+        if (mapped) {
+          const int64_t es = thresholded ? 1 : static_cast<int64_t>(sizeof(T));
+          prefault(out_base, (n * plane + d.jy0 * out_w + d.jx0) * es, (n * plane + (d.jy1 - 1) * out_w + d.jx1) * es);
+        }
         A* tmp = s.tmp.data();  // full proto row; columns outside the crop stay 0
         for (int64_t i = d.jy0; i < d.jy1; ++i) {
           const Taps<A>& v = ty[i];
@@ -517,6 +554,8 @@ void paste_impl(const Tensor& masks, const std::vector<PasteGeom>& geoms, int64_
   const A thr = static_cast<A>(threshold);
   uint8_t* out_b = thresholded ? reinterpret_cast<uint8_t*>(out.data_ptr<bool>()) : nullptr;
   T* out_f = thresholded ? nullptr : out.data_ptr<T>();
+  const bool mapped = is_mmapped(out);
+  void* out_base = out.data_ptr();
   std::vector<int64_t> cost(N);
   for (int64_t n = 0; n < N; ++n) cost[n] = (geoms[n].xb - geoms[n].xa) * (geoms[n].yb - geoms[n].ya);
   struct Scratch {
@@ -533,6 +572,10 @@ void paste_impl(const Tensor& masks, const std::vector<PasteGeom>& geoms, int64_
       [&](int64_t n, Scratch& s) {
         const PasteGeom& g = geoms[n];
         if (g.xb <= g.xa || g.yb <= g.ya) return;
+        if (mapped) {
+          const int64_t es = thresholded ? 1 : static_cast<int64_t>(sizeof(T));
+          prefault(out_base, (n * H * W + g.ya * W + g.xa) * es, (n * H * W + (g.yb - 1) * W + g.xb) * es);
+        }
         const int64_t nx = g.xb - g.xa;
         const A sx = area_scale<A>(Pw, g.bw), sy = area_scale<A>(Ph, g.bh);
         // horizontal taps of the visible columns, as offsets into the padded row

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from fastops._library import FLOAT_DTYPES, check_impl, check_tensor, cuda_compiled
 
-__all__ = ["yolact_masks", "yolact_mask_loss", "paste_masks", "patch_torchvision_paste_masks"]
+__all__ = ["yolact_masks", "yolact_mask_loss", "paste_masks"]
 
 
 def _use_triton(impl: str, t: Tensor) -> bool:
@@ -74,7 +74,8 @@ def yolact_masks(
 
     Returns:
         ``[N, h, w]`` bool (with ``threshold``) or float in protos' dtype (float16/bfloat16 computed in float32).
-        On the CPU, large outputs are zero pages from calloc that the kernel never touches outside the boxes.
+        On the CPU, outputs over 1 MB are fresh anonymous-mmap zero pages the kernel never touches outside the
+        boxes (no memset; untouched pages cost no memory until written).
     """
     check_impl(impl)
     _check_yolact_inputs(protos, coeffs, boxes, "yolact_masks")
@@ -155,7 +156,8 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
     Each ``M x M`` mask is zero-padded by ``padding``, its box scaled about the centre by ``(M + 2p) / M`` and
     truncated to int64, the padded mask resized bilinearly (``align_corners=False``) to the box size
     ``(y1 - y0 + 1, x1 - x0 + 1)`` and the part inside the image pasted into a zero plane. The resize is evaluated
-    only at the visible pixels of each box (separable 1-D taps).
+    only at the visible pixels of each box (separable 1-D taps). ``fastops.patch_torchvision()`` swaps it into
+    torchvision's Mask R-CNN post-processing.
 
     Args:
         masks: ``[N, 1, Mh, Mw]`` (torchvision) or ``[N, Mh, Mw]``, float32/64/16 or bfloat16, any strides.
@@ -198,16 +200,6 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
         check_triton_device(masks, "masks")
         return torch.ops.fastops.paste_masks_triton(m3, boxes, H, W, padding, thr)
     return torch.ops.fastops.paste_masks(m3, boxes, H, W, padding, thr)
-
-
-def patch_torchvision_paste_masks() -> None:
-    """Make torchvision's Mask R-CNN post-processing call :func:`paste_masks` (same signature and output)."""
-    import torchvision.models.detection.roi_heads as roi_heads
-
-    def _paste(masks, boxes, img_shape, padding=1):
-        return paste_masks(masks, boxes, tuple(img_shape), padding)
-
-    roi_heads.paste_masks_in_image = _paste
 
 
 # ---- fake kernels and autograd for the compiled ops ----------------------------------------------------------

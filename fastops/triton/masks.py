@@ -18,7 +18,10 @@ from torch import Tensor
 from fastops._library import FLOAT_DTYPES  # noqa: F401
 from fastops.triton._registry import INTERPRET, launch, triton_custom_op
 
-_BLOCK = 256
+_BLOCK = 256  # paste_masks: one output pixel per lane
+_TILE = 64  # pixels per [TILE, P] prototype tile (yolact_masks, loss forward, grad_coeffs): no spills on sm_90
+_TILE_BWD = 32  # pixels per program in grad_protos ([TILE, P] accumulator)
+_TILE_MASKS = 32  # output pixels per yolact_masks program (4 taps x [TILE, P] tiles live at once)
 
 
 def _acc(dtype):
@@ -110,27 +113,39 @@ def _yolact_masks_kernel(pr, sY, sX, sP, cf, cs0, cs1, crops, Hp, Wp, P, out_h, 
     cx1 = tl.load(crops + 4 * n + 1)
     cy0 = tl.load(crops + 4 * n + 2)
     cy1 = tl.load(crops + 4 * n + 3)
-    y0, y1, wy0, wy1 = _taps(i, Hp, out_h, ACC)
-    x0, x1, wx0, wx1 = _taps(j, Wp, out_w, ACC)
-    y0in = valid & (y0 >= cy0) & (y0 < cy1)
-    y1in = valid & (y1 >= cy0) & (y1 < cy1)
-    x0in = (x0 >= cx0) & (x0 < cx1)
-    x1in = (x1 >= cx0) & (x1 < cx1)
-    pidx = tl.arange(0, PB)
-    pm = pidx < P
-    c = tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
-    a00 = _tap_prob(pr, sY, sX, sP, y0, x0, y0in & x0in, pidx, pm, c, ACC)
-    a10 = _tap_prob(pr, sY, sX, sP, y1, x0, y1in & x0in, pidx, pm, c, ACC)
-    a01 = _tap_prob(pr, sY, sX, sP, y0, x1, y0in & x1in, pidx, pm, c, ACC)
-    a11 = _tap_prob(pr, sY, sX, sP, y1, x1, y1in & x1in, pidx, pm, c, ACC)
-    t0 = a00 * wy0 + a10 * wy1
-    t1 = a01 * wy0 + a11 * wy1
-    v = t0 * wx0 + t1 * wx1
     dst = out + n * out_h * out_w + offs
-    if THRESH:
-        tl.store(dst, v > thr, mask=valid)
+    # skip tiles whose rows' taps miss the crop rows (taps are monotone in i): they are all zero
+    first = pid.to(tl.int64) * BLOCK
+    last = tl.minimum(first + BLOCK - 1, out_h * out_w - 1)
+    lo0, lo1, _, _ = _taps(first // out_w, Hp, out_h, ACC)
+    hi0, hi1, _, _ = _taps(last // out_w, Hp, out_h, ACC)
+    touched = (hi1 >= cy0) & (lo0 < cy1) & (cx1 > cx0)
+    if touched:
+        y0, y1, wy0, wy1 = _taps(i, Hp, out_h, ACC)
+        x0, x1, wx0, wx1 = _taps(j, Wp, out_w, ACC)
+        y0in = valid & (y0 >= cy0) & (y0 < cy1)
+        y1in = valid & (y1 >= cy0) & (y1 < cy1)
+        x0in = (x0 >= cx0) & (x0 < cx1)
+        x1in = (x1 >= cx0) & (x1 < cx1)
+        pidx = tl.arange(0, PB)
+        pm = pidx < P
+        c = tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
+        a00 = _tap_prob(pr, sY, sX, sP, y0, x0, y0in & x0in, pidx, pm, c, ACC)
+        a10 = _tap_prob(pr, sY, sX, sP, y1, x0, y1in & x0in, pidx, pm, c, ACC)
+        a01 = _tap_prob(pr, sY, sX, sP, y0, x1, y0in & x1in, pidx, pm, c, ACC)
+        a11 = _tap_prob(pr, sY, sX, sP, y1, x1, y1in & x1in, pidx, pm, c, ACC)
+        t0 = a00 * wy0 + a10 * wy1
+        t1 = a01 * wy0 + a11 * wy1
+        v = t0 * wx0 + t1 * wx1
+        if THRESH:
+            tl.store(dst, v > thr, mask=valid)
+        else:
+            tl.store(dst, v.to(out.dtype.element_ty), mask=valid)
     else:
-        tl.store(dst, v.to(out.dtype.element_ty), mask=valid)
+        if THRESH:
+            tl.store(dst, tl.zeros([BLOCK], dtype=tl.int1), mask=valid)
+        else:
+            tl.store(dst, tl.zeros([BLOCK], dtype=out.dtype.element_ty), mask=valid)
 
 
 @triton.jit
@@ -151,30 +166,39 @@ def _paste_kernel(masks, m0, m1, m2, Mh, Mw, padding, geo, H, W, thr, out,
     ya = tl.load(geo + 8 * n + 6)
     yb = tl.load(geo + 8 * n + 7)
     inside = valid & (x >= xa) & (x < xb) & (y >= ya) & (y < yb)
-    Ph = Mh + 2 * padding
-    Pw = Mw + 2 * padding
-    r0, r1, wy0, wy1 = _taps(y - gy0, Ph, bh, ACC)
-    c0, c1, wx0, wx1 = _taps(x - gx0, Pw, bw, ACC)
-    r0 -= padding
-    r1 -= padding
-    c0 -= padding
-    c1 -= padding
-    base = masks + n * m0
-    r0ok = inside & (r0 >= 0) & (r0 < Mh)
-    r1ok = inside & (r1 >= 0) & (r1 < Mh)
-    c0ok = (c0 >= 0) & (c0 < Mw)
-    c1ok = (c1 >= 0) & (c1 < Mw)
-    a00 = tl.load(base + r0 * m1 + c0 * m2, mask=r0ok & c0ok, other=0.0).to(ACC)
-    a10 = tl.load(base + r1 * m1 + c0 * m2, mask=r1ok & c0ok, other=0.0).to(ACC)
-    a01 = tl.load(base + r0 * m1 + c1 * m2, mask=r0ok & c1ok, other=0.0).to(ACC)
-    a11 = tl.load(base + r1 * m1 + c1 * m2, mask=r1ok & c1ok, other=0.0).to(ACC)
-    v = (a00 * wy0 + a10 * wy1) * wx0 + (a01 * wy0 + a11 * wy1) * wx1
-    v = tl.where(inside, v, 0.0)
     dst = out + n * H * W + offs
-    if THRESH:
-        tl.store(dst, v > thr, mask=valid)
+    first = pid.to(tl.int64) * BLOCK
+    last = tl.minimum(first + BLOCK - 1, H * W - 1)
+    touched = (last // W >= ya) & (first // W < yb) & (xb > xa)
+    if touched:
+        Ph = Mh + 2 * padding
+        Pw = Mw + 2 * padding
+        r0, r1, wy0, wy1 = _taps(y - gy0, Ph, bh, ACC)
+        c0, c1, wx0, wx1 = _taps(x - gx0, Pw, bw, ACC)
+        r0 = r0 - padding
+        r1 = r1 - padding
+        c0 = c0 - padding
+        c1 = c1 - padding
+        base = masks + n * m0
+        r0ok = inside & (r0 >= 0) & (r0 < Mh)
+        r1ok = inside & (r1 >= 0) & (r1 < Mh)
+        c0ok = (c0 >= 0) & (c0 < Mw)
+        c1ok = (c1 >= 0) & (c1 < Mw)
+        a00 = tl.load(base + r0 * m1 + c0 * m2, mask=r0ok & c0ok, other=0.0).to(ACC)
+        a10 = tl.load(base + r1 * m1 + c0 * m2, mask=r1ok & c0ok, other=0.0).to(ACC)
+        a01 = tl.load(base + r0 * m1 + c1 * m2, mask=r0ok & c1ok, other=0.0).to(ACC)
+        a11 = tl.load(base + r1 * m1 + c1 * m2, mask=r1ok & c1ok, other=0.0).to(ACC)
+        v = (a00 * wy0 + a10 * wy1) * wx0 + (a01 * wy0 + a11 * wy1) * wx1
+        v = tl.where(inside, v, 0.0)
+        if THRESH:
+            tl.store(dst, v > thr, mask=valid)
+        else:
+            tl.store(dst, v.to(out.dtype.element_ty), mask=valid)
     else:
-        tl.store(dst, v.to(out.dtype.element_ty), mask=valid)
+        if THRESH:
+            tl.store(dst, tl.zeros([BLOCK], dtype=tl.int1), mask=valid)
+        else:
+            tl.store(dst, tl.zeros([BLOCK], dtype=out.dtype.element_ty), mask=valid)
 
 
 @triton.jit
@@ -289,11 +313,11 @@ def yolact_masks_triton(protos: Tensor, coeffs: Tensor, boxes: Tensor, out_h: in
     if out.numel() == 0:
         return out
     crops = _yolact_crops(boxes, Hp, Wp, crop)
-    grid = (triton.cdiv(out_h * out_w, _BLOCK), N)
+    grid = (triton.cdiv(out_h * out_w, _TILE_MASKS), N)
     launch(_yolact_masks_kernel)[grid](
         protos, protos.stride(0), protos.stride(1), protos.stride(2), coeffs, coeffs.stride(0), coeffs.stride(1),
         crops, Hp, Wp, P, out_h, out_w, float(threshold) if thresh else 0.0, out,
-        THRESH=thresh, ACC=_acc(protos.dtype), BLOCK=_BLOCK, PB=_pb(P))
+        THRESH=thresh, ACC=_acc(protos.dtype), BLOCK=_TILE_MASKS, PB=_pb(P))
     return out
 
 
@@ -325,7 +349,7 @@ def yolact_mask_loss_triton(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_ma
     launch(_mask_loss_fwd_kernel)[(N,)](
         protos, protos.stride(0), protos.stride(1), protos.stride(2), coeffs, coeffs.stride(0), coeffs.stride(1),
         gt_masks, gt_masks.stride(0), gt_masks.stride(1), gt_masks.stride(2), crops, dims, Hp, Wp, P, loss,
-        ACC=_acc(protos.dtype), BLOCK=_BLOCK, PB=_pb(P))
+        ACC=_acc(protos.dtype), BLOCK=_TILE, PB=_pb(P))
     return loss
 
 
@@ -345,9 +369,9 @@ def _yolact_mask_loss_backward_triton(grad: Tensor, protos: Tensor, coeffs: Tens
     args = (protos, protos.stride(0), protos.stride(1), protos.stride(2), coeffs, coeffs.stride(0), coeffs.stride(1),
             gt_masks, gt_masks.stride(0), gt_masks.stride(1), gt_masks.stride(2), crops, dims)
     launch(_mask_loss_bwd_coeffs_kernel)[(N,)](grad, grad.stride(0), *args, Hp, Wp, P, gcoeffs,
-                                               ACC=acc, BLOCK=64, PB=_pb(P))
-    launch(_mask_loss_bwd_protos_kernel)[(triton.cdiv(Hp * Wp, 64),)](grad, grad.stride(0), *args, N, Hp, Wp, P,
-                                                                      gprotos, ACC=acc, BLOCK=64, PB=_pb(P))
+                                               ACC=acc, BLOCK=_TILE, PB=_pb(P))
+    launch(_mask_loss_bwd_protos_kernel)[(triton.cdiv(Hp * Wp, _TILE_BWD),)](
+        grad, grad.stride(0), *args, N, Hp, Wp, P, gprotos, ACC=acc, BLOCK=_TILE_BWD, PB=_pb(P))
     return gprotos, gcoeffs
 
 
