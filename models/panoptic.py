@@ -215,6 +215,7 @@ class UPSNet(nn.Module):
                image_sizes: List[Tuple[int, int]]):
         """torchvision's ``RoIHeads.postprocess_detections`` with ``fastops.batched_nms``: softmax, decode, clip,
         score threshold, small-box removal, per-class NMS, top ``detections_per_img``."""
+        self._check_reference()
         rh = self.roi_heads
         num_classes = class_logits.shape[-1]
         pred_boxes = rh.box_coder.decode(box_regression, proposals)
@@ -258,7 +259,13 @@ class UPSNet(nn.Module):
                 "panoptic_instances": torch.where(pan_sel)[0]}
 
     # -- forward -------------------------------------------------------------------------------------------------
+    def _check_reference(self):
+        if self._impl == "reference" and fastops.is_patched():
+            raise RuntimeError("impl='reference' runs torchvision's own RoIAlign/NMS/paste, which "
+                               "fastops.patch_torchvision() has replaced; call fastops.unpatch_torchvision() first")
+
     def _run(self, images: List[Tensor], targets=None, state: Optional[Dict[str, Tensor]] = None):
+        self._check_reference()
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         det_targets = None
         if targets is not None:

@@ -258,6 +258,13 @@ def test_temporal_training_matches_reference():
     _assert_grads_close(res["fast"][1], res["ref"][1], rtol=1e-7)
 
 
+def test_reference_refuses_patched_torchvision(pair):
+    _, ref = pair
+    with fastops.patch_torchvision():
+        with pytest.raises(RuntimeError, match="unpatch_torchvision"):
+            ref(_images(n=1))
+
+
 def test_impl_argument():
     with pytest.raises(ValueError, match="impl"):
         UPSNet(NUM_THINGS, NUM_STUFF, impl="fast", **KW)
