@@ -61,22 +61,31 @@ def _roi_geometry(rois, k, spatial_scale, PH, PW, sampling_ratio, N, ALIGNED: tl
 
 
 @triton.jit
-def _roi_align_fwd_kernel(inp, rois, out, levels, this_level, N, C, H, W, sN, sC, sH, sW, oK, oC, oH, oW,
-                          spatial_scale, sampling_ratio, PH, PW, ALIGNED: tl.constexpr, HAS_LEVELS: tl.constexpr,
-                          ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bin_program(rois, levels, this_level, N, C, spatial_scale, sampling_ratio, PH, PW, ALIGNED: tl.constexpr,
+                 HAS_LEVELS: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    # This program's (RoI, bin, channel block) and the RoI's geometry; `mine` is False for RoIs of other levels
+    # (their grid is emptied so they sample nothing).
     pid = tl.program_id(0)
     q = pid % PW
     p = (pid // PW) % PH
     k = pid // (PW * PH)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
     b, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(rois, k, spatial_scale, PH, PW, sampling_ratio, N,
                                                                ALIGNED, ACC)
     if HAS_LEVELS:
         mine = tl.load(levels + k) == this_level
         gh = tl.where(mine, gh, 0)
     else:
-        mine = True
+        mine = gh == gh
+    return k, p, q, offs_c, offs_c < C, mine, b, start_h, start_w, bin_h, bin_w, gh, gw
+
+
+@triton.jit
+def _roi_align_fwd_kernel(inp, rois, out, levels, this_level, N, C, H, W, sN, sC, sH, sW, oK, oC, oH, oW,
+                          spatial_scale, sampling_ratio, PH, PW, ALIGNED: tl.constexpr, HAS_LEVELS: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    k, p, q, offs_c, cmask, mine, b, start_h, start_w, bin_h, bin_w, gh, gw = _bin_program(
+        rois, levels, this_level, N, C, spatial_scale, sampling_ratio, PH, PW, ALIGNED, HAS_LEVELS, ACC, BLOCK_C)
     base = inp + b * sN + offs_c * sC
     acc = tl.zeros([BLOCK_C], dtype=ACC)
     for iy in range(0, gh):
@@ -100,16 +109,8 @@ def _roi_align_fwd_kernel(inp, rois, out, levels, this_level, N, C, H, W, sN, sC
 def _roi_align_bwd_kernel(grad, rois, gin, levels, this_level, N, C, H, W, sN, sC, sH, sW, gK, gC, gH, gW,
                           spatial_scale, sampling_ratio, PH, PW, ALIGNED: tl.constexpr, HAS_LEVELS: tl.constexpr,
                           ACC: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    q = pid % PW
-    p = (pid // PW) % PH
-    k = pid // (PW * PH)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
-    b, start_h, start_w, bin_h, bin_w, gh, gw = _roi_geometry(rois, k, spatial_scale, PH, PW, sampling_ratio, N,
-                                                               ALIGNED, ACC)
-    if HAS_LEVELS:
-        gh = tl.where(tl.load(levels + k) == this_level, gh, 0)
+    k, p, q, offs_c, cmask, mine, b, start_h, start_w, bin_h, bin_w, gh, gw = _bin_program(
+        rois, levels, this_level, N, C, spatial_scale, sampling_ratio, PH, PW, ALIGNED, HAS_LEVELS, ACC, BLOCK_C)
     count = tl.maximum(gh * gw, 1)
     g = tl.load(grad + k * gK + offs_c * gC + p * gH + q * gW, mask=cmask, other=0.0).to(ACC) / count
     base = gin + b * sN + offs_c * sC
