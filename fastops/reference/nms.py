@@ -1,6 +1,7 @@
 """Plain-PyTorch references for the NMS family (the tests' expected results and ``impl="reference"``).
 
-* ``nms`` / ``batched_nms``: torchvision.ops.nms (float16/bfloat16 upcast to float32, which torchvision's CPU
+* ``nms`` / ``batched_nms``: torchvision's nms kernel, called as ``torch.ops.torchvision.nms`` so that
+  ``fastops.patch_torchvision()`` (which swaps ``torchvision.ops.nms``) never turns the reference into fastops (float16/bfloat16 upcast to float32, which torchvision's CPU
   kernel does not accept), ``batched_nms`` as torchvision's per-class ("vanilla") path, with a stable final sort.
 * ``fast_nms``: a transcription of YOLACT's ``Detect.fast_nms`` / ``Detect.cc_fast_nms`` (dbolya/yolact,
   layers/functions/detection.py) including the ``conf_scores > conf_thresh`` filter that ``Detect.detect`` applies
@@ -27,7 +28,7 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     cd = _compute_dtype(boxes)
-    return torchvision.ops.nms(boxes.to(cd), scores.to(cd), float(iou_threshold))
+    return torch.ops.torchvision.nms(boxes.to(cd), scores.to(cd), float(iou_threshold))
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -37,7 +38,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     keep_mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     for c in torch.unique(idxs):
         cur = torch.where(idxs == c)[0]
-        keep_mask[cur[torchvision.ops.nms(boxes[cur], scores[cur], float(iou_threshold))]] = True
+        keep_mask[cur[torch.ops.torchvision.nms(boxes[cur], scores[cur], float(iou_threshold))]] = True
     keep = torch.where(keep_mask)[0]
     return keep[scores[keep].sort(descending=True, stable=True)[1]]
 
