@@ -104,7 +104,8 @@ constexpr int kLanes = 16;
 
 template <typename T, typename scalar_t, typename level_t>
 void build_table(RoiTable<T>& t, const scalar_t* roi, const std::vector<Level<level_t>>& levels, int ph, int pw,
-                 int sampling_ratio, bool aligned, int canonical_scale, int canonical_level, int k_min, int k_max) {
+                 int sampling_ratio, bool aligned, int canonical_scale, int canonical_level, int k_min, int k_max,
+                 bool dense_x) {
   t.batch = static_cast<int64_t>(static_cast<T>(roi[0]));
   t.level = levels.size() == 1 ? 0 : fpn_level<T>(roi + 1, canonical_scale, canonical_level, k_min, k_max);
   t.span = 0;
@@ -121,6 +122,7 @@ void build_table(RoiTable<T>& t, const scalar_t* roi, const std::vector<Level<le
     t.y_first = t.yi.empty() ? 0 : *std::min_element(t.yi.begin(), t.yi.end());
     t.ld = (t.span_pad + kLanes - 1) / kLanes * kLanes;
     for (int& x : t.xi) x -= t.x0;
+    if (!dense_x) return;  // (the forward pass reads the sparse taps: keep its tables small and cache-resident)
     t.xd.assign(static_cast<size_t>(pw) * t.ld, T(0));
     for (int q = 0; q < pw; ++q)
       for (int b = t.xo[q]; b < t.xo[q + 1]; ++b) t.xd[q * t.ld + t.xi[b]] += t.xw[b];
@@ -150,12 +152,13 @@ constexpr int kCB = 16;
 template <typename T, typename scalar_t, typename level_t>
 void build_tables(std::vector<RoiTable<T>>& tables, std::vector<int64_t>& order, int& max_span,
                   const scalar_t* rois, int64_t K, const std::vector<Level<level_t>>& levels, int ph, int pw,
-                  int sampling_ratio, bool aligned, int canonical_scale, int canonical_level, int k_min, int k_max) {
+                  int sampling_ratio, bool aligned, int canonical_scale, int canonical_level, int k_min, int k_max,
+                  bool dense_x) {
   tables.resize(K);
   at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k)
       build_table<T>(tables[k], rois + k * 5, levels, ph, pw, sampling_ratio, aligned, canonical_scale,
-                     canonical_level, k_min, k_max);
+                     canonical_level, k_min, k_max, dense_x);
   });
   order.clear();
   max_span = 0;
@@ -355,7 +358,7 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& 
     std::vector<int64_t> order;
     int max_span = 0;
     build_tables<T>(tables, order, max_span, rois.data_ptr<scalar_t>(), K, levels, ph, pw, sampling_ratio, aligned,
-                    canonical_scale, canonical_level, k_min, k_max);
+                    canonical_scale, canonical_level, k_min, k_max, /*dense_x=*/false);
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t oK = out.stride(0), oC = out.stride(1), oH = out.stride(2), oW = out.stride(3);
     bool any_cl = false, any_plane = false;
@@ -438,7 +441,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
       std::vector<int64_t> order;
       int max_span = 0;
       build_tables<T>(tables, order, max_span, rois.data_ptr<scalar_t>(), K, levels, ph, pw, sampling_ratio,
-                      aligned, canonical_scale, canonical_level, k_min, k_max);
+                      aligned, canonical_scale, canonical_level, k_min, k_max, /*dense_x=*/true);
       const scalar_t* gp = grad.data_ptr<scalar_t>();
       const int64_t gK = grad.stride(0), gC = grad.stride(1), gH = grad.stride(2), gW = grad.stride(3);
       // Channel chunks: one per thread for channels_last levels (long contiguous runs), kCB for NCHW planes.
