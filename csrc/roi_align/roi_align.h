@@ -93,5 +93,12 @@ FASTOPS_HD int fpn_level(const R* roi, int canonical_scale, int canonical_level,
   return static_cast<int>(k) - k_min;
 }
 
+// Range [k_min, k_max] of FPN levels spanned by the feature maps, from the first and last spatial scales
+// (torchvision's MultiScaleRoIAlign: k = -log2(scale)). Host side.
+inline void fpn_level_range(double first_scale, double last_scale, int& k_min, int& k_max) {
+  k_min = static_cast<int>(std::lround(-std::log2(first_scale)));
+  k_max = static_cast<int>(std::lround(-std::log2(last_scale)));
+}
+
 }  // namespace roi_align
 }  // namespace fastops

@@ -118,7 +118,7 @@ void build_table(RoiTable<T>& t, const scalar_t* roi, const std::vector<Level<le
     const auto [lo, hi] = std::minmax_element(t.xi.begin(), t.xi.end());
     t.x0 = *lo;
     t.span = *hi - t.x0 + 1;
-    t.span_pad = std::max(t.span, std::min((t.span + 15) / 16 * 16, L.W - t.x0));
+    t.span_pad = std::max(t.span, std::min((t.span + kLanes - 1) / kLanes * kLanes, L.W - t.x0));
     t.y_first = t.yi.empty() ? 0 : *std::min_element(t.yi.begin(), t.yi.end());
     t.ld = (t.span_pad + kLanes - 1) / kLanes * kLanes;
     for (int& x : t.xi) x -= t.x0;
@@ -349,11 +349,6 @@ std::vector<Level<scalar_t>> make_levels(const std::vector<at::Tensor>& feats, c
   return levels;
 }
 
-void level_range(const std::vector<double>& scales, int& k_min, int& k_max) {
-  k_min = static_cast<int>(std::lround(-std::log2(scales.front())));
-  k_max = static_cast<int>(std::lround(-std::log2(scales.back())));
-}
-
 bool is_channels_last(const at::Tensor& t) {
   return t.size(1) > 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
 }
@@ -383,7 +378,7 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& 
                                                                       : at::MemoryFormat::Contiguous)).zero_();
   if (K == 0 || C == 0) return out;
   int k_min = 0, k_max = 0;
-  level_range(scales, k_min, k_max);
+  fpn_level_range(scales.front(), scales.back(), k_min, k_max);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(), "fastops_roi_align_cpu", [&] {
     using T = acc_t<scalar_t>;
@@ -472,7 +467,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
   }
   if (K > 0 && C > 0) {
     int k_min = 0, k_max = 0;
-    level_range(scales, k_min, k_max);
+    fpn_level_range(scales.front(), scales.back(), k_min, k_max);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastops_roi_align_backward_cpu", [&] {
       using T = acc_t<scalar_t>;
       using G = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;

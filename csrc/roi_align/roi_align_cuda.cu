@@ -176,8 +176,7 @@ at::Tensor forward_cuda(const std::vector<at::Tensor>& feats, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(), "fastops_roi_align_cuda", [&] {
     LevelsArg<scalar_t> lv{};
     lv.num_levels = static_cast<int>(feats.size());
-    lv.k_min = static_cast<int>(std::lround(-std::log2(scales.front())));
-    lv.k_max = static_cast<int>(std::lround(-std::log2(scales.back())));
+    fpn_level_range(scales.front(), scales.back(), lv.k_min, lv.k_max);
     for (size_t l = 0; l < feats.size(); ++l) {
       const at::Tensor& f = feats[l];
       TORCH_CHECK(f.dim() == 4 && f.size(0) == N && f.size(1) == C && f.scalar_type() == f0.scalar_type() &&
@@ -211,8 +210,8 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
   const auto dtype = grad.scalar_type();
   const auto acc_dtype = (dtype == at::kHalf || dtype == at::kBFloat16) ? at::kFloat : dtype;
   const int num_levels = static_cast<int>(scales.size());
-  const int k_min = static_cast<int>(std::lround(-std::log2(scales.front())));
-  const int k_max = static_cast<int>(std::lround(-std::log2(scales.back())));
+  int k_min = 0, k_max = 0;
+  fpn_level_range(scales.front(), scales.back(), k_min, k_max);
   std::vector<at::Tensor> grads;
   for (int l = 0; l < num_levels; ++l) {
     const auto fmt = channels_last[l] ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;

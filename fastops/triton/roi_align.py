@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastops.ops import roi_align as _ops
 from fastops.triton._registry import check_triton_device, launch, register_fake, triton_custom_op
 
 
@@ -135,10 +136,6 @@ def _block_c(c: int) -> int:
     return max(16, min(64, triton.next_power_of_2(max(c, 1))))
 
 
-def _channels_last(t: Tensor) -> bool:
-    return t.size(1) > 1 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
-
 def _levels(rois: Tensor, scales: List[float], canonical_scale: int, canonical_level: int) -> Tensor:
     from fastops.reference.roi_align import fpn_levels
 
@@ -151,7 +148,7 @@ def _forward(features: List[Tensor], rois: Tensor, scales: List[float], ph: int,
              aligned: bool, levels) -> Tensor:
     f0 = features[0]
     K, C = rois.size(0), f0.size(1)
-    fmt = torch.channels_last if _channels_last(f0) else torch.contiguous_format
+    fmt = torch.channels_last if _ops._is_channels_last(f0) else torch.contiguous_format
     out = torch.zeros((K, C, ph, pw), dtype=f0.dtype, device=f0.device).contiguous(memory_format=fmt)
     if K == 0 or C == 0:
         return out
@@ -221,7 +218,6 @@ def multi_scale_roi_align_backward_triton(grad: Tensor, rois: Tensor, spatial_sc
 
 
 # ---- fakes and autograd (shared with the compiled ops' Python side) -------------------------------------------
-from fastops.ops import roi_align as _ops  # noqa: E402
 
 for _op, _fake in ((roi_align_triton, _ops._roi_align_fake),
                    (roi_align_backward_triton, _ops._roi_align_backward_fake),
