@@ -39,8 +39,14 @@ if cuda_home:
     os.environ["CUDA_HOME"] = cuda_home
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-import torch  # noqa: E402  (after CUDA_HOME is fixed: cpp_extension reads it at import)
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+try:
+    import torch  # noqa: E402  (after CUDA_HOME is fixed: cpp_extension reads it at import)
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+except ImportError as exc:  # pragma: no cover - depends on how pip was called
+    raise SystemExit(
+        "fastops builds against the torch it will run with, and this build environment has no torch "
+        f"({exc}). Install torch first (pip install torch==2.14.1 torchvision==0.29.1), then run "
+        "`pip install --no-build-isolation .` (or `make build` in a clone).") from exc
 
 here = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,7 +64,10 @@ cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
 cuda_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True)) if with_cuda else []
 
 march = os.environ.get("FASTOPS_MARCH", "native")
-cxx_flags = ["-O3", "-g0", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas"]
+# -fopenmp compiles ATen's at::parallel_for (an inline `#pragma omp parallel`) into a real parallel region.
+# It is a compile flag only: the GOMP_* symbols then resolve to the OpenMP runtime torch itself loads
+# (libtorch_cpu's libgomp), so the extension follows torch.set_num_threads and no second runtime is loaded.
+cxx_flags = ["-O3", "-g0", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-fopenmp"]
 if march:
     cxx_flags.append(f"-march={march}")
 nvcc_flags = ["-O3", "-Xptxas", "-v", "-lineinfo", "--expt-relaxed-constexpr"]
@@ -75,9 +84,17 @@ ext = ext_cls(
 
 packages = find_packages(include=["fastops", "fastops.*"]) + ["fastops.models"]
 
+def _version():
+    # The version is defined once, in fastops/version.py.
+    scope = {}
+    with open(os.path.join(here, "fastops", "version.py")) as f:
+        exec(f.read(), scope)
+    return scope["__version__"]
+
+
 setup(
     name="fastops",
-    version="0.1.0",
+    version=_version(),
     description="Fast C++/CUDA/Triton kernels for segmentation and keypoint models, as torch ops",
     packages=packages,
     package_dir={"fastops.models": "models"},

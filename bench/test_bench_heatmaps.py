@@ -1,5 +1,5 @@
 """Heatmaps and keypoints: anchor (mmpose / CenterNet / CornerNet-mmcv transcriptions, as they run) vs fastops,
-1 and 2 threads, on the spec's workloads (../shared/spec/heatmaps.md)."""
+1 and 2 threads, on the spec's workloads (docs/heatmaps.md)."""
 import pytest
 import torch
 

@@ -27,3 +27,15 @@ template <typename T>
 FASTOPS_HD T max_(T a, T b) { return a > b ? a : b; }
 
 }  // namespace fastops
+
+// Host-side tensor helpers.
+#include <ATen/core/Tensor.h>
+
+namespace fastops {
+
+// A 4-D tensor stored NHWC (and not also plain contiguous, as with C == 1): kernels read it in place.
+inline bool is_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && t.size(1) > 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+}
+
+}  // namespace fastops

@@ -7,6 +7,7 @@ under TRITON_INTERPRET=1), "reference" the plain-PyTorch reference in fastops.re
 import torch  # noqa: F401  (must be imported before fastops._C: it loads libc10)
 
 from fastops._library import cuda_compiled  # noqa: F401
+from fastops.version import __version__  # noqa: F401
 from fastops.ops.masks import paste_masks, yolact_mask_loss, yolact_masks  # noqa: F401
 from fastops.ops.flow_warp import flow_warp  # noqa: F401
 from fastops.ops.panoptic import panoptic_fuse  # noqa: F401
@@ -16,4 +17,3 @@ from fastops.ops.heatmaps import centernet_decode, corner_pool, gaussian_radius,
 
 from fastops.patch import is_patched, patch_torchvision, unpatch_torchvision  # noqa: F401,E402
 
-__version__ = "0.1.0"

@@ -1,15 +1,19 @@
-"""Loading the compiled library and helpers shared by every op's Python module."""
+"""Loading the compiled library, and what every op's public module shares: argument checks and `impl=` dispatch."""
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Callable, Optional, TypeVar
 
 import torch
 
 try:
     from fastops import _C  # noqa: F401  (runs the TORCH_LIBRARY initialisers)
 except ImportError as exc:  # pragma: no cover - only when the package was not built
+    _here = os.path.dirname(os.path.abspath(__file__))
     raise ImportError(
-        "fastops._C is not built: run `make build` (or `pip install --no-build-isolation .`) first"
+        f"fastops._C is not built in {_here}: run `make build` there (or `pip install --no-build-isolation .`), "
+        f"or import fastops from an installed copy"
     ) from exc
 
 IMPLS = ("auto", "cpp", "triton", "reference")
@@ -17,6 +21,10 @@ IMPLS = ("auto", "cpp", "triton", "reference")
 # Triton under the CPU interpreter cannot go through triton_op/FakeTensor (BUILD_FACTS): register the same
 # function as a plain custom_op with an explicit fake kernel instead.
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+T = TypeVar("T")
 
 
 def cuda_compiled() -> bool:
@@ -45,4 +53,65 @@ def check_tensor(name: str, t, *, dim=None, dtypes=None, device=None) -> None:
         raise ValueError(f"{name} must be on {device} like the input, got {t.device}")
 
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+def check_int(name: str, value, *, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    """`value` as an int within [low, high] (C++ takes int64; ranges are checked here, before any truncation)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            import numpy as np  # numpy integers are ints to a user
+
+            if isinstance(value, np.integer):
+                value = int(value)
+        except ImportError:  # pragma: no cover
+            pass
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def reference_module(family: str):
+    """`fastops.reference.<family>`: imported only when a caller asks for impl="reference"."""
+    return importlib.import_module(f"fastops.reference.{family}")
+
+
+def triton_module(family: str):
+    """`fastops.triton.<family>`, importing it registers its `fastops::<op>_triton` ops."""
+    from fastops.triton._registry import HAVE_TRITON
+
+    if not HAVE_TRITON:
+        raise RuntimeError("impl='triton' needs the triton package")
+    return importlib.import_module(f"fastops.triton.{family}")
+
+
+def dispatch(op: str, impl: str, device: torch.device, *, cpp: Callable[[], T], reference: Callable[[], T],
+             triton: Optional[Callable[[], T]] = None) -> T:
+    """Run one implementation of public op `op` for tensors on `device`.
+
+    "reference" runs `reference()`; "triton" runs `triton()` (CUDA tensors, or CPU tensors under
+    TRITON_INTERPRET=1); "cpp" runs the compiled kernel `cpp()`; "auto" is "cpp" unless the tensors are on CUDA
+    and this build has no CUDA kernels, then "triton". Each callable does its own lazy import, so a backend is
+    loaded only when it runs. A clear ValueError says when the asked implementation does not exist here.
+    """
+    check_impl(impl)
+    if impl == "reference":
+        return reference()
+    is_cuda = device.type == "cuda"
+    if impl == "auto":
+        impl = "triton" if (is_cuda and not cuda_compiled() and triton is not None) else "cpp"
+    if impl == "triton":
+        if triton is None:
+            raise ValueError(f"{op}: impl='triton' does not exist for this op; use 'cpp' or 'reference'")
+        if device.type == "cpu" and not TRITON_INTERPRET:
+            raise ValueError(
+                f"{op}: impl='triton' runs on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 set before "
+                f"importing fastops; the input is on the CPU")
+        return triton()
+    if is_cuda and not cuda_compiled():
+        raise ValueError(f"{op}: this build of fastops has no CUDA kernels (built without nvcc); "
+                         f"use impl='triton' or 'reference', or rebuild with FASTOPS_CUDA=1")
+    if device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"{op}: impl='cpp' runs on CPU or CUDA tensors, got device {device}")
+    return cpp()

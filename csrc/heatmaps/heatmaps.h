@@ -1,6 +1,6 @@
 // Heatmaps and keypoints: the per-element math shared by the CPU and CUDA kernels.
 //
-// Conventions (see ../shared/spec/heatmaps.md): coordinates (x, y) in heatmap pixels, pixel i has its value at i.
+// Conventions (see docs/heatmaps.md): coordinates (x, y) in heatmap pixels, pixel i has its value at i.
 // Rendering follows mmpose's MSRAHeatmap / UDPHeatmap / MSRAHeatmap(unbiased) encoders and CenterNet's
 // draw_umich_gaussian; decoding follows mmpose's get_heatmap_maximum + refine_keypoints(_dark, _dark_udp), the
 // stacked-hourglass parser, CenterNet's _nms/_topk and CornerNet's pooling.

@@ -1,5 +1,5 @@
 // Instance mask assembly (YOLACT postprocess, YOLACT lincomb mask loss, torchvision paste_masks_in_image):
-// schemas and CPU kernels. See ../shared/spec/masks.md and fastops/ops/masks.py.
+// schemas and CPU kernels. See docs/masks.md and fastops/ops/masks.py.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

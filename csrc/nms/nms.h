@@ -1,4 +1,4 @@
-// NMS family: the per-pair math shared by the CPU and CUDA kernels (see ../../shared/spec/nms.md).
+// NMS family: the per-pair math shared by the CPU and CUDA kernels (see docs/nms.md).
 //
 // Boxes are (x1, y1, x2, y2); area = (x2 - x1) * (y2 - y1) (no +1); IoU = inter / ((area_a + area_b) - inter),
 // evaluated in exactly this order so that float results are bit-identical to torchvision's and YOLACT's.

@@ -1,7 +1,7 @@
 """flow_warp: backward warping of features by a dense optical flow (FlowNet2, RAFT, VPSNet, YolactEdge).
 
 The compiled kernels are `torch.ops.fastops.flow_warp` / `_flow_warp_backward` (schemas in
-csrc/flow_warp/flow_warp_cpu.cpp); see ../shared/spec/flow_panoptic.md for the conventions.
+csrc/flow_warp/flow_warp_cpu.cpp); see docs/flow_panoptic.md for the conventions.
 """
 from __future__ import annotations
 

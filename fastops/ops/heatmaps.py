@@ -1,4 +1,4 @@
-"""Heatmaps and keypoints: rendering targets and decoding keypoints (see ../shared/spec/heatmaps.md).
+"""Heatmaps and keypoints: rendering targets and decoding keypoints (see docs/heatmaps.md).
 
 Public functions: `render_gaussian_heatmaps`, `render_center_heatmap`, `gaussian_radius`, `heatmap_argmax`,
 `soft_argmax`, `heatmap_peaks`, `centernet_decode`, `corner_pool`. The compiled kernels are

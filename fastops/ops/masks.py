@@ -1,7 +1,7 @@
 """Instance mask assembly: `yolact_masks`, `yolact_mask_loss`, `paste_masks`.
 
 Conventions are YOLACT's (dbolya/yolact postprocess, crop, sanitize_coordinates, lincomb mask loss) and
-torchvision's (`roi_heads.paste_masks_in_image`) to the letter; see ../shared/spec/masks.md. The compiled kernels
+torchvision's (`roi_heads.paste_masks_in_image`) to the letter; see docs/masks.md. The compiled kernels
 are `torch.ops.fastops.yolact_masks` / `yolact_mask_loss` / `paste_masks` (schemas in csrc/masks/masks_cpu.cpp).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Non-maximum suppression: `nms`, `batched_nms`, `multiclass_nms`, `fast_nms`, `soft_nms`.
 
-Conventions (see ../shared/spec/nms.md): boxes ``(x1, y1, x2, y2)``, area ``(x2 - x1) * (y2 - y1)``,
+Conventions (see docs/nms.md): boxes ``(x1, y1, x2, y2)``, area ``(x2 - x1) * (y2 - y1)``,
 IoU ``inter / (area_a + area_b - inter)`` computed in float32 (float64 for float64 input; float16/bfloat16 boxes are
 read as float32), ties in score broken by the lower index (stable descending sort). Compiled kernels:
 ``torch.ops.fastops.<name>`` (schemas in csrc/nms/nms_cpu.cpp).

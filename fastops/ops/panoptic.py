@@ -1,7 +1,7 @@
 """panoptic_fuse: UPSNet's test-time panoptic head fused into one op, straight to an int32 id map.
 
 The compiled kernel is `torch.ops.fastops.panoptic_fuse` (schema in csrc/panoptic/panoptic_cpu.cpp); see
-../shared/spec/flow_panoptic.md for the conventions.
+docs/flow_panoptic.md for the conventions.
 """
 from __future__ import annotations
 

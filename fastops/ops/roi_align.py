@@ -1,6 +1,6 @@
 """RoIAlign: `roi_align`, `RoIAlign`, `multi_scale_roi_align`, `MultiScaleRoIAlign`.
 
-Conventions are torchvision.ops' to the letter (see ../shared/spec/roi_align.md); the compiled kernels are
+Conventions are torchvision.ops' to the letter (see docs/roi_align.md); the compiled kernels are
 `torch.ops.fastops.roi_align` / `multi_scale_roi_align` (schemas in csrc/roi_align/roi_align_cpu.cpp).
 """
 from __future__ import annotations

@@ -1,0 +1,59 @@
+// Launch helpers shared by every fastops CUDA kernel (include from .cu files only).
+//
+//   FASTOPS_KERNEL_LOOP(i, n)        grid-stride loop over int64 indices [0, n)
+//   blocks_for(n)                    blocks for a 1-D launch of n threads' work at kThreads per block, capped:
+//                                    the grid-stride loop covers the rest, so any n launches (n == 0 gives 0)
+//   launch_1d(kernel, n, stream, ...) skips empty launches, checks the launch
+//   unravel(i, sizes...)             row-major index decomposition
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cstdint>
+
+namespace fastops {
+namespace cuda {
+
+constexpr int kThreads = 256;
+// 65535 x 256 threads is far more than any GPU keeps resident; a grid-stride loop does the rest.
+constexpr int64_t kMaxBlocks = 65535;
+
+inline int blocks_for(int64_t n, int threads = kThreads) {
+  if (n <= 0) return 0;
+  const int64_t b = (n + threads - 1) / threads;
+  return static_cast<int>(b < kMaxBlocks ? b : kMaxBlocks);
+}
+
+// Launch kernel<<<blocks_for(n), kThreads, 0, stream>>>(args...) when n > 0, then check the launch.
+template <typename Kernel, typename... Args>
+inline void launch_1d(Kernel kernel, int64_t n, cudaStream_t stream, Args... args) {
+  if (n <= 0) return;
+  kernel<<<blocks_for(n), kThreads, 0, stream>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Row-major decomposition of a flat index: unravel(i, {a, b, c}) -> (i / (b*c), (i / c) % b, i % c).
+template <int N>
+struct Index {
+  int64_t v[N];
+  __host__ __device__ __forceinline__ int64_t operator[](int k) const { return v[k]; }
+};
+
+template <int N>
+__host__ __device__ __forceinline__ Index<N> unravel(int64_t i, const int64_t (&sizes)[N]) {
+  Index<N> out;
+#pragma unroll
+  for (int k = N - 1; k >= 0; --k) {
+    out.v[k] = i % sizes[k];
+    i /= sizes[k];
+  }
+  return out;
+}
+
+}  // namespace cuda
+}  // namespace fastops
+
+// Grid-stride loop over int64 indices: no int32 overflow past 2^31 elements.
+#define FASTOPS_KERNEL_LOOP(i, n)                                                                  \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, _fastops_n = (n); \
+       i < _fastops_n; i += static_cast<int64_t>(blockDim.x) * gridDim.x)
