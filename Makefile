@@ -21,7 +21,8 @@ $(VENV)/.stamp:
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1 triton pytest pytest-benchmark hypothesis \
-		numpy scipy ninja expecttest setuptools wheel
+		numpy scipy ninja expecttest setuptools wheel \
+		onnx onnxruntime onnxscript matplotlib
 	touch $@
 
 venv: $(VENV)/.stamp
