@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Callable, Optional, TypeVar
 
 import torch
@@ -72,9 +73,15 @@ def check_int(name: str, value, *, low: Optional[int] = None, high: Optional[int
     return value
 
 
+def _module(name: str):
+    # sys.modules first: torch.compile (dynamo) traces a dict lookup but refuses importlib.import_module
+    mod = sys.modules.get(name)
+    return mod if mod is not None else importlib.import_module(name)
+
+
 def reference_module(family: str):
     """`fastops.reference.<family>`: imported only when a caller asks for impl="reference"."""
-    return importlib.import_module(f"fastops.reference.{family}")
+    return _module(f"fastops.reference.{family}")
 
 
 def triton_module(family: str):
@@ -83,7 +90,7 @@ def triton_module(family: str):
 
     if not HAVE_TRITON:
         raise RuntimeError("impl='triton' needs the triton package")
-    return importlib.import_module(f"fastops.triton.{family}")
+    return _module(f"fastops.triton.{family}")
 
 
 def dispatch(op: str, impl: str, device: torch.device, *, cpp: Callable[[], T], reference: Callable[[], T],

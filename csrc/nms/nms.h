@@ -15,6 +15,20 @@
 namespace fastops {
 namespace nms {
 
+// ---- constants shared with Python (fastops/registrations/nms.py mirrors them; tests/test_nms.py compares them
+// with `torch.ops.fastops._nms_constants()`, which returns kConstants in this order) ----------------------------
+
+// torchvision.ops.batched_nms switches to its per-class path above this boxes.numel(): its unstable final sort
+// then decides the order of tied scores, which every impl reproduces (see docs/nms.md).
+constexpr int64_t kTorchvisionVanillaNumelCpu = 4000;
+constexpr int64_t kTorchvisionVanillaNumelCuda = 100000;
+// soft_nms `method` codes (the schema takes the name; kernels switch on the code).
+constexpr int64_t kSoftNaive = 0;
+constexpr int64_t kSoftLinear = 1;
+constexpr int64_t kSoftGaussian = 2;
+constexpr int64_t kConstants[] = {kTorchvisionVanillaNumelCpu, kTorchvisionVanillaNumelCuda, kSoftNaive, kSoftLinear,
+                                  kSoftGaussian};
+
 template <typename A>
 FASTOPS_HD A box_area(A x1, A y1, A x2, A y2) {
   return (x2 - x1) * (y2 - y1);
@@ -36,6 +50,16 @@ inline float floor_to_float(double t) {
   float f = static_cast<float>(t);
   if (static_cast<double>(f) > t) f = std::nextafter(f, -INFINITY);
   return f;
+}
+
+// The IoU threshold of `iou > thr` in the compute type A (float: floored, see above; double: as is).
+template <typename A>
+inline A iou_thr_for(double t) {
+  if constexpr (sizeof(A) == sizeof(float)) {
+    return floor_to_float(t);
+  } else {
+    return static_cast<A>(t);
+  }
 }
 
 // Sort key (ascending order of the key = descending order of the score), float scores: NaN first (torch.sort
@@ -65,6 +89,15 @@ FASTOPS_HD uint64_t desc_key(double v) {
   u = (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
   return ~u;
 }
+
+// ---- host-side checks (csrc/nms/nms.cpp), called by the CPU and the CUDA entry points --------------------------
+// Each raises (TORCH_CHECK) with a message naming the op and the argument.
+void check_boxes_scores(const at::Tensor& boxes, const at::Tensor& scores, const char* op);
+void check_batched(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs);
+void check_multiclass(const at::Tensor& boxes, const at::Tensor& scores, int64_t max_det, bool pad);
+void check_fast_nms(const at::Tensor& boxes, const at::Tensor& scores);
+// soft_nms: checks the inputs and returns the method code (kSoftNaive / kSoftLinear / kSoftGaussian).
+int64_t check_soft_nms(const at::Tensor& boxes, const at::Tensor& scores, double sigma, c10::string_view method);
 
 }  // namespace nms
 }  // namespace fastops

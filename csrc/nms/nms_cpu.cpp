@@ -1,9 +1,4 @@
-// NMS family (issue 3): schemas and CPU kernels.
-//
-// nms / batched_nms     exactly torchvision.ops' results (stable descending score order, `iou > thr` suppresses)
-// multiclass_nms        score threshold + per-class top-k + per-class NMS + max_det cut in one op (pad variant)
-// fast_nms              YOLACT's Fast NMS (per class, or cross-class cc_fast_nms)
-// soft_nms              mmcv's soft-NMS (linear, gaussian, naive)
+// NMS family: CPU kernels (schemas and host checks: nms.cpp; per-pair math: nms.h; semantics: docs/nms.md).
 //
 // CPU strategy: scores are sorted once (LSD radix sort of 32-bit order-preserving keys for float/half/bf16,
 // std::sort of (key, index) for double); boxes are gathered in score order into a structure of arrays; the
@@ -28,42 +23,15 @@
 // gcc 12 warns about an uninitialised temporary inside its own compress-store intrinsics header.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#elif defined(__AVX2__)
+#include <immintrin.h>
 #endif
 
 #include "nms/nms.h"
 
-TORCH_LIBRARY_FRAGMENT(fastops, m) {
-  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
-  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
-  m.def(
-      "multiclass_nms(Tensor boxes, Tensor scores, float score_threshold, float iou_threshold, int pre_nms_top_k, "
-      "int max_det, bool pad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "fast_nms(Tensor boxes, Tensor scores, float iou_threshold, int top_k, int max_det, float score_threshold, "
-      "bool cross_class) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "soft_nms(Tensor boxes, Tensor scores, float iou_threshold, float sigma, float min_score, str method) "
-      "-> (Tensor, Tensor)");
-}
-
 namespace fastops {
 namespace nms {
 namespace {
-
-// ---- checks ----------------------------------------------------------------------------------------------------
-
-void check_boxes_scores(const at::Tensor& boxes, const at::Tensor& scores, const char* op) {
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op, ": boxes must have shape [N, 4], got ", boxes.sizes());
-  TORCH_CHECK(scores.dim() == 1, op, ": scores must have shape [N], got ", scores.sizes());
-  TORCH_CHECK(boxes.size(0) == scores.size(0), op, ": boxes and scores must have the same N, got ", boxes.size(0),
-              " and ", scores.size(0));
-  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), op, ": boxes must be floating point, got ",
-              boxes.scalar_type());
-  TORCH_CHECK(boxes.scalar_type() == scores.scalar_type(), op, ": scores must have the dtype of boxes (",
-              boxes.scalar_type(), "), got ", scores.scalar_type());
-  TORCH_CHECK(boxes.device() == scores.device(), op, ": boxes and scores must be on the same device");
-  TORCH_CHECK(boxes.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 boxes");
-}
 
 // ---- sorting ---------------------------------------------------------------------------------------------------
 
@@ -171,6 +139,23 @@ struct Soa {
 
 // ---- greedy NMS over a score-sorted segment --------------------------------------------------------------------
 
+#if !defined(__AVX512F__) && defined(__AVX2__)
+// Left-pack permutations for 8 lanes: kPack[m] lists, as bytes, the lanes whose bit is set in m, in order.
+struct PackTable {
+  uint64_t lanes[256];
+  PackTable() {
+    for (int m = 0; m < 256; ++m) {
+      uint64_t v = 0;
+      int k = 0;
+      for (int l = 0; l < 8; ++l)
+        if (m >> l & 1) v |= uint64_t(l) << (8 * k++);
+      lanes[m] = v;
+    }
+  }
+};
+static const PackTable kPack;
+#endif
+
 // Greedy NMS of the boxes [0, n) of the arrays (already in descending score order): repeatedly keeps the first
 // remaining box and drops every remaining box whose IoU with it is > thr (thr already floored to A: see
 // floor_to_float). Survivors are compacted in place. Writes the kept ids to out, returns their number.
@@ -204,6 +189,37 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
         w += __builtin_popcount(unsigned(keep));
       }
     }
+#elif defined(__AVX2__)
+    if constexpr (std::is_same_v<A, float>) {
+      // Same operations and operand order as nms.h's iou (min_(a, b) = a < b ? a : b is _mm256_min_ps(a, b)),
+      // so the IoU is bit-identical; survivors are left-packed with a lane permutation. Stores of 8 lanes at w <= j
+      // only overwrite lanes already loaded.
+      const __m256 vx1 = _mm256_set1_ps(bx1), vy1 = _mm256_set1_ps(by1), vx2 = _mm256_set1_ps(bx2),
+                   vy2 = _mm256_set1_ps(by2), va = _mm256_set1_ps(ba), vt = _mm256_set1_ps(thr),
+                   zero = _mm256_setzero_ps();
+      for (; j + 8 <= n; j += 8) {
+        const __m256 cx1 = _mm256_loadu_ps(x1 + j), cy1 = _mm256_loadu_ps(y1 + j), cx2 = _mm256_loadu_ps(x2 + j),
+                     cy2 = _mm256_loadu_ps(y2 + j), ca = _mm256_loadu_ps(ar + j);
+        const __m256i cid = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(id + j));
+        const __m256 ww = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vx2, cx2), _mm256_max_ps(vx1, cx1)));
+        const __m256 hh = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vy2, cy2), _mm256_max_ps(vy1, cy1)));
+        const __m256 inter = _mm256_mul_ps(ww, hh);
+        const __m256 o = _mm256_div_ps(inter, _mm256_sub_ps(_mm256_add_ps(va, ca), inter));
+        const unsigned keep = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(o, vt, _CMP_NGT_UQ)));  // !(o > thr)
+        if (keep == 0xFF && w == j) {  // nothing suppressed and nothing to move
+          w += 8;
+          continue;
+        }
+        const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kPack.lanes[keep])));
+        _mm256_storeu_ps(x1 + w, _mm256_permutevar8x32_ps(cx1, perm));
+        _mm256_storeu_ps(y1 + w, _mm256_permutevar8x32_ps(cy1, perm));
+        _mm256_storeu_ps(x2 + w, _mm256_permutevar8x32_ps(cx2, perm));
+        _mm256_storeu_ps(y2 + w, _mm256_permutevar8x32_ps(cy2, perm));
+        _mm256_storeu_ps(ar + w, _mm256_permutevar8x32_ps(ca, perm));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(id + w), _mm256_permutevar8x32_epi32(cid, perm));
+        w += __builtin_popcount(keep);
+      }
+    }
 #endif
     for (; j < n; ++j) {
       const A o = iou(bx1, by1, bx2, by2, ba, x1[j], y1[j], x2[j], y2[j], ar[j]);
@@ -220,15 +236,6 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
     n = w;
   }
   return nk;
-}
-
-template <typename A>
-A iou_thr_for(double t) {
-  if constexpr (std::is_same_v<A, float>) {
-    return floor_to_float(t);
-  } else {
-    return t;
-  }
 }
 
 template <typename A, typename T>
@@ -269,16 +276,9 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
 
 // ---- batched_nms ----------------------------------------------------------------------------------------------
 
-// torchvision.ops.batched_nms switches to its per-class path above this boxes.numel() on CPU (100000 on CUDA).
-constexpr int64_t kTorchvisionVanillaNumelCpu = 4000;
-
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                            double iou_threshold) {
-  check_boxes_scores(boxes, scores, "batched_nms");
-  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "batched_nms: idxs must have shape [N] (N = ",
-              boxes.size(0), "), got ", idxs.sizes());
-  TORCH_CHECK(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false),
-              "batched_nms: idxs must be an integer tensor, got ", idxs.scalar_type());
+  check_batched(boxes, scores, idxs);
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   const at::Tensor cls_t = idxs.to(at::kLong).contiguous();
@@ -332,19 +332,31 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
   at::Tensor out = at::empty({nk}, boxes.options().dtype(at::kLong));
   int64_t* o = out.data_ptr<int64_t>();
   int64_t w = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (keep[order[i]]) o[w++] = order[i];  // stable descending score order
   if (n * 4 > kTorchvisionVanillaNumelCpu) {
     // torchvision's per-class path (boxes.numel() > 4000 on CPU) orders the survivors with an unstable
-    // `scores[keep].sort(descending=True)`: run the same sort on the same values so that even tied scores come
-    // out in torchvision's order (below that size torchvision's order is the stable one, as ours).
-    for (int64_t i = 0; i < n; ++i)
-      if (keep[i]) o[w++] = i;
-    at::Tensor ks = scores.index_select(0, out);
-    if (ks.scalar_type() != at::kDouble) ks = ks.to(at::kFloat);  // half/bf16: as torchvision on float32 input
-    const at::Tensor perm = std::get<1>(ks.sort(/*dim=*/-1, /*descending=*/true));
-    return out.index_select(0, perm);
+    // `scores[keep].sort(descending=True)` over ascending indices. Without tied scores that is the stable order
+    // above; with ties, run the sort ATen's CPU kernel runs (std::sort of (value, position) pairs by value,
+    // NaN first) on the same values in the same initial order, so tied scores come out in torchvision's order.
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "fastops_batched_nms_ties", [&] {
+      using A = acc_t<scalar_t>;  // half/bf16: as torchvision on float32 input
+      const scalar_t* sp = scores.const_data_ptr<scalar_t>();
+      const int64_t ss = scores.stride(0);
+      bool ties = false;
+      for (int64_t k = 1; k < nk && !ties; ++k)
+        ties = desc_key(A(sp[o[k] * ss])) == desc_key(A(sp[o[k - 1] * ss]));
+      if (!ties) return;
+      std::vector<std::pair<A, int64_t>> v;
+      v.reserve(nk);
+      for (int64_t i = 0; i < n; ++i)
+        if (keep[i]) v.push_back({A(sp[i * ss]), i});
+      std::sort(v.begin(), v.end(), [](const std::pair<A, int64_t>& x, const std::pair<A, int64_t>& y) {
+        return (std::isnan(x.first) && !std::isnan(y.first)) || (x.first > y.first);
+      });
+      for (int64_t k = 0; k < nk; ++k) o[k] = v[k].second;
+    });
   }
-  for (int64_t i = 0; i < n; ++i)
-    if (keep[order[i]]) o[w++] = order[i];
   return out;
 }
 
@@ -352,18 +364,9 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double score_threshold,
                                            double iou_threshold, int64_t pre_nms_top_k, int64_t max_det, bool pad) {
-  TORCH_CHECK(scores.dim() == 2, "multiclass_nms: scores must have shape [N, C], got ", scores.sizes());
+  check_multiclass(boxes, scores, max_det, pad);
   const int64_t n = scores.size(0), nc = scores.size(1);
   const bool per_class = boxes.dim() == 3;
-  TORCH_CHECK((boxes.dim() == 2 && boxes.size(0) == n && boxes.size(1) == 4) ||
-                  (per_class && boxes.size(0) == n && boxes.size(1) == nc && boxes.size(2) == 4),
-              "multiclass_nms: boxes must have shape [N, 4] or [N, C, 4] (N = ", n, ", C = ", nc, "), got ",
-              boxes.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()) && boxes.scalar_type() == scores.scalar_type(),
-              "multiclass_nms: boxes and scores must have the same floating dtype, got ", boxes.scalar_type(), " and ",
-              scores.scalar_type());
-  TORCH_CHECK(n < (int64_t(1) << 31), "multiclass_nms: at most 2^31 - 1 boxes");
-  TORCH_CHECK(!pad || max_det > 0, "multiclass_nms: pad=True needs max_det > 0, got ", max_det);
 
   std::vector<std::vector<int32_t>> kept(nc);
   std::vector<std::pair<uint64_t, int64_t>> all;  // (score key, flat n * C + c)
@@ -472,13 +475,7 @@ void fast_nms_keep(const Soa<A>& b, int64_t k, A thr, uint8_t* keep) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold,
                                      int64_t top_k, int64_t max_det, double score_threshold, bool cross_class) {
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "fast_nms: boxes must have shape [N, 4], got ", boxes.sizes());
-  TORCH_CHECK(scores.dim() == 2 && scores.size(1) == boxes.size(0),
-              "fast_nms: scores must have shape [C, N] (N = ", boxes.size(0), "), got ", scores.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()) && boxes.scalar_type() == scores.scalar_type(),
-              "fast_nms: boxes and scores must have the same floating dtype, got ", boxes.scalar_type(), " and ",
-              scores.scalar_type());
-  TORCH_CHECK(boxes.size(0) < (int64_t(1) << 31), "fast_nms: at most 2^31 - 1 boxes");
+  check_fast_nms(boxes, scores);
   const int64_t n = boxes.size(0), nc = scores.size(0);
   at::Tensor idx_out, lab_out, sc_out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_fast_nms", [&] {
@@ -591,18 +588,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fast_nms_cpu(const at::Tensor& bo
 
 // ---- soft_nms (mmcv) ------------------------------------------------------------------------------------------
 
-int64_t soft_method(c10::string_view method) {
-  if (method == "naive") return 0;
-  if (method == "linear") return 1;
-  if (method == "gaussian") return 2;
-  TORCH_CHECK(false, "soft_nms: method must be 'linear', 'gaussian' or 'naive', got '", std::string(method), "'");
-}
-
 std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold,
                                      double sigma, double min_score, c10::string_view method) {
-  check_boxes_scores(boxes, scores, "soft_nms");
-  const int64_t meth = soft_method(method);
-  TORCH_CHECK(meth != 2 || sigma > 0, "soft_nms: sigma must be > 0 for the gaussian method, got ", sigma);
+  const int64_t meth = check_soft_nms(boxes, scores, sigma, method);
   const int64_t n = boxes.size(0);
   at::Tensor dets_out, keep_out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_soft_nms", [&] {
@@ -639,9 +627,9 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const a
         A o = iou(bx1, by1, bx2, by2, ba, b.x1[j], b.y1[j], b.x2[j], b.y2[j], b.ar[j]);
         if (o != o) o = A(0);  // NaN IoU (NaN coordinates): no interaction
         A wt = A(1);
-        if (meth == 0) {
+        if (meth == kSoftNaive) {
           if (o >= thr) wt = A(0);
-        } else if (meth == 1) {
+        } else if (meth == kSoftLinear) {
           if (o >= thr) wt = A(1) - o;
         } else {
           wt = std::exp(-(o * o) / sig);

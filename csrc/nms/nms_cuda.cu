@@ -1,4 +1,5 @@
-// NMS family: CUDA kernels (compiled here, never run on this machine: no GPU).
+// NMS family: CUDA kernels (compiled here, never run on this machine: no GPU). Schemas and the host checks every
+// entry point calls: nms.cpp; per-pair math: nms.h; launch helpers: cuda_utils.cuh.
 //
 // Sorting, gathers of small index tensors and the final compactions use ATen ops on the current stream (no host
 // synchronisation). The only host syncs are the ones a data-dependent output size forces: one `.item()` (or
@@ -20,6 +21,7 @@
 #include <cstdint>
 #include <tuple>
 
+#include "cuda_utils.cuh"
 #include "nms/nms.h"
 
 namespace fastops {
@@ -28,19 +30,10 @@ namespace {
 
 constexpr int kTile = 64;
 constexpr int kReduceThreads = 256;
-constexpr int kBlock = 256;
+constexpr int kBlock = cuda::kThreads;  // block size of the one-block kernels (soft_nms, per-class greedy)
 constexpr int64_t kMaskChunkBytes = int64_t(64) << 20;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-template <typename A>
-inline A iou_threshold_as(double t) {
-  return static_cast<A>(t);
-}
-template <>
-inline float iou_threshold_as<float>(double t) {
-  return floor_to_float(t);  // `float iou > double t` exactly (see nms.h)
-}
 
 // ---- gather: boxes (any dtype / strides) in a given order -> contiguous [n, 4] in the compute type ---------------
 // Traffic: n * (4 * sizeof(T) read, indirect) + n * 16 B written (float): 20k boxes = 0.6 MB, ~0.2 us of H100
@@ -48,11 +41,11 @@ inline float iou_threshold_as<float>(double t) {
 template <typename T, typename A>
 __global__ void gather_boxes_kernel(const T* __restrict__ boxes, int64_t s0, int64_t s1,
                                     const int64_t* __restrict__ order, int64_t n, A* __restrict__ out) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const T* p = boxes + order[i] * s0;
+  FASTOPS_KERNEL_LOOP(i, n) {
+    const T* p = boxes + order[i] * s0;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) out[i * 4 + k] = static_cast<A>(p[k * s1]);
+    for (int k = 0; k < 4; ++k) out[i * 4 + k] = static_cast<A>(p[k * s1]);
+  }
 }
 
 // ---- IoU bitmask tile ---------------------------------------------------------------------------------------------
@@ -172,33 +165,20 @@ void bitmask_nms(const at::Tensor& b, int64_t n, A thr, const int64_t* cls, cons
   }
 }
 
-void check_inputs(const at::Tensor& boxes, const at::Tensor& scores, const char* op) {
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op, ": boxes must have shape [N, 4], got ", boxes.sizes());
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), op, ": scores must have shape [N], got ",
-              scores.sizes());
-  TORCH_CHECK(boxes.scalar_type() == scores.scalar_type() && at::isFloatingType(boxes.scalar_type()), op,
-              ": boxes and scores must have the same floating dtype");
-  TORCH_CHECK(boxes.device() == scores.device(), op, ": boxes and scores must be on the same device");
-  TORCH_CHECK(boxes.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 boxes");
-}
-
 template <typename scalar_t>
 at::Tensor gather_sorted(const at::Tensor& boxes, const at::Tensor& order, cudaStream_t stream) {
   using A = acc_t<scalar_t>;
   const int64_t n = order.numel();
   at::Tensor out = at::empty({n, 4}, boxes.options().dtype(c10::CppTypeToScalarType<A>::value));
-  if (n == 0) return out;
-  gather_boxes_kernel<scalar_t, A><<<unsigned(ceil_div(n, kBlock)), kBlock, 0, stream>>>(
-      boxes.const_data_ptr<scalar_t>(), boxes.stride(0), boxes.stride(1), order.const_data_ptr<int64_t>(), n,
-      out.data_ptr<A>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch_1d(gather_boxes_kernel<scalar_t, A>, n, stream, boxes.const_data_ptr<scalar_t>(), boxes.stride(0),
+                  boxes.stride(1), order.const_data_ptr<int64_t>(), n, out.data_ptr<A>());
   return out;
 }
 
 // ---- nms ----------------------------------------------------------------------------------------------------------
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_inputs(boxes, scores, "nms");
+  check_boxes_scores(boxes, scores, "nms");
   c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
@@ -209,7 +189,7 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_nms_cuda", [&] {
     using A = acc_t<scalar_t>;
     const at::Tensor b = gather_sorted<scalar_t>(boxes, order, stream);
-    bitmask_nms<A>(b, n, iou_threshold_as<A>(iou_threshold), nullptr, nullptr, order.const_data_ptr<int64_t>(),
+    bitmask_nms<A>(b, n, iou_thr_for<A>(iou_threshold), nullptr, nullptr, order.const_data_ptr<int64_t>(),
                    nullptr, keep.data_ptr<int64_t>(), nullptr, count.data_ptr<int64_t>(), stream);
   });
   return keep.slice(0, 0, count.item<int64_t>());  // the one sync: the output size
@@ -220,23 +200,21 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
 // seg_end[i] = last position of the class run containing i (classes grouped). One thread per position.
 // Traffic: 2 x 8 B read + 8 B written per box, a few lookups per run.
 __global__ void segment_end_kernel(const int64_t* __restrict__ cls, int64_t n, int64_t* __restrict__ seg_end) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  // binary search for the first position > i with a different class (classes are sorted ascending)
-  const int64_t c = cls[i];
-  int64_t lo = i, hi = n - 1;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo + 1) / 2;
-    if (cls[mid] == c) lo = mid; else hi = mid - 1;
+  FASTOPS_KERNEL_LOOP(i, n) {
+    // binary search for the first position > i with a different class (classes are sorted ascending)
+    const int64_t c = cls[i];
+    int64_t lo = i, hi = n - 1;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo + 1) / 2;
+      if (cls[mid] == c) lo = mid; else hi = mid - 1;
+    }
+    seg_end[i] = lo;
   }
-  seg_end[i] = lo;
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                             double iou_threshold) {
-  check_inputs(boxes, scores, "batched_nms");
-  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "batched_nms: idxs must have shape [N]");
-  TORCH_CHECK(at::isIntegralType(idxs.scalar_type(), false), "batched_nms: idxs must be an integer tensor");
+  check_batched(boxes, scores, idxs);
   c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
@@ -248,21 +226,19 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
   const at::Tensor perm = std::get<1>(grouped_sort);  // grouped position -> score-order position
   const at::Tensor grouped = order.index_select(0, perm);
   at::Tensor seg_end = at::empty({n}, order.options());
-  segment_end_kernel<<<unsigned(ceil_div(n, kBlock)), kBlock, 0, stream>>>(cls_grouped.const_data_ptr<int64_t>(), n,
-                                                                         seg_end.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch_1d(segment_end_kernel, n, stream, cls_grouped.const_data_ptr<int64_t>(), n, seg_end.data_ptr<int64_t>());
   at::Tensor flag = at::zeros({n}, boxes.options().dtype(at::kByte));
   at::Tensor count = at::zeros({1}, boxes.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_batched_nms_cuda", [&] {
     using A = acc_t<scalar_t>;
     const at::Tensor b = gather_sorted<scalar_t>(boxes, grouped, stream);
-    bitmask_nms<A>(b, n, iou_threshold_as<A>(iou_threshold), cls_grouped.const_data_ptr<int64_t>(),
+    bitmask_nms<A>(b, n, iou_thr_for<A>(iou_threshold), cls_grouped.const_data_ptr<int64_t>(),
                    seg_end.const_data_ptr<int64_t>(), grouped.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>(),
                    nullptr, flag.data_ptr<uint8_t>(), count.data_ptr<int64_t>(), stream);
   });
   // kept positions in score order -> indices (nonzero is the one sync)
   const at::Tensor kept = order.index_select(0, flag.nonzero().view(-1));
-  if (n * 4 > 100000) {
+  if (n * 4 > kTorchvisionVanillaNumelCuda) {
     // torchvision's per-class path (boxes.numel() > 100000 on CUDA) orders the survivors with an unstable
     // `scores[keep].sort(descending=True)` over ascending indices: same sort, same values, same tie order.
     const at::Tensor asc = std::get<0>(kept.sort(/*dim=*/-1, /*descending=*/false));
@@ -323,15 +299,9 @@ std::tuple<at::Tensor, at::Tensor> sort_candidates(const at::Tensor& score, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclass_nms_cuda(
     const at::Tensor& boxes, const at::Tensor& scores, double score_threshold, double iou_threshold,
     int64_t pre_nms_top_k, int64_t max_det, bool pad) {
-  TORCH_CHECK(scores.dim() == 2, "multiclass_nms: scores must have shape [N, C]");
+  check_multiclass(boxes, scores, max_det, pad);
   const int64_t n = scores.size(0), nc = scores.size(1);
   const bool per_class = boxes.dim() == 3;
-  TORCH_CHECK((boxes.dim() == 2 && boxes.size(0) == n && boxes.size(1) == 4) ||
-                  (per_class && boxes.size(0) == n && boxes.size(1) == nc && boxes.size(2) == 4),
-              "multiclass_nms: boxes must have shape [N, 4] or [N, C, 4]");
-  TORCH_CHECK(boxes.scalar_type() == scores.scalar_type() && at::isFloatingType(boxes.scalar_type()),
-              "multiclass_nms: boxes and scores must have the same floating dtype");
-  TORCH_CHECK(!pad || max_det > 0, "multiclass_nms: pad=True needs max_det > 0");
   c10::cuda::CUDAGuard guard(boxes.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto lopt = scores.options().dtype(at::kLong);
@@ -353,7 +323,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclas
       class_greedy_kernel<scalar_t, A><<<unsigned(nc), kBlock, 0, stream>>>(
           boxes.const_data_ptr<scalar_t>(), boxes.stride(0), per_class ? boxes.stride(1) : 0,
           boxes.stride(boxes.dim() - 1), order_l.const_data_ptr<int64_t>(), L, count.const_data_ptr<int64_t>(),
-          pre_nms_top_k, iou_threshold_as<A>(iou_threshold), scratch.data_ptr<A>(), sup.data_ptr<uint8_t>(), L);
+          pre_nms_top_k, iou_thr_for<A>(iou_threshold), scratch.data_ptr<A>(), sup.data_ptr<uint8_t>(), L);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   } else {
@@ -405,20 +375,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclas
 template <typename T, typename A>
 __global__ void class_max_kernel(const T* __restrict__ s, int64_t ss0, int64_t ss1, int64_t nc, int64_t n, A sthr,
                                  A* __restrict__ mx, int64_t* __restrict__ amax, bool* __restrict__ pass) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  A m = -INFINITY;
-  int64_t a = 0;
-  for (int64_t c = 0; c < nc; ++c) {
-    const A v = static_cast<A>(s[c * ss0 + i * ss1]);
-    if ((v > m || v != v) && m == m) {
-      m = v;
-      a = c;
+  FASTOPS_KERNEL_LOOP(i, n) {
+    A m = -INFINITY;
+    int64_t a = 0;
+    for (int64_t c = 0; c < nc; ++c) {
+      const A v = static_cast<A>(s[c * ss0 + i * ss1]);
+      if ((v > m || v != v) && m == m) {
+        m = v;
+        a = c;
+      }
     }
+    mx[i] = m;
+    amax[i] = a;
+    pass[i] = m > sthr;
   }
-  mx[i] = m;
-  amax[i] = a;
-  pass[i] = m > sthr;
 }
 
 // One block per class row: keep[r, j] = (j < k) and IoU(i, j) <= thr for every i < j (NaN: not kept).
@@ -461,10 +431,7 @@ __global__ void fast_nms_kernel(const T* __restrict__ boxes, int64_t bs0, int64_
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fast_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                                                             double iou_threshold, int64_t top_k, int64_t max_det,
                                                             double score_threshold, bool cross_class) {
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "fast_nms: boxes must have shape [N, 4]");
-  TORCH_CHECK(scores.dim() == 2 && scores.size(1) == boxes.size(0), "fast_nms: scores must have shape [C, N]");
-  TORCH_CHECK(boxes.scalar_type() == scores.scalar_type() && at::isFloatingType(boxes.scalar_type()),
-              "fast_nms: boxes and scores must have the same floating dtype");
+  check_fast_nms(boxes, scores);
   c10::cuda::CUDAGuard guard(boxes.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = boxes.size(0), nc = scores.size(0);
@@ -479,11 +446,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fast_nms_cuda(const at::Tensor& b
     const auto aopt = boxes.options().dtype(c10::CppTypeToScalarType<A>::value);
     at::Tensor mx = at::empty({n}, aopt), amax = at::empty({n}, lopt);
     at::Tensor pass = at::empty({n}, boxes.options().dtype(at::kBool));
-    class_max_kernel<scalar_t, A><<<unsigned(ceil_div(n, kBlock)), kBlock, 0, stream>>>(
-        scores.const_data_ptr<scalar_t>(), scores.stride(0), scores.stride(1), nc, n,
-        static_cast<A>(static_cast<scalar_t>(score_threshold)), mx.data_ptr<A>(), amax.data_ptr<int64_t>(),
-        pass.data_ptr<bool>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch_1d(class_max_kernel<scalar_t, A>, n, stream, scores.const_data_ptr<scalar_t>(), scores.stride(0),
+                    scores.stride(1), nc, n, static_cast<A>(static_cast<scalar_t>(score_threshold)), mx.data_ptr<A>(),
+                    amax.data_ptr<int64_t>(), pass.data_ptr<bool>());
     const at::Tensor npass = pass.sum().view({1});
     // rows to suppress within: per class [C, N] (non-passing last), or one row by the max score
     const at::Tensor rs = cross_class ? mx.view({1, n}) : scores;
@@ -586,9 +551,9 @@ __global__ void soft_nms_kernel(const T* __restrict__ boxes, int64_t bs0, int64_
       A o = iou(x1, y1, x2, y2, as, bx1, by1, bx2, by2, box_area(bx1, by1, bx2, by2));
       if (o != o) o = A(0);
       A w = A(1);
-      if (method == 0) {
+      if (method == kSoftNaive) {
         if (o >= thr) w = A(0);
-      } else if (method == 1) {
+      } else if (method == kSoftLinear) {
         if (o >= thr) w = A(1) - o;
       } else {
         w = exp(-(o * o) / sigma);
@@ -605,12 +570,7 @@ __global__ void soft_nms_kernel(const T* __restrict__ boxes, int64_t bs0, int64_
 std::tuple<at::Tensor, at::Tensor> soft_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                                                  double iou_threshold, double sigma, double min_score,
                                                  c10::string_view method) {
-  check_inputs(boxes, scores, "soft_nms");
-  int meth = -1;
-  if (method == "naive") meth = 0;
-  if (method == "linear") meth = 1;
-  if (method == "gaussian") meth = 2;
-  TORCH_CHECK(meth >= 0, "soft_nms: method must be 'linear', 'gaussian' or 'naive'");
+  const int meth = int(check_soft_nms(boxes, scores, sigma, method));
   c10::cuda::CUDAGuard guard(boxes.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = boxes.size(0);

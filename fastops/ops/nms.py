@@ -3,7 +3,14 @@
 Conventions (see docs/nms.md): boxes ``(x1, y1, x2, y2)``, area ``(x2 - x1) * (y2 - y1)``,
 IoU ``inter / (area_a + area_b - inter)`` computed in float32 (float64 for float64 input; float16/bfloat16 boxes are
 read as float32), ties in score broken by the lower index (stable descending sort). Compiled kernels:
-``torch.ops.fastops.<name>`` (schemas in csrc/nms/nms_cpu.cpp).
+``torch.ops.fastops.<name>`` (schemas in csrc/nms/nms.cpp).
+
+Drop-in conventions (as torchvision.ops): every function scripts with ``torch.jit.script`` (``multiclass_nms``
+excepted: its output count depends on ``pad``); under ``torch.autocast`` (CPU or CUDA) float16/bfloat16 boxes and
+scores of any mix are computed in float32 (the outputs that copy boxes/scores are then float32); quantized
+(quint8) boxes and scores are dequantized (torchvision's ``test_qnms`` compares with nms on the dequantized
+values); input errors are :class:`NmsInputError`, both a ``ValueError`` and the ``RuntimeError`` torchvision
+raises for the same input.
 
 NaN handling (defined, never a crash or out-of-bounds read):
   * a NaN score sorts above every number (as ``torch.sort`` does), so in ``nms``/``batched_nms`` it is taken first,
@@ -22,68 +29,95 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from fastops._library import FLOAT_DTYPES, check_impl, check_tensor, cuda_compiled
+import fastops.registrations.nms as _reg
+from fastops._library import FLOAT_DTYPES, check_int, check_tensor, dispatch, reference_module, triton_module
 
-_SOFT_METHODS = ("linear", "gaussian", "naive")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _check_threshold(name: str, value) -> float:
+class NmsInputError(ValueError, RuntimeError):
+    """A bad argument to an NMS op: catchable as ValueError (fastops) and as RuntimeError (torchvision)."""
+
+
+def _fail(exc: ValueError):
+    raise NmsInputError(str(exc)) from None
+
+
+def _tensor(name: str, t, **kw) -> None:
+    try:
+        check_tensor(name, t, **kw)
+    except ValueError as exc:
+        _fail(exc)
+
+
+def _int(name: str, value, low: int = _INT64_MIN, high: int = _INT64_MAX) -> int:
+    try:
+        return check_int(name, value, low=low, high=high)
+    except ValueError as exc:
+        _fail(exc)
+
+
+def _threshold(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a float, got {type(value).__name__}")
+        raise NmsInputError(f"{name} must be a float, got {type(value).__name__}")
     value = float(value)
     if value != value:
-        raise ValueError(f"{name} must not be NaN")
+        raise NmsInputError(f"{name} must not be NaN")
     return value
 
 
-def _check_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    return int(value)
+def _prepare(*tensors):
+    """Dequantize quantized tensors; under autocast, float32 compute for float16/bfloat16 or mixed dtypes."""
+    if any(isinstance(t, Tensor) and t.is_quantized for t in tensors):
+        tensors = tuple(_reg.dequantize(t) if isinstance(t, Tensor) else t for t in tensors)
+    if all(isinstance(t, Tensor) for t in tensors):
+        tensors = _reg.autocast_inputs(*tensors)
+    return tensors
 
 
-def _check_boxes_scores(boxes: Tensor, scores: Tensor) -> None:
-    check_tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES)
+def _check_boxes_scores(boxes, scores) -> None:
+    _tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES)
     if boxes.size(1) != 4:
-        raise ValueError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")
-    check_tensor("scores", scores, dim=1, dtypes=FLOAT_DTYPES, device=boxes.device)
+        raise NmsInputError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")
+    _tensor("scores", scores, dim=1, dtypes=FLOAT_DTYPES, device=boxes.device)
     if scores.size(0) != boxes.size(0):
-        raise ValueError(f"scores must have shape [N] with N = {boxes.size(0)} (boxes), got {tuple(scores.shape)}")
+        raise NmsInputError(f"scores must have shape [N] with N = {boxes.size(0)} (boxes), got {tuple(scores.shape)}")
     if scores.dtype != boxes.dtype:
-        raise ValueError(f"scores must have the dtype of boxes ({boxes.dtype}), got {scores.dtype}")
+        raise NmsInputError(f"scores must have the dtype of boxes ({boxes.dtype}), got {scores.dtype}")
 
 
-def _use_triton(impl: str, t: Tensor) -> bool:
-    return impl == "triton" or (impl == "auto" and t.is_cuda and not cuda_compiled())
-
-
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, impl: str = "auto") -> Tensor:
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, impl: str = "auto") -> Tensor:
     """Greedy NMS, a drop-in for ``torchvision.ops.nms`` (same kept indices in the same order).
 
     Args:
-        boxes: ``[N, 4]`` ``(x1, y1, x2, y2)``, float32/64/16 or bfloat16 (any strides).
-        scores: ``[N]``, same dtype and device as ``boxes``.
-        iou_threshold: a box is dropped when its IoU with a kept, higher-scored box is ``> iou_threshold``.
+        boxes: ``[N, 4]`` ``(x1, y1, x2, y2)``, float32/64/16 or bfloat16 (any strides), or quint8.
+        scores: ``[N]``, same dtype and device as ``boxes`` (any float mix under autocast).
+        iou_threshold: a box is dropped when its IoU with a kept, higher-scored box is ``> iou_threshold``
+            (IoU exactly at the threshold keeps the box).
         impl: ``"auto"``/``"cpp"`` (compiled kernel), ``"triton"`` or ``"reference"`` (torchvision).
 
     Returns:
         ``int64[M]`` indices of the kept boxes, by decreasing score (ties: lower index first).
+
+    ONNX: ``NonMaxSuppression`` (center_point_box=0, one batch, one class) after a stable score sort; see
+    docs/nms.md for the threshold rule.
     """
-    check_impl(impl)
+    if torch.jit.is_scripting():
+        return torch.ops.fastops.nms(boxes, scores, iou_threshold)
+    return _nms(boxes, scores, iou_threshold, impl)
+
+
+def _nms(boxes, scores, iou_threshold, impl):
+    boxes, scores = _prepare(boxes, scores)
     _check_boxes_scores(boxes, scores)
-    thr = _check_threshold("iou_threshold", iou_threshold)
-    if impl == "reference":
-        from fastops.reference.nms import nms as ref
-
-        return ref(boxes, scores, thr)
-    if _use_triton(impl, boxes):
-        import fastops.triton.nms  # noqa: F401  (registers fastops::nms_triton)
-
-        return torch.ops.fastops.nms_triton(boxes, scores, thr)
-    return torch.ops.fastops.nms(boxes, scores, thr)
+    thr = _threshold("iou_threshold", iou_threshold)
+    return dispatch("nms", impl, boxes.device,
+                    cpp=lambda: torch.ops.fastops.nms(boxes, scores, thr),
+                    reference=lambda: reference_module("nms").nms(boxes, scores, thr),
+                    triton=lambda: triton_module("nms").nms_triton(boxes, scores, thr))
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, *, impl: str = "auto") -> Tensor:
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, impl: str = "auto") -> Tensor:
     """NMS independently per category, a drop-in for ``torchvision.ops.batched_nms``.
 
     One native kernel (no coordinate offsets, no Python loop over classes): works under
@@ -97,27 +131,36 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         ``int64[M]`` kept indices, by decreasing score, in exactly torchvision's order: ties by lower index, except
         where torchvision's own per-class path applies (``boxes.numel() > 4000`` on CPU, ``> 100000`` on CUDA),
         whose unstable sort of the survivors' scores we run too, so tied scores come out in the same order.
+        Empty ``boxes`` return an empty int64 tensor whatever the other arguments (torchvision's shortcut).
+
+    ONNX: ``NonMaxSuppression`` with one class per category value (the class dimension), then a stable sort of
+    the survivors by score.
     """
-    check_impl(impl)
+    if torch.jit.is_scripting():
+        if boxes.numel() == 0:
+            return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+        return torch.ops.fastops.batched_nms(boxes, scores, idxs, iou_threshold)
+    return _batched_nms(boxes, scores, idxs, iou_threshold, impl)
+
+
+def _batched_nms(boxes, scores, idxs, iou_threshold, impl):
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    boxes, scores = _prepare(boxes, scores)
     _check_boxes_scores(boxes, scores)
-    check_tensor("idxs", idxs, dim=1, device=boxes.device)
+    _tensor("idxs", idxs, dim=1, device=boxes.device)
     if idxs.dtype.is_floating_point or idxs.dtype.is_complex or idxs.dtype == torch.bool:
-        raise ValueError(f"idxs must be an integer tensor, got {idxs.dtype}")
+        raise NmsInputError(f"idxs must be an integer tensor, got {idxs.dtype}")
     if idxs.size(0) != boxes.size(0):
-        raise ValueError(f"idxs must have shape [N] with N = {boxes.size(0)} (boxes), got {tuple(idxs.shape)}")
-    thr = _check_threshold("iou_threshold", iou_threshold)
-    if impl == "reference":
-        from fastops.reference.nms import batched_nms as ref
-
-        return ref(boxes, scores, idxs, thr)
-    if _use_triton(impl, boxes):
-        import fastops.triton.nms  # noqa: F401
-
-        return torch.ops.fastops.batched_nms_triton(boxes, scores, idxs, thr)
-    return torch.ops.fastops.batched_nms(boxes, scores, idxs, thr)
+        raise NmsInputError(f"idxs must have shape [N] with N = {boxes.size(0)} (boxes), got {tuple(idxs.shape)}")
+    thr = _threshold("iou_threshold", iou_threshold)
+    return dispatch("batched_nms", impl, boxes.device,
+                    cpp=lambda: torch.ops.fastops.batched_nms(boxes, scores, idxs, thr),
+                    reference=lambda: reference_module("nms").batched_nms(boxes, scores, idxs, thr),
+                    triton=lambda: triton_module("nms").batched_nms_triton(boxes, scores, idxs, thr))
 
 
-def multiclass_nms(boxes: Tensor, scores: Tensor, score_threshold: float = 0.05, iou_threshold: float = 0.5, *,
+def multiclass_nms(boxes: Tensor, scores: Tensor, score_threshold: float = 0.05, iou_threshold: float = 0.5,
                    pre_nms_top_k: int = -1, max_det: int = 100, pad: bool = False, impl: str = "auto"):
     """Detection post-processing in one op: score threshold, per-class top-k, per-class NMS, ``max_det`` cut.
 
@@ -126,51 +169,55 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, score_threshold: float = 0.05,
         scores: ``[N, C]`` class scores (same dtype as ``boxes``).
         score_threshold: class c's candidates are the boxes with ``scores[:, c] > score_threshold`` (compared in
             the scores' dtype, like ``scores > t`` in PyTorch).
-        iou_threshold: per-class greedy NMS, as :func:`nms`.
+        iou_threshold: per-class greedy NMS, as :func:`nms` (IoU exactly at the threshold keeps the box).
         pre_nms_top_k: when > 0, at most that many highest-scored candidates per class enter NMS.
         max_det: the survivors of all classes, sorted by score (ties: lower box index, then lower class), are cut
-            to ``max_det`` (``<= 0``: no cut; ``pad=True`` needs ``max_det > 0``).
+            to ``max_det`` (``<= 0``: no cut; ``pad=True`` needs ``0 < max_det < 2^31``).
         pad: return exactly ``max_det`` rows (padding: box 0, score 0, label -1, index -1) and ``num_valid``.
 
     Returns:
         ``(boxes[M, 4], scores[M], labels int64[M], indices int64[M])``, ``indices`` pointing into N; with
         ``pad=True`` M is ``max_det`` and a fifth output ``num_valid`` (int64 scalar tensor) is appended.
+        Not scriptable with ``torch.jit.script`` (the number of outputs depends on ``pad``); call
+        ``torch.ops.fastops.multiclass_nms`` (always five outputs) in scripted code.
+
+    ONNX: ``NonMaxSuppression`` over the ``[1, C, N]`` score matrix (its class dimension and score threshold),
+    then ``TopK`` by score for ``max_det``.
     """
-    check_impl(impl)
-    check_tensor("scores", scores, dim=2, dtypes=FLOAT_DTYPES)
-    check_tensor("boxes", boxes, dim=(2, 3), dtypes=FLOAT_DTYPES, device=scores.device)
+    boxes, scores = _prepare(boxes, scores)
+    _tensor("scores", scores, dim=2, dtypes=FLOAT_DTYPES)
+    _tensor("boxes", boxes, dim=(2, 3), dtypes=FLOAT_DTYPES, device=scores.device)
     n, c = scores.shape
     if tuple(boxes.shape) not in ((n, 4), (n, c, 4)):
-        raise ValueError(f"boxes must have shape [N, 4] or [N, C, 4] with N, C = {n}, {c} (scores), "
-                         f"got {tuple(boxes.shape)}")
+        raise NmsInputError(f"boxes must have shape [N, 4] or [N, C, 4] with N, C = {n}, {c} (scores), "
+                            f"got {tuple(boxes.shape)}")
     if boxes.dtype != scores.dtype:
-        raise ValueError(f"boxes must have the dtype of scores ({scores.dtype}), got {boxes.dtype}")
-    sthr = _check_threshold("score_threshold", score_threshold)
-    ithr = _check_threshold("iou_threshold", iou_threshold)
-    pre_nms_top_k = _check_int("pre_nms_top_k", pre_nms_top_k)
-    max_det = _check_int("max_det", max_det)
+        raise NmsInputError(f"boxes must have the dtype of scores ({scores.dtype}), got {boxes.dtype}")
+    sthr = _threshold("score_threshold", score_threshold)
+    ithr = _threshold("iou_threshold", iou_threshold)
+    pre_nms_top_k = _int("pre_nms_top_k", pre_nms_top_k)
+    max_det = _int("max_det", max_det, high=2**31 - 1)
     if pad and max_det <= 0:
-        raise ValueError(f"max_det must be > 0 when pad=True, got {max_det}")
-    if impl == "reference":
-        from fastops.reference.nms import multiclass_nms as ref
-
-        return ref(boxes, scores, sthr, ithr, pre_nms_top_k, max_det, bool(pad))
-    if impl == "triton":
-        raise ValueError("impl='triton' is not available for multiclass_nms (its work is the sequential greedy "
-                         "pass); use impl='cpp'")
-    out = torch.ops.fastops.multiclass_nms(boxes, scores, sthr, ithr, pre_nms_top_k, max_det, bool(pad))
+        raise NmsInputError(f"max_det must be > 0 when pad=True, got {max_det}")
+    pad = bool(pad)
+    out = dispatch("multiclass_nms", impl, boxes.device,
+                   cpp=lambda: tuple(torch.ops.fastops.multiclass_nms(boxes, scores, sthr, ithr, pre_nms_top_k,
+                                                                      max_det, pad)),
+                   reference=lambda: reference_module("nms").multiclass_nms(boxes, scores, sthr, ithr,
+                                                                           pre_nms_top_k, max_det, pad))
     return tuple(out) if pad else tuple(out[:4])
 
 
 def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, top_k: int = 200, max_det: int = 100,
-             score_threshold: float = 0.05, *, cross_class: bool = False,
+             score_threshold: float = 0.05, cross_class: bool = False,
              impl: str = "auto") -> Tuple[Tensor, Tensor, Tensor]:
     """YOLACT's Fast NMS (``Detect.fast_nms``; ``cross_class=True``: ``Detect.cc_fast_nms``), in one kernel.
 
     1. keep detections whose maximum class score is ``> score_threshold``;
     2. per class, the ``top_k`` of those by that class's score (descending, ties by lower index);
     3. per class, box j is kept when its IoU with every higher-scored box i < j of the same class is
-       ``<= iou_threshold`` (suppressed boxes still suppress: the column max of the upper-triangular IoU matrix);
+       ``<= iou_threshold`` (suppressed boxes still suppress: the column max of the upper-triangular IoU matrix;
+       IoU exactly at the threshold keeps the box, as in :func:`nms`);
     4. all kept (class, box) pairs by descending score (ties: class-major then rank order), cut to ``max_det``.
     With ``cross_class=True`` each detection takes its best class (first argmax) and one IoU matrix over the
     ``top_k`` detections by that score decides; YOLACT applies no ``max_det`` there, we cut to ``max_det`` too
@@ -181,33 +228,41 @@ def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, top_k: i
 
     Returns:
         ``(indices int64[M] into N, labels int64[M] (row of scores), scores[M])``.
+
+    ONNX: the same decomposition as YOLACT's code (``TopK`` per class, IoU matrix, upper-triangular ``ReduceMax``,
+    ``TopK`` over the kept pairs).
     """
-    check_impl(impl)
-    check_tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES)
+    if torch.jit.is_scripting():
+        r = torch.ops.fastops.fast_nms(boxes, scores, iou_threshold, top_k, max_det, score_threshold, cross_class)
+        return r[0], r[1], r[2]
+    return _fast_nms(boxes, scores, iou_threshold, top_k, max_det, score_threshold, cross_class, impl)
+
+
+def _fast_nms(boxes, scores, iou_threshold, top_k, max_det, score_threshold, cross_class, impl):
+    boxes, scores = _prepare(boxes, scores)
+    _tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES)
     if boxes.size(1) != 4:
-        raise ValueError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")
-    check_tensor("scores", scores, dim=2, dtypes=FLOAT_DTYPES, device=boxes.device)
+        raise NmsInputError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")
+    _tensor("scores", scores, dim=2, dtypes=FLOAT_DTYPES, device=boxes.device)
     if scores.size(1) != boxes.size(0):
-        raise ValueError(f"scores must have shape [C, N] with N = {boxes.size(0)} (boxes), got {tuple(scores.shape)}")
+        raise NmsInputError(f"scores must have shape [C, N] with N = {boxes.size(0)} (boxes), "
+                            f"got {tuple(scores.shape)}")
     if scores.dtype != boxes.dtype:
-        raise ValueError(f"scores must have the dtype of boxes ({boxes.dtype}), got {scores.dtype}")
-    ithr = _check_threshold("iou_threshold", iou_threshold)
-    sthr = _check_threshold("score_threshold", score_threshold)
-    top_k = _check_int("top_k", top_k)
-    max_det = _check_int("max_det", max_det)
-    if impl == "reference":
-        from fastops.reference.nms import fast_nms as ref
-
-        return ref(boxes, scores, ithr, top_k, max_det, sthr, bool(cross_class))
-    if _use_triton(impl, boxes):
-        import fastops.triton.nms  # noqa: F401
-
-        return tuple(torch.ops.fastops.fast_nms_triton(boxes, scores, ithr, top_k, max_det, sthr, bool(cross_class)))
-    return tuple(torch.ops.fastops.fast_nms(boxes, scores, ithr, top_k, max_det, sthr, bool(cross_class)))
+        raise NmsInputError(f"scores must have the dtype of boxes ({boxes.dtype}), got {scores.dtype}")
+    ithr = _threshold("iou_threshold", iou_threshold)
+    sthr = _threshold("score_threshold", score_threshold)
+    top_k = _int("top_k", top_k)
+    max_det = _int("max_det", max_det)
+    cc = bool(cross_class)
+    args = (boxes, scores, ithr, top_k, max_det, sthr, cc)
+    return tuple(dispatch("fast_nms", impl, boxes.device,
+                          cpp=lambda: torch.ops.fastops.fast_nms(*args),
+                          reference=lambda: reference_module("nms").fast_nms(*args),
+                          triton=lambda: triton_module("nms").fast_nms_triton(*args)))
 
 
 def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: float = 0.5, min_score: float = 1e-3,
-             method: str = "linear", *, impl: str = "auto") -> Tuple[Tensor, Tensor]:
+             method: str = "linear", impl: str = "auto") -> Tuple[Tensor, Tensor]:
     """Soft-NMS with mmcv's semantics (``mmcv.ops.soft_nms``), on CPU and CUDA.
 
     Repeatedly selects the highest-scored remaining box (ties: lower index) and decays every other remaining
@@ -215,67 +270,36 @@ def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: f
     ``iou >= iou_threshold``; ``gaussian``: ``s *= exp(-iou^2 / sigma)``. (mmcv's kernels compare with ``>=``;
     the spec's summary writes ``>``, which only differs at exact equality; we follow mmcv.) After each decay a box
     whose score is ``< min_score`` is discarded (so, as in mmcv, the first selected box is kept whatever its
-    score); a decayed score that becomes NaN (an infinite score times 0) discards the box too. Thresholds are rounded to the compute type (float32, float64 for float64 input), as mmcv's float
-    arguments are.
+    score); a decayed score that becomes NaN (an infinite score times 0) discards the box too. Thresholds are
+    rounded to the compute type (float32, float64 for float64 input), as mmcv's float arguments are.
 
     Returns:
         ``(dets[M, 5], keep int64[M])``: ``dets`` rows ``(x1, y1, x2, y2, decayed score)`` in selection order,
         ``keep`` the original indices.
+
+    ONNX: an ONNX ``Loop`` over the selections (ArgMax, IoU against the rest, decay, compaction by mask).
     """
-    check_impl(impl)
+    if torch.jit.is_scripting():
+        r = torch.ops.fastops.soft_nms(boxes, scores, iou_threshold, sigma, min_score, method)
+        return r[0], r[1]
+    return _soft_nms(boxes, scores, iou_threshold, sigma, min_score, method, impl)
+
+
+def _soft_nms(boxes, scores, iou_threshold, sigma, min_score, method, impl):
+    boxes, scores = _prepare(boxes, scores)
     _check_boxes_scores(boxes, scores)
-    ithr = _check_threshold("iou_threshold", iou_threshold)
-    sig = _check_threshold("sigma", sigma)
-    mins = _check_threshold("min_score", min_score)
-    if method not in _SOFT_METHODS:
-        raise ValueError(f"method must be one of {_SOFT_METHODS}, got {method!r}")
+    ithr = _threshold("iou_threshold", iou_threshold)
+    sig = _threshold("sigma", sigma)
+    mins = _threshold("min_score", min_score)
+    if method not in _reg.SOFT_METHODS:
+        raise NmsInputError(f"method must be one of {tuple(_reg.SOFT_METHODS)}, got {method!r}")
     if method == "gaussian" and not sig > 0:
-        raise ValueError(f"sigma must be > 0 for method='gaussian', got {sigma}")
-    if impl == "reference":
-        from fastops.reference.nms import soft_nms as ref
-
-        return ref(boxes, scores, ithr, sig, mins, method)
-    if impl == "triton":
-        raise ValueError("impl='triton' is not available for soft_nms (sequential algorithm); use impl='cpp'")
-    return tuple(torch.ops.fastops.soft_nms(boxes, scores, ithr, sig, mins, method))
+        raise NmsInputError(f"sigma must be > 0 for method='gaussian', got {sigma}")
+    args = (boxes, scores, ithr, sig, mins, method)
+    return tuple(dispatch("soft_nms", impl, boxes.device,
+                          cpp=lambda: torch.ops.fastops.soft_nms(*args),
+                          reference=lambda: reference_module("nms").soft_nms(*args)))
 
 
-# ---- fake kernels (data-dependent output sizes) ----------------------------------------------------------------
-
-def _dyn(n):
-    return torch.library.get_ctx().new_dynamic_size()
-
-
-@torch.library.register_fake("fastops::nms")
-def _nms_fake(boxes, scores, iou_threshold):
-    m = _dyn(boxes.size(0))
-    torch._check(m <= boxes.size(0))
-    return boxes.new_empty((m,), dtype=torch.int64)
-
-
-@torch.library.register_fake("fastops::batched_nms")
-def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
-    m = _dyn(boxes.size(0))
-    torch._check(m <= boxes.size(0))
-    return boxes.new_empty((m,), dtype=torch.int64)
-
-
-@torch.library.register_fake("fastops::multiclass_nms")
-def _multiclass_nms_fake(boxes, scores, score_threshold, iou_threshold, pre_nms_top_k, max_det, pad):
-    m = max_det if pad else _dyn(None)
-    return (boxes.new_empty((m, 4)), scores.new_empty((m,)), scores.new_empty((m,), dtype=torch.int64),
-            scores.new_empty((m,), dtype=torch.int64), scores.new_empty((), dtype=torch.int64))
-
-
-@torch.library.register_fake("fastops::fast_nms")
-def _fast_nms_fake(boxes, scores, iou_threshold, top_k, max_det, score_threshold, cross_class):
-    m = _dyn(None)
-    return (boxes.new_empty((m,), dtype=torch.int64), boxes.new_empty((m,), dtype=torch.int64),
-            scores.new_empty((m,)))
-
-
-@torch.library.register_fake("fastops::soft_nms")
-def _soft_nms_fake(boxes, scores, iou_threshold, sigma, min_score, method):
-    m = _dyn(boxes.size(0))
-    torch._check(m <= boxes.size(0))
-    return boxes.new_empty((m, 5)), boxes.new_empty((m,), dtype=torch.int64)
+for _fn in ("nms", "batched_nms", "multiclass_nms", "fast_nms", "soft_nms"):
+    torch.fx.wrap(_fn)

@@ -93,6 +93,9 @@ def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, top_k: i
              score_threshold: float = 0.05, cross_class: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """YOLACT's Detect.detect filter + fast_nms (or cc_fast_nms). ``scores`` is ``[C, N]``."""
     cd = _compute_dtype(boxes)
+    if scores.size(0) == 0 or scores.size(1) == 0:  # no class or no detection: nothing to keep
+        e = torch.empty((0,), dtype=torch.int64, device=boxes.device)
+        return e, e.clone(), scores.new_empty(0)
     conf, _ = scores.max(dim=0)
     keep = conf > score_threshold
     det = keep.nonzero().squeeze(1)

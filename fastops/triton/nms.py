@@ -2,7 +2,8 @@
 IoU triangle of YOLACT's Fast NMS. Sorting / gathering / compaction are torch ops around them.
 
 Registered as ``fastops::nms_triton``, ``fastops::batched_nms_triton``, ``fastops::fast_nms_triton`` (see
-_registry.py: ``triton_op`` on a GPU, ``custom_op`` with an explicit fake under TRITON_INTERPRET=1).
+_registry.py: ``triton_op`` on a GPU, ``custom_op`` with an explicit fake under TRITON_INTERPRET=1; the fakes are
+the compiled ops' ones, from fastops/registrations/nms.py).
 Same results as the C++ kernels: IoU in float32 (float64 for float64 boxes) with IEEE division (``div_rn``) and
 no FMA contraction, torchvision's ``iou > thr`` with a float threshold floored so that it equals the double
 comparison, YOLACT's ``iou <= thr``.
@@ -15,9 +16,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastops.triton._registry import INTERPRET, launch, triton_custom_op
+import fastops.registrations.nms as _reg
+from fastops.triton._registry import launch, register_fake, triton_custom_op
 
-TILE = 64
+TILE = 64  # boxes per mask word (int64 bits)
+# Rows of a 64 x 64 IoU tile computed at once: all 64 in float32; 16 in float64, whose 64 x 64 tile held in
+# registers spills on sm_90 (255 registers, ~1 KB of spill stores).
+ROWS_F32 = 64
+ROWS_F64 = 16
 
 
 @triton.jit
@@ -33,36 +39,39 @@ def _iou(x1i, y1i, x2i, y2i, ai, x1j, y1j, x2j, y2j, aj, IS_F64: tl.constexpr):
 
 @triton.jit
 def _iou_mask_kernel(b_ptr, cls_ptr, thr_ptr, mask_ptr, n, col_blocks, HAS_CLS: tl.constexpr,
-                     TILE_: tl.constexpr, IS_F64: tl.constexpr):
-    """Bit k of mask[i, cb] = box cb*64+k is after i, (same class) and IoU(i, .) > thr. One 64x64 tile per program."""
+                     TILE_: tl.constexpr, ROWS: tl.constexpr, IS_F64: tl.constexpr):
+    """Bit k of mask[i, cb] = box cb*64+k is after i, (same class) and IoU(i, .) > thr. One 64x64 tile per program,
+    ROWS rows at a time."""
     cb = tl.program_id(0)
     rb = tl.program_id(1)
     if cb >= rb:
-        i = rb * TILE_ + tl.arange(0, TILE_)
         j = cb * TILE_ + tl.arange(0, TILE_)
-        im = i < n
         jm = j < n
-        x1i = tl.load(b_ptr + i * 4 + 0, mask=im, other=0.0)
-        y1i = tl.load(b_ptr + i * 4 + 1, mask=im, other=0.0)
-        x2i = tl.load(b_ptr + i * 4 + 2, mask=im, other=0.0)
-        y2i = tl.load(b_ptr + i * 4 + 3, mask=im, other=0.0)
         x1j = tl.load(b_ptr + j * 4 + 0, mask=jm, other=0.0)
         y1j = tl.load(b_ptr + j * 4 + 1, mask=jm, other=0.0)
         x2j = tl.load(b_ptr + j * 4 + 2, mask=jm, other=0.0)
         y2j = tl.load(b_ptr + j * 4 + 3, mask=jm, other=0.0)
-        ai = (x2i - x1i) * (y2i - y1i)
         aj = (x2j - x1j) * (y2j - y1j)
-        o = _iou(x1i[:, None], y1i[:, None], x2i[:, None], y2i[:, None], ai[:, None],
-                 x1j[None, :], y1j[None, :], x2j[None, :], y2j[None, :], aj[None, :], IS_F64)
         thr = tl.load(thr_ptr)
-        sup = (o > thr) & (j[None, :] > i[:, None]) & jm[None, :]
-        if HAS_CLS:
-            ci = tl.load(cls_ptr + i, mask=im, other=0)
-            cj = tl.load(cls_ptr + j, mask=jm, other=1)
-            sup = sup & (ci[:, None] == cj[None, :])
         shifts = tl.arange(0, TILE_).to(tl.int64)
-        bits = tl.sum(sup.to(tl.int64) << shifts[None, :], axis=1)  # distinct bits: the sum is the OR
-        tl.store(mask_ptr + i.to(tl.int64) * col_blocks + cb, bits, mask=im)
+        if HAS_CLS:
+            cj = tl.load(cls_ptr + j, mask=jm, other=1)
+        for r0 in tl.static_range(0, TILE_, ROWS):
+            i = rb * TILE_ + r0 + tl.arange(0, ROWS)
+            im = i < n
+            x1i = tl.load(b_ptr + i * 4 + 0, mask=im, other=0.0)
+            y1i = tl.load(b_ptr + i * 4 + 1, mask=im, other=0.0)
+            x2i = tl.load(b_ptr + i * 4 + 2, mask=im, other=0.0)
+            y2i = tl.load(b_ptr + i * 4 + 3, mask=im, other=0.0)
+            ai = (x2i - x1i) * (y2i - y1i)
+            o = _iou(x1i[:, None], y1i[:, None], x2i[:, None], y2i[:, None], ai[:, None],
+                     x1j[None, :], y1j[None, :], x2j[None, :], y2j[None, :], aj[None, :], IS_F64)
+            sup = (o > thr) & (j[None, :] > i[:, None]) & jm[None, :]
+            if HAS_CLS:
+                ci = tl.load(cls_ptr + i, mask=im, other=0)
+                sup = sup & (ci[:, None] == cj[None, :])
+            bits = tl.sum(sup.to(tl.int64) << shifts[None, :], axis=1)  # distinct bits: the sum is the OR
+            tl.store(mask_ptr + i.to(tl.int64) * col_blocks + cb, bits, mask=im)
 
 
 @triton.jit
@@ -135,9 +144,10 @@ def _bitmask_greedy(b: Tensor, cls, thr: Tensor, order: Tensor):
     col_blocks = triton.cdiv(n, TILE)
     mask = torch.zeros((n, col_blocks), dtype=torch.int64, device=b.device)
     has_cls = cls is not None
+    is_f64 = b.dtype == torch.float64
     launch(_iou_mask_kernel)[(col_blocks, col_blocks)](b, cls if has_cls else order, thr, mask, n, col_blocks,
                                                       HAS_CLS=has_cls, TILE_=TILE, enable_fp_fusion=False,
-                                                      IS_F64=b.dtype == torch.float64)
+                                                      ROWS=ROWS_F64 if is_f64 else ROWS_F32, IS_F64=is_f64)
     keep = torch.empty((n,), dtype=torch.int64, device=b.device)
     count = torch.zeros((1,), dtype=torch.int32, device=b.device)
     launch(_greedy_reduce_kernel)[(1,)](mask, order, keep, count, n, col_blocks,
@@ -170,7 +180,7 @@ def batched_nms_triton(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshol
     kept = _bitmask_greedy(b, cls_g.contiguous(), _gt_threshold(iou_threshold, cd, boxes.device), grouped)
     flag = torch.zeros((n,), dtype=torch.bool, device=boxes.device)
     flag[kept] = True
-    if boxes.numel() > (100_000 if boxes.is_cuda else 4000):
+    if boxes.numel() > _reg.tv_vanilla_numel(boxes.device):
         # torchvision's per-class path: its unstable sort of the survivors decides the order of tied scores
         asc = torch.where(flag)[0]
         ks = scores[asc] if scores.dtype == torch.float64 else scores[asc].float()
@@ -225,19 +235,6 @@ def fast_nms_triton(boxes: Tensor, scores: Tensor, iou_threshold: float, top_k: 
     return det[sel], lab[sel], sc[sel]
 
 
-if INTERPRET:
-    @nms_triton.register_fake
-    def _(boxes, scores, iou_threshold):
-        m = torch.library.get_ctx().new_dynamic_size()
-        return boxes.new_empty((m,), dtype=torch.int64)
-
-    @batched_nms_triton.register_fake
-    def _(boxes, scores, idxs, iou_threshold):
-        m = torch.library.get_ctx().new_dynamic_size()
-        return boxes.new_empty((m,), dtype=torch.int64)
-
-    @fast_nms_triton.register_fake
-    def _(boxes, scores, iou_threshold, top_k, max_det, score_threshold, cross_class):
-        m = torch.library.get_ctx().new_dynamic_size()
-        return (boxes.new_empty((m,), dtype=torch.int64), boxes.new_empty((m,), dtype=torch.int64),
-                scores.new_empty((m,)))
+register_fake(nms_triton, _reg.nms_fake)
+register_fake(batched_nms_triton, _reg.batched_nms_fake)
+register_fake(fast_nms_triton, _reg.fast_nms_fake)
