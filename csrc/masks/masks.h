@@ -171,3 +171,28 @@ FASTOPS_HD A bce_sigmoid_grad_(A p, A t) {
 
 }  // namespace masks
 }  // namespace fastops
+
+// ---- host-side argument checks (csrc/masks/masks.cpp), called by the CPU and the CUDA entry points ----------
+#include <ATen/core/Tensor.h>
+
+namespace fastops {
+namespace masks {
+
+// paste_masks' largest padding (fastops/ops/masks.py checks the same bound): keeps the padded row buffers small
+// and every size computed from it exact.
+constexpr int64_t kMaxPadding = int64_t(1) << 20;
+
+// numel of an output of `sizes` elements of `dtype`, with a clear error naming `arg` when it (or its byte size)
+// exceeds 2^62 or overflows int64.
+int64_t checked_output_numel(at::IntArrayRef sizes, at::ScalarType dtype, const char* op, const char* arg);
+void check_yolact_masks_args(const at::Tensor& protos, const at::Tensor& coeffs, const at::Tensor& boxes,
+                             int64_t out_h, int64_t out_w, bool thresholded);
+void check_loss_args(const at::Tensor& protos, const at::Tensor& coeffs, const at::Tensor& boxes,
+                     const at::Tensor& gt);
+void check_loss_backward_args(const at::Tensor& grad, const at::Tensor& protos, const at::Tensor& coeffs,
+                              const at::Tensor& boxes, const at::Tensor& gt);
+void check_paste_args(const at::Tensor& masks, const at::Tensor& boxes, int64_t H, int64_t W, int64_t padding,
+                      bool thresholded);
+
+}  // namespace masks
+}  // namespace fastops

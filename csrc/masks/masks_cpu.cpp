@@ -1,5 +1,5 @@
 // Instance mask assembly (YOLACT postprocess, YOLACT lincomb mask loss, torchvision paste_masks_in_image):
-// schemas and CPU kernels. See docs/masks.md and fastops/ops/masks.py.
+// CPU kernels (schemas and argument checks: masks.cpp). See docs/masks.md and fastops/ops/masks.py.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -16,21 +16,6 @@
 #include <vector>
 
 #include "masks/masks.h"
-
-TORCH_LIBRARY_FRAGMENT(fastops, m) {
-  // protos [Hp,Wp,P], coeffs [N,P], boxes [N,4] relative (x1,y1,x2,y2) -> [N,out_h,out_w]
-  // (bool when threshold is given, else protos' dtype).
-  m.def("yolact_masks(Tensor protos, Tensor coeffs, Tensor boxes, int out_h, int out_w, bool crop, "
-        "float? threshold) -> Tensor");
-  // -> loss [N] in protos' dtype (YOLACT's per-detection lincomb mask loss, emulate-RoI-pooling normalised).
-  m.def("yolact_mask_loss(Tensor protos, Tensor coeffs, Tensor boxes, Tensor gt_masks) -> Tensor");
-  // -> (grad_protos [Hp,Wp,P] contiguous, grad_coeffs [N,P])
-  m.def("_yolact_mask_loss_backward(Tensor grad, Tensor protos, Tensor coeffs, Tensor boxes, Tensor gt_masks) "
-        "-> (Tensor, Tensor)");
-  // masks [N,Mh,Mw], boxes [N,4] image pixels -> [N,1,image_h,image_w] (bool when threshold is given).
-  m.def("paste_masks(Tensor masks, Tensor boxes, int image_h, int image_w, int padding, float? threshold) "
-        "-> Tensor");
-}
 
 namespace fastops {
 namespace masks {
@@ -54,6 +39,7 @@ void free_mmap_block(void* ctx) {
 }
 
 Tensor zeroed_cpu(at::IntArrayRef sizes, at::ScalarType dtype) {
+  // sizes were checked by the op's host checks (checked_output_numel): the product cannot overflow
   int64_t numel = 1;
   for (auto s : sizes) numel *= s;
   const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
@@ -61,12 +47,22 @@ Tensor zeroed_cpu(at::IntArrayRef sizes, at::ScalarType dtype) {
     return at::zeros(sizes, at::TensorOptions().dtype(dtype).device(at::kCPU));
   }
   void* ptr = mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  TORCH_CHECK(ptr != MAP_FAILED, "fastops: out of memory mapping ", nbytes, " bytes");
+  TORCH_CHECK(ptr != MAP_FAILED, "fastops: cannot map ", nbytes, " bytes for an output of ", sizes,
+              " elements (out of memory)");
   auto* ctx = new MmapBlock{ptr, nbytes};
   c10::DataPtr data(ptr, ctx, &free_mmap_block, at::Device(at::kCPU));
   c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), c10::GetCPUAllocator(),
                        /*resizable=*/true);
   return at::empty({0}, at::TensorOptions().dtype(dtype).device(at::kCPU)).set_(storage, 0, sizes);
+}
+
+// The output before any box is drawn: 0, or for a thresholded output `0 > threshold` (True everywhere for a
+// negative threshold, where the mmap zero pages would be wrong).
+Tensor background_cpu(at::IntArrayRef sizes, at::ScalarType dtype, std::optional<double> threshold) {
+  if (threshold.has_value() && 0.0 > *threshold) {
+    return at::ones(sizes, at::TensorOptions().dtype(at::kBool).device(at::kCPU));
+  }
+  return zeroed_cpu(sizes, threshold.has_value() ? at::kBool : dtype);
 }
 
 // Prefaults the pages of bytes [begin, end) of a zeroed_cpu() block in one madvise(MADV_POPULATE_WRITE) call
@@ -302,17 +298,10 @@ void yolact_masks_impl(const Tensor& protos, const Tensor& coeffs, const std::ve
 
 Tensor yolact_masks_cpu(const Tensor& protos, const Tensor& coeffs, const Tensor& boxes, int64_t out_h,
                         int64_t out_w, bool crop, std::optional<double> threshold) {
-  TORCH_CHECK(protos.dim() == 3, "yolact_masks: protos must be [Hp, Wp, P], got ", protos.sizes());
-  TORCH_CHECK(coeffs.dim() == 2 && coeffs.size(1) == protos.size(2),
-              "yolact_masks: coeffs must be [N, P] with P = protos.size(2), got ", coeffs.sizes());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == coeffs.size(0),
-              "yolact_masks: boxes must be [N, 4] with N = coeffs.size(0), got ", boxes.sizes());
-  TORCH_CHECK(coeffs.scalar_type() == protos.scalar_type(), "yolact_masks: coeffs must have protos' dtype");
-  TORCH_CHECK(out_h > 0 && out_w > 0, "yolact_masks: output size must be positive, got ", out_h, "x", out_w);
-  TORCH_CHECK(protos.size(0) > 0 && protos.size(1) > 0, "yolact_masks: protos must have a non-empty grid");
+  check_yolact_masks_args(protos, coeffs, boxes, out_h, out_w, threshold.has_value());
   const int64_t N = coeffs.size(0);
   const bool thresholded = threshold.has_value();
-  Tensor out = zeroed_cpu({N, out_h, out_w}, thresholded ? at::kBool : protos.scalar_type());
+  Tensor out = background_cpu({N, out_h, out_w}, protos.scalar_type(), threshold);
   if (N == 0) return out;
   const auto crops = yolact_crops(boxes, protos.size(0), protos.size(1), crop);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, protos.scalar_type(), "yolact_masks_cpu", [&] {
@@ -342,19 +331,6 @@ std::vector<double> loss_box_dims(const Tensor& boxes, int64_t Hp, int64_t Wp) {
     }
   });
   return r;
-}
-
-void check_loss_args(const Tensor& protos, const Tensor& coeffs, const Tensor& boxes, const Tensor& gt) {
-  TORCH_CHECK(protos.dim() == 3, "yolact_mask_loss: protos must be [Hp, Wp, P], got ", protos.sizes());
-  TORCH_CHECK(coeffs.dim() == 2 && coeffs.size(1) == protos.size(2),
-              "yolact_mask_loss: coeffs must be [N, P] with P = protos.size(2), got ", coeffs.sizes());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == coeffs.size(0),
-              "yolact_mask_loss: boxes must be [N, 4] with N = coeffs.size(0), got ", boxes.sizes());
-  TORCH_CHECK(gt.dim() == 3 && gt.size(0) == coeffs.size(0) && gt.size(1) == protos.size(0) &&
-                  gt.size(2) == protos.size(1),
-              "yolact_mask_loss: gt_masks must be [N, Hp, Wp], got ", gt.sizes());
-  TORCH_CHECK(coeffs.scalar_type() == protos.scalar_type() && gt.scalar_type() == protos.scalar_type(),
-              "yolact_mask_loss: coeffs and gt_masks must have protos' dtype");
 }
 
 template <typename T>
@@ -520,8 +496,7 @@ void mask_loss_bwd_impl(const Tensor& grad, const Tensor& protos, const Tensor& 
 std::tuple<Tensor, Tensor> yolact_mask_loss_backward_cpu(const Tensor& grad, const Tensor& protos,
                                                          const Tensor& coeffs, const Tensor& boxes,
                                                          const Tensor& gt) {
-  check_loss_args(protos, coeffs, boxes, gt);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == coeffs.size(0), "yolact_mask_loss backward: grad must be [N]");
+  check_loss_backward_args(grad, protos, coeffs, boxes, gt);
   const int64_t N = coeffs.size(0), Hp = protos.size(0), Wp = protos.size(1), P = protos.size(2);
   Tensor gprotos = at::empty({Hp, Wp, P}, protos.options());
   Tensor gcoeffs = at::empty({N, P}, protos.options());
@@ -630,15 +605,10 @@ void paste_impl(const Tensor& masks, const std::vector<PasteGeom>& geoms, int64_
 
 Tensor paste_masks_cpu(const Tensor& masks, const Tensor& boxes, int64_t H, int64_t W, int64_t padding,
                        std::optional<double> threshold) {
-  TORCH_CHECK(masks.dim() == 3, "paste_masks: masks must be [N, Mh, Mw], got ", masks.sizes());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == masks.size(0),
-              "paste_masks: boxes must be [N, 4] with N = masks.size(0), got ", boxes.sizes());
-  TORCH_CHECK(H >= 0 && W >= 0, "paste_masks: image_shape must be non-negative, got ", H, "x", W);
-  TORCH_CHECK(padding >= 0, "paste_masks: padding must be >= 0, got ", padding);
-  TORCH_CHECK(masks.size(1) > 0 && masks.size(2) > 0, "paste_masks: masks must be non-empty, got ", masks.sizes());
+  check_paste_args(masks, boxes, H, W, padding, threshold.has_value());
   const int64_t N = masks.size(0);
   const bool thresholded = threshold.has_value();
-  Tensor out = zeroed_cpu({N, 1, H, W}, thresholded ? at::kBool : masks.scalar_type());
+  Tensor out = background_cpu({N, 1, H, W}, masks.scalar_type(), threshold);
   if (N == 0 || H == 0 || W == 0) return out;
   std::vector<PasteGeom> geoms(N);
   const double scale = static_cast<double>(masks.size(2) + 2 * padding) / static_cast<double>(masks.size(2));

@@ -1,4 +1,5 @@
-// Instance mask assembly: CUDA kernels (same math as the CPU kernels, from masks.h).
+// Instance mask assembly: CUDA launchers (same math as the CPU kernels, from masks.h; schemas and argument checks
+// in masks.cpp, launch helpers from cuda_utils.cuh).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,6 +9,7 @@
 #include <optional>
 #include <type_traits>
 
+#include "cuda_utils.cuh"
 #include "masks/masks.h"
 
 namespace fastops {
@@ -15,14 +17,10 @@ namespace masks {
 namespace {
 
 using at::Tensor;
+using cuda::kThreads;
+using cuda::launch_1d;
 
-constexpr int kThreads = 256;
 constexpr int kChunk = 8;  // P-chunk of the backward accumulators held in registers
-
-inline int64_t blocks_for(int64_t n, int64_t per_block = kThreads) {
-  const int64_t b = (n + per_block - 1) / per_block;
-  return b < 1 ? 1 : (b > 65535 * 32 ? 65535 * 32 : b);
-}
 
 // ---- per-detection geometry --------------------------------------------------------------------------------
 // yolact_prep: crop rectangles (int32 [N,4]: cx0, cx1, cy0, cy1) and the loss normaliser's box sizes
@@ -31,8 +29,7 @@ template <typename B>
 __global__ void yolact_prep_kernel(const B* __restrict__ boxes, int64_t s0, int64_t s1, int64_t N, int64_t Hp,
                                    int64_t Wp, bool crop, int32_t* __restrict__ crops, double* __restrict__ dims) {
   using A = acc_t<B>;
-  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (n >= N) return;
+  FASTOPS_KERNEL_LOOP(n, N) {
   const B* b = boxes + n * s0;
   int64_t c[4] = {0, Wp, 0, Hp};
   if (crop) {
@@ -46,6 +43,7 @@ __global__ void yolact_prep_kernel(const B* __restrict__ boxes, int64_t s0, int6
     dims[2 * n] = static_cast<double>(static_cast<B>(static_cast<A>(w) * static_cast<A>(Wp)));
     dims[2 * n + 1] = static_cast<double>(static_cast<B>(static_cast<A>(h) * static_cast<A>(Hp)));
   }
+  }
 }
 
 void launch_prep(const Tensor& boxes, int64_t Hp, int64_t Wp, bool crop, Tensor& crops, Tensor* dims) {
@@ -53,11 +51,9 @@ void launch_prep(const Tensor& boxes, int64_t Hp, int64_t Wp, bool crop, Tensor&
   if (N == 0) return;
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "yolact_prep", [&] {
-    yolact_prep_kernel<scalar_t><<<blocks_for(N, 128), 128, 0, stream>>>(
-        boxes.data_ptr<scalar_t>(), boxes.stride(0), boxes.stride(1), N, Hp, Wp, crop, crops.data_ptr<int32_t>(),
-        dims ? dims->data_ptr<double>() : nullptr);
+    launch_1d(yolact_prep_kernel<scalar_t>, N, stream, boxes.data_ptr<scalar_t>(), boxes.stride(0), boxes.stride(1),
+              N, Hp, Wp, crop, crops.data_ptr<int32_t>(), dims ? dims->data_ptr<double>() : nullptr);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, typename A>
@@ -73,7 +69,7 @@ __device__ __forceinline__ A tap_prob(const T* __restrict__ pr, int64_t sY, int6
 // One thread per output pixel of [N, h, w]; pixels whose bilinear taps miss the detection's crop write 0 without
 // reading anything, the others evaluate the (up to 4) in-crop taps: a P-long dot product each from the protos
 // (L2-resident: 138*138*32*4 B = 2.4 MB), a sigmoid, and the blend.
-// Traffic: the output once (N*h*w bytes for bool: 207 MB at 100 x 1080 x 1920 -> ~70 us at H100's ~3 TB/s; 30 MB
+// Traffic: the output once (N*h*w bytes for bool: 207 MB at 100 x 1080 x 1920 -> ~70 us at H100's ~3.35 TB/s; 30 MB
 // at 550x550 -> ~10 us); proto reads hit L2. Compute: 4*P FMAs per in-box pixel (~2.4 GFLOP at 1080p, ~9% in box).
 template <typename T, typename O>
 __global__ void yolact_masks_kernel(const T* __restrict__ pr, int64_t sY, int64_t sX, int64_t sP,
@@ -83,8 +79,7 @@ __global__ void yolact_masks_kernel(const T* __restrict__ pr, int64_t sY, int64_
   using A = acc_t<T>;
   const int64_t total = N * out_h * out_w;
   const A sy = area_scale<A>(Hp, out_h), sx = area_scale<A>(Wp, out_w);
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  FASTOPS_KERNEL_LOOP(idx, total) {
     const int64_t j = idx % out_w;
     const int64_t i = (idx / out_w) % out_h;
     const int64_t n = idx / (out_w * out_h);
@@ -120,16 +115,7 @@ __global__ void yolact_masks_kernel(const T* __restrict__ pr, int64_t sY, int64_
 
 Tensor yolact_masks_cuda(const Tensor& protos, const Tensor& coeffs, const Tensor& boxes, int64_t out_h,
                          int64_t out_w, bool crop, std::optional<double> threshold) {
-  TORCH_CHECK(protos.dim() == 3, "yolact_masks: protos must be [Hp, Wp, P], got ", protos.sizes());
-  TORCH_CHECK(coeffs.dim() == 2 && coeffs.size(1) == protos.size(2),
-              "yolact_masks: coeffs must be [N, P] with P = protos.size(2), got ", coeffs.sizes());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == coeffs.size(0),
-              "yolact_masks: boxes must be [N, 4] with N = coeffs.size(0), got ", boxes.sizes());
-  TORCH_CHECK(coeffs.scalar_type() == protos.scalar_type(), "yolact_masks: coeffs must have protos' dtype");
-  TORCH_CHECK(out_h > 0 && out_w > 0, "yolact_masks: output size must be positive, got ", out_h, "x", out_w);
-  TORCH_CHECK(protos.size(0) > 0 && protos.size(1) > 0, "yolact_masks: protos must have a non-empty grid");
-  TORCH_CHECK(coeffs.device() == protos.device() && boxes.device() == protos.device(),
-              "yolact_masks: all inputs must be on the same device");
+  check_yolact_masks_args(protos, coeffs, boxes, out_h, out_w, threshold.has_value());
   c10::cuda::CUDAGuard guard(protos.device());
   const int64_t N = coeffs.size(0), Hp = protos.size(0), Wp = protos.size(1), P = protos.size(2);
   const bool thresholded = threshold.has_value();
@@ -141,20 +127,18 @@ Tensor yolact_masks_cuda(const Tensor& protos, const Tensor& coeffs, const Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, protos.scalar_type(), "yolact_masks_cuda", [&] {
     using A = acc_t<scalar_t>;
     const A thr = static_cast<A>(threshold.value_or(0.0));
-    const int64_t blocks = blocks_for(out.numel());
     if (thresholded) {
-      yolact_masks_kernel<scalar_t, bool><<<blocks, kThreads, 0, stream>>>(
-          protos.data_ptr<scalar_t>(), protos.stride(0), protos.stride(1), protos.stride(2),
-          coeffs.data_ptr<scalar_t>(), coeffs.stride(0), coeffs.stride(1), crops.data_ptr<int32_t>(), N, Hp, Wp, P,
-          out_h, out_w, true, thr, out.data_ptr<bool>());
+      launch_1d(yolact_masks_kernel<scalar_t, bool>, out.numel(), stream, protos.data_ptr<scalar_t>(),
+                protos.stride(0), protos.stride(1), protos.stride(2), coeffs.data_ptr<scalar_t>(), coeffs.stride(0),
+                coeffs.stride(1), crops.data_ptr<int32_t>(), N, Hp, Wp, P, out_h, out_w, true, thr,
+                out.data_ptr<bool>());
     } else {
-      yolact_masks_kernel<scalar_t, scalar_t><<<blocks, kThreads, 0, stream>>>(
-          protos.data_ptr<scalar_t>(), protos.stride(0), protos.stride(1), protos.stride(2),
-          coeffs.data_ptr<scalar_t>(), coeffs.stride(0), coeffs.stride(1), crops.data_ptr<int32_t>(), N, Hp, Wp, P,
-          out_h, out_w, false, thr, out.data_ptr<scalar_t>());
+      launch_1d(yolact_masks_kernel<scalar_t, scalar_t>, out.numel(), stream, protos.data_ptr<scalar_t>(),
+                protos.stride(0), protos.stride(1), protos.stride(2), coeffs.data_ptr<scalar_t>(), coeffs.stride(0),
+                coeffs.stride(1), crops.data_ptr<int32_t>(), N, Hp, Wp, P, out_h, out_w, false, thr,
+                out.data_ptr<scalar_t>());
     }
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
@@ -261,8 +245,7 @@ __global__ void mask_loss_bwd_protos_kernel(const T* __restrict__ grad, int64_t 
   using A = acc_t<T>;
   const int64_t chunks = (P + kChunk - 1) / kChunk;
   const int64_t total = Hp * Wp * chunks;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  FASTOPS_KERNEL_LOOP(idx, total) {
     const int64_t ck = idx % chunks;
     const int64_t pix = idx / chunks;
     const int64_t y = pix / Wp, x = pix % Wp;
@@ -289,22 +272,6 @@ __global__ void mask_loss_bwd_protos_kernel(const T* __restrict__ grad, int64_t 
   }
 }
 
-void check_loss_args(const Tensor& protos, const Tensor& coeffs, const Tensor& boxes, const Tensor& gt) {
-  TORCH_CHECK(protos.dim() == 3, "yolact_mask_loss: protos must be [Hp, Wp, P], got ", protos.sizes());
-  TORCH_CHECK(coeffs.dim() == 2 && coeffs.size(1) == protos.size(2),
-              "yolact_mask_loss: coeffs must be [N, P] with P = protos.size(2), got ", coeffs.sizes());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == coeffs.size(0),
-              "yolact_mask_loss: boxes must be [N, 4] with N = coeffs.size(0), got ", boxes.sizes());
-  TORCH_CHECK(gt.dim() == 3 && gt.size(0) == coeffs.size(0) && gt.size(1) == protos.size(0) &&
-                  gt.size(2) == protos.size(1),
-              "yolact_mask_loss: gt_masks must be [N, Hp, Wp], got ", gt.sizes());
-  TORCH_CHECK(coeffs.scalar_type() == protos.scalar_type() && gt.scalar_type() == protos.scalar_type(),
-              "yolact_mask_loss: coeffs and gt_masks must have protos' dtype");
-  TORCH_CHECK(coeffs.device() == protos.device() && boxes.device() == protos.device() &&
-                  gt.device() == protos.device(),
-              "yolact_mask_loss: all inputs must be on the same device");
-}
-
 Tensor yolact_mask_loss_cuda(const Tensor& protos, const Tensor& coeffs, const Tensor& boxes, const Tensor& gt) {
   check_loss_args(protos, coeffs, boxes, gt);
   c10::cuda::CUDAGuard guard(protos.device());
@@ -329,8 +296,7 @@ Tensor yolact_mask_loss_cuda(const Tensor& protos, const Tensor& coeffs, const T
 std::tuple<Tensor, Tensor> yolact_mask_loss_backward_cuda(const Tensor& grad, const Tensor& protos,
                                                           const Tensor& coeffs, const Tensor& boxes,
                                                           const Tensor& gt) {
-  check_loss_args(protos, coeffs, boxes, gt);
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == coeffs.size(0), "yolact_mask_loss backward: grad must be [N]");
+  check_loss_backward_args(grad, protos, coeffs, boxes, gt);
   c10::cuda::CUDAGuard guard(protos.device());
   const int64_t N = coeffs.size(0), Hp = protos.size(0), Wp = protos.size(1), P = protos.size(2);
   Tensor gprotos = at::zeros({Hp, Wp, P}, protos.options());
@@ -350,23 +316,22 @@ std::tuple<Tensor, Tensor> yolact_mask_loss_backward_cuda(const Tensor& grad, co
         gt.stride(0), gt.stride(1), gt.stride(2), crops.data_ptr<int32_t>(), dims.data_ptr<double>(), Hp, Wp, P,
         gcoeffs.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    mask_loss_bwd_protos_kernel<scalar_t><<<blocks_for(Hp * Wp * chunks), kThreads, 0, stream>>>(
-        g.data_ptr<scalar_t>(), g.stride(0), protos.data_ptr<scalar_t>(), protos.stride(0), protos.stride(1),
-        protos.stride(2), coeffs.data_ptr<scalar_t>(), coeffs.stride(0), coeffs.stride(1), gt.data_ptr<scalar_t>(),
-        gt.stride(0), gt.stride(1), gt.stride(2), crops.data_ptr<int32_t>(), dims.data_ptr<double>(), N, Hp, Wp, P,
-        gprotos.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_1d(mask_loss_bwd_protos_kernel<scalar_t>, Hp * Wp * chunks, stream, g.data_ptr<scalar_t>(), g.stride(0),
+              protos.data_ptr<scalar_t>(), protos.stride(0), protos.stride(1), protos.stride(2),
+              coeffs.data_ptr<scalar_t>(), coeffs.stride(0), coeffs.stride(1), gt.data_ptr<scalar_t>(), gt.stride(0),
+              gt.stride(1), gt.stride(2), crops.data_ptr<int32_t>(), dims.data_ptr<double>(), N, Hp, Wp, P,
+              gprotos.data_ptr<scalar_t>());
   });
   return {gprotos, gcoeffs};
 }
 
 // ---- paste_masks -------------------------------------------------------------------------------------------
 // paste_prep: torchvision's expanded, int64-truncated box and its visible window per mask (int64 [N, 8]).
+// Traffic: 16 B read + 64 B written per box (negligible: launch-bound).
 template <typename B>
 __global__ void paste_prep_kernel(const B* __restrict__ boxes, int64_t s0, int64_t s1, int64_t N, acc_t<B> scale,
                                   int64_t H, int64_t W, int64_t* __restrict__ geo) {
-  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (n >= N) return;
+  FASTOPS_KERNEL_LOOP(n, N) {
   B bb[4];
   for (int k = 0; k < 4; ++k) bb[k] = boxes[n * s0 + k * s1];
   int64_t e[4];
@@ -375,11 +340,12 @@ __global__ void paste_prep_kernel(const B* __restrict__ boxes, int64_t s0, int64
   const PasteGeom g = paste_geometry(e, valid, H, W);
   int64_t* o = geo + 8 * n;
   o[0] = g.x0, o[1] = g.y0, o[2] = g.bw, o[3] = g.bh, o[4] = g.xa, o[5] = g.xb, o[6] = g.ya, o[7] = g.yb;
+  }
 }
 
 // One thread per output pixel of [N, 1, H, W]: outside the box's visible window it writes 0, inside it blends
 // the 4 bilinear taps of the zero-padded mask (taps in the padding read nothing).
-// Traffic: the output once (100 x 800 x 1216 float = 389 MB -> ~130 us at ~3 TB/s; 97 MB as bool); masks read
+// Traffic: the output once (100 x 800 x 1216 float = 389 MB -> ~130 us at ~3.35 TB/s; 97 MB as bool); masks read
 // from L2 (100 x 28 x 28 x 4 B = 0.3 MB).
 template <typename T, typename O>
 __global__ void paste_kernel(const T* __restrict__ masks, int64_t m0, int64_t m1, int64_t m2, int64_t Mh,
@@ -388,8 +354,7 @@ __global__ void paste_kernel(const T* __restrict__ masks, int64_t m0, int64_t m1
   using A = acc_t<T>;
   const int64_t total = N * H * W;
   const int64_t Ph = Mh + 2 * padding, Pw = Mw + 2 * padding;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  FASTOPS_KERNEL_LOOP(idx, total) {
     const int64_t x = idx % W;
     const int64_t y = (idx / W) % H;
     const int64_t n = idx / (W * H);
@@ -418,13 +383,7 @@ __global__ void paste_kernel(const T* __restrict__ masks, int64_t m0, int64_t m1
 
 Tensor paste_masks_cuda(const Tensor& masks, const Tensor& boxes, int64_t H, int64_t W, int64_t padding,
                         std::optional<double> threshold) {
-  TORCH_CHECK(masks.dim() == 3, "paste_masks: masks must be [N, Mh, Mw], got ", masks.sizes());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == masks.size(0),
-              "paste_masks: boxes must be [N, 4] with N = masks.size(0), got ", boxes.sizes());
-  TORCH_CHECK(H >= 0 && W >= 0, "paste_masks: image_shape must be non-negative, got ", H, "x", W);
-  TORCH_CHECK(padding >= 0, "paste_masks: padding must be >= 0, got ", padding);
-  TORCH_CHECK(masks.size(1) > 0 && masks.size(2) > 0, "paste_masks: masks must be non-empty, got ", masks.sizes());
-  TORCH_CHECK(boxes.device() == masks.device(), "paste_masks: boxes must be on masks' device");
+  check_paste_args(masks, boxes, H, W, padding, threshold.has_value());
   c10::cuda::CUDAGuard guard(masks.device());
   const int64_t N = masks.size(0);
   const bool thresholded = threshold.has_value();
@@ -434,26 +393,22 @@ Tensor paste_masks_cuda(const Tensor& masks, const Tensor& boxes, int64_t H, int
   auto stream = c10::cuda::getCurrentCUDAStream();
   const double scale = static_cast<double>(masks.size(2) + 2 * padding) / static_cast<double>(masks.size(2));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "paste_prep", [&] {
-    paste_prep_kernel<scalar_t><<<blocks_for(N, 128), 128, 0, stream>>>(
-        boxes.data_ptr<scalar_t>(), boxes.stride(0), boxes.stride(1), N, static_cast<acc_t<scalar_t>>(scale), H, W,
-        geo.data_ptr<int64_t>());
+    launch_1d(paste_prep_kernel<scalar_t>, N, stream, boxes.data_ptr<scalar_t>(), boxes.stride(0), boxes.stride(1), N,
+              static_cast<acc_t<scalar_t>>(scale), H, W, geo.data_ptr<int64_t>());
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, masks.scalar_type(), "paste_masks_cuda", [&] {
     using A = acc_t<scalar_t>;
     const A thr = static_cast<A>(threshold.value_or(0.0));
-    const int64_t blocks = blocks_for(out.numel());
     if (thresholded) {
-      paste_kernel<scalar_t, bool><<<blocks, kThreads, 0, stream>>>(
-          masks.data_ptr<scalar_t>(), masks.stride(0), masks.stride(1), masks.stride(2), masks.size(1),
-          masks.size(2), padding, geo.data_ptr<int64_t>(), N, H, W, true, thr, out.data_ptr<bool>());
+      launch_1d(paste_kernel<scalar_t, bool>, out.numel(), stream, masks.data_ptr<scalar_t>(), masks.stride(0),
+                masks.stride(1), masks.stride(2), masks.size(1), masks.size(2), padding, geo.data_ptr<int64_t>(), N,
+                H, W, true, thr, out.data_ptr<bool>());
     } else {
-      paste_kernel<scalar_t, scalar_t><<<blocks, kThreads, 0, stream>>>(
-          masks.data_ptr<scalar_t>(), masks.stride(0), masks.stride(1), masks.stride(2), masks.size(1),
-          masks.size(2), padding, geo.data_ptr<int64_t>(), N, H, W, false, thr, out.data_ptr<scalar_t>());
+      launch_1d(paste_kernel<scalar_t, scalar_t>, out.numel(), stream, masks.data_ptr<scalar_t>(), masks.stride(0),
+                masks.stride(1), masks.stride(2), masks.size(1), masks.size(2), padding, geo.data_ptr<int64_t>(), N,
+                H, W, false, thr, out.data_ptr<scalar_t>());
     }
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 

@@ -2,23 +2,29 @@
 
 Conventions are YOLACT's (dbolya/yolact postprocess, crop, sanitize_coordinates, lincomb mask loss) and
 torchvision's (`roi_heads.paste_masks_in_image`) to the letter; see docs/masks.md. The compiled kernels
-are `torch.ops.fastops.yolact_masks` / `yolact_mask_loss` / `paste_masks` (schemas in csrc/masks/masks_cpu.cpp).
+are `torch.ops.fastops.yolact_masks` / `yolact_mask_loss` / `paste_masks` (schemas in csrc/masks/masks.cpp);
+fakes, autograd, autocast and ONNX live in fastops/registrations/masks.py.
 """
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from fastops._library import FLOAT_DTYPES, check_impl, check_tensor, cuda_compiled
+import fastops.registrations.masks  # noqa: F401  (fakes, autograd, autocast, ONNX of the compiled ops)
+from fastops._library import FLOAT_DTYPES, check_int, check_tensor, dispatch, reference_module, triton_module
 
 __all__ = ["yolact_masks", "yolact_mask_loss", "paste_masks"]
 
-
-def _use_triton(impl: str, t: Tensor) -> bool:
-    return impl == "triton" or (impl == "auto" and t.is_cuda and not cuda_compiled())
+# Largest output a call may ask for (bytes): anything above cannot be allocated anyway, and staying below 2^62
+# keeps every size product in int64.
+_MAX_OUTPUT_BYTES = 2 ** 62
+# Largest size per output dimension and largest paste padding: far beyond any image, small enough that every
+# index and size computed from them stays exact in int64 and float64.
+_MAX_SIDE = 2 ** 31 - 1
+_MAX_PADDING = 2 ** 20
 
 
 def _check_threshold(threshold) -> Optional[float]:
@@ -29,11 +35,38 @@ def _check_threshold(threshold) -> Optional[float]:
     return float(threshold)
 
 
-def _check_yolact_inputs(protos, coeffs, boxes, fn: str) -> None:
+def _check_output_bytes(name: str, shape, dtype: torch.dtype, value) -> None:
+    if any(isinstance(s, torch.SymInt) for s in shape):
+        return  # under torch.compile: the kernel's own check runs on the real sizes
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    if numel * torch.empty((), dtype=dtype).element_size() > _MAX_OUTPUT_BYTES:
+        raise ValueError(f"{name} {value!r} asks for an output of {list(shape)} {dtype} elements, "
+                         f"more than 2^62 bytes")
+
+
+def _fx_leaf(fn, args):
+    """Under torch.fx symbolic tracing (Proxy arguments) the public function becomes one leaf call node, from
+    whichever module calls it (torch.fx.wrap below covers only calls through this module's globals)."""
+    for a in args:
+        if isinstance(a, torch.fx.Proxy):
+            return a.tracer.create_proxy("call_function", fn, tuple(args), {})
+    return None
+
+
+def _check_side(name: str, v, low: int):
+    """An output side: an int in [low, 2^31 - 1], or a SymInt under torch.compile (checked by the kernel)."""
+    if isinstance(v, torch.SymInt):
+        return v
+    return check_int(name, v, low=low, high=_MAX_SIDE)
+
+
+def _check_yolact_inputs(protos, coeffs, boxes) -> None:
     check_tensor("protos", protos, dim=3, dtypes=FLOAT_DTYPES)
     check_tensor("coeffs", coeffs, dim=2, dtypes=FLOAT_DTYPES, device=protos.device)
     check_tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES, device=protos.device)
-    if coeffs.dtype != protos.dtype:
+    if coeffs.dtype != protos.dtype and not torch.is_autocast_enabled(protos.device.type):
         raise ValueError(f"coeffs must have protos' dtype ({protos.dtype}), got {coeffs.dtype}")
     if coeffs.size(1) != protos.size(2):
         raise ValueError(f"coeffs must be [N, P] with P = protos.shape[2] = {protos.size(2)}, "
@@ -45,23 +78,16 @@ def _check_yolact_inputs(protos, coeffs, boxes, fn: str) -> None:
         raise ValueError(f"protos must have a non-empty [Hp, Wp] grid, got shape {tuple(protos.shape)}")
 
 
-def yolact_masks(
-    protos: Tensor,
-    coeffs: Tensor,
-    boxes: Tensor,
-    output_size: Optional[Sequence[int]] = None,
-    *,
-    crop: bool = True,
-    threshold: Optional[float] = 0.5,
-    impl: str = "auto",
-) -> Tensor:
+def yolact_masks(protos: Tensor, coeffs: Tensor, boxes: Tensor, output_size: Optional[Tuple[int, int]] = None,
+                 crop: bool = True, threshold: Optional[float] = 0.5, impl: str = "auto") -> Tensor:
     """YOLACT's mask postprocess as one fused kernel.
 
     Computes, per detection n, ``sigmoid(protos @ coeffs[n])``, zeroes it outside the detection's box padded by
     one proto pixel (YOLACT's ``crop``/``sanitize_coordinates``: kept columns ``c`` satisfy
     ``max(min(x1, x2) * Wp - 1, 0) <= c < min(max(x1, x2) * Wp + 1, Wp)``, rows likewise), resizes it bilinearly
     (``align_corners=False``) to ``output_size`` and thresholds it (``> threshold``). Only pixels whose bilinear
-    taps touch the crop rectangle are computed; all others are exactly 0 / False.
+    taps touch the crop rectangle are computed; all others are exactly 0 (thresholded: ``0 > threshold``, so
+    True everywhere outside the boxes for a negative threshold, as in the reference).
 
     Args:
         protos: ``[Hp, Wp, P]`` prototypes (any strides), float32/64/16 or bfloat16.
@@ -76,37 +102,50 @@ def yolact_masks(
         ``[N, h, w]`` bool (with ``threshold``) or float in protos' dtype (float16/bfloat16 computed in float32).
         On the CPU, outputs over 1 MB are fresh anonymous-mmap zero pages the kernel never touches outside the
         boxes (no memset; untouched pages cost no memory until written).
+
+    NaN/inf: a box with a NaN coordinate keeps nothing (its mask is 0), infinite coordinates clamp to the proto
+    grid as in YOLACT; NaN/inf in ``protos``/``coeffs`` propagate to the pixels whose taps read them (sigmoid of
+    +-inf is 1/0, NaN compares False with the threshold).
+
+    ONNX: exports (both exporters) to ``MatMul`` + ``Sigmoid``, the crop as comparisons of ``Range`` grids with
+    the box bounds (``Where``), ``Resize`` (linear, ``pytorch_half_pixel``) and ``Greater``.
     """
-    check_impl(impl)
-    _check_yolact_inputs(protos, coeffs, boxes, "yolact_masks")
+    if torch.jit.is_scripting():
+        if output_size is None:
+            return torch.ops.fastops.yolact_masks(protos, coeffs, boxes, protos.size(0), protos.size(1), crop,
+                                                  threshold)
+        return torch.ops.fastops.yolact_masks(protos, coeffs, boxes, output_size[0], output_size[1], crop,
+                                              threshold)
+    return _yolact_masks(protos, coeffs, boxes, output_size, crop, threshold, impl)
+
+
+def _yolact_masks(protos, coeffs, boxes, output_size, crop, threshold, impl):
+    leaf = _fx_leaf(yolact_masks, (protos, coeffs, boxes, output_size, crop, threshold, impl))
+    if leaf is not None:
+        return leaf
+    _check_yolact_inputs(protos, coeffs, boxes)
     thr = _check_threshold(threshold)
     if not isinstance(crop, bool):
         raise ValueError(f"crop must be a bool, got {crop!r}")
     if output_size is None:
         out_h, out_w = int(protos.size(0)), int(protos.size(1))
     else:
-        if isinstance(output_size, int) or len(output_size) != 2:
+        if isinstance(output_size, (int, torch.SymInt)) or len(output_size) != 2:
             raise ValueError(f"output_size must be None or (h, w), got {output_size!r}")
-        out_h, out_w = output_size
-        for v in (out_h, out_w):
-            if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)) or (isinstance(v, int) and v <= 0):
-                raise ValueError(f"output_size must be two positive ints, got {output_size!r}")
-    if impl == "reference":
-        from fastops.reference.masks import yolact_postprocess_masks
-
-        return yolact_postprocess_masks(protos, coeffs, boxes, None if output_size is None else (out_h, out_w),
-                                        crop, thr)
-    if _use_triton(impl, protos):
-        from fastops.triton._registry import check_triton_device
-        import fastops.triton.masks  # noqa: F401  (registers fastops::yolact_masks_triton)
-
-        check_triton_device(protos, "protos")
-        return torch.ops.fastops.yolact_masks_triton(protos, coeffs, boxes, out_h, out_w, crop, thr)
-    return torch.ops.fastops.yolact_masks(protos, coeffs, boxes, out_h, out_w, crop, thr)
+        out_h = _check_side("output_size[0]", output_size[0], 1)
+        out_w = _check_side("output_size[1]", output_size[1], 1)
+        if isinstance(out_h, int) and isinstance(out_w, int):
+            _check_output_bytes("output_size", (coeffs.size(0), out_h, out_w),
+                                torch.bool if thr is not None else protos.dtype, output_size)
+    return dispatch(
+        "yolact_masks", impl, protos.device,
+        cpp=lambda: torch.ops.fastops.yolact_masks(protos, coeffs, boxes, out_h, out_w, crop, thr),
+        reference=lambda: reference_module("masks").yolact_postprocess_masks(
+            protos, coeffs, boxes, None if output_size is None else (out_h, out_w), crop, thr),
+        triton=lambda: triton_module("masks").yolact_masks_triton(protos, coeffs, boxes, out_h, out_w, crop, thr))
 
 
-def yolact_mask_loss(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_masks: Tensor, *,
-                     impl: str = "auto") -> Tensor:
+def yolact_mask_loss(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_masks: Tensor, impl: str = "auto") -> Tensor:
     """YOLACT's lincomb mask loss per detection, fused (training config: sigmoid, ``mask_proto_crop=True``,
     ``mask_proto_normalize_emulate_roi_pooling=True``).
 
@@ -125,9 +164,23 @@ def yolact_mask_loss(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_masks: Te
         ``[N]`` in protos' dtype. Differentiable w.r.t. ``protos`` and ``coeffs`` (deterministic backward that
         recomputes the logits inside each crop instead of saving an ``[Hp, Wp, N]`` tensor); sum it for YOLACT's
         ``loss_m`` of one image.
+
+    NaN/inf: as in the reference, NaN in the inputs of a detection makes its loss NaN; a zero-width or
+    zero-height box divides by zero (inf/NaN), as YOLACT's normaliser does.
+
+    ONNX: exports (both exporters) to ``MatMul``, ``Sigmoid``, the crop comparisons, ``Log``/``Max`` (PyTorch's
+    BCE clamped at -100), ``ReduceSum`` and the normaliser's arithmetic (forward only).
     """
-    check_impl(impl)
-    _check_yolact_inputs(protos, coeffs, boxes, "yolact_mask_loss")
+    if torch.jit.is_scripting():
+        return torch.ops.fastops.yolact_mask_loss(protos, coeffs, boxes, gt_masks.to(protos.dtype))
+    return _yolact_mask_loss(protos, coeffs, boxes, gt_masks, impl)
+
+
+def _yolact_mask_loss(protos, coeffs, boxes, gt_masks, impl):
+    leaf = _fx_leaf(yolact_mask_loss, (protos, coeffs, boxes, gt_masks, impl))
+    if leaf is not None:
+        return leaf
+    _check_yolact_inputs(protos, coeffs, boxes)
     check_tensor("gt_masks", gt_masks, dim=3, device=protos.device)
     if tuple(gt_masks.shape) != (coeffs.size(0), protos.size(0), protos.size(1)):
         raise ValueError(f"gt_masks must be [N, Hp, Wp] = {(coeffs.size(0), protos.size(0), protos.size(1))}, "
@@ -136,21 +189,15 @@ def yolact_mask_loss(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_masks: Te
         if not (gt_masks.dtype.is_floating_point or gt_masks.dtype in (torch.bool, torch.uint8)):
             raise ValueError(f"gt_masks must be a float, bool or uint8 tensor, got {gt_masks.dtype}")
         gt_masks = gt_masks.to(protos.dtype)
-    if impl == "reference":
-        from fastops.reference.masks import lincomb_mask_loss
-
-        return lincomb_mask_loss(protos, coeffs, boxes, gt_masks)
-    if _use_triton(impl, protos):
-        from fastops.triton._registry import check_triton_device
-        import fastops.triton.masks  # noqa: F401
-
-        check_triton_device(protos, "protos")
-        return torch.ops.fastops.yolact_mask_loss_triton(protos, coeffs, boxes, gt_masks)
-    return torch.ops.fastops.yolact_mask_loss(protos, coeffs, boxes, gt_masks)
+    return dispatch(
+        "yolact_mask_loss", impl, protos.device,
+        cpp=lambda: torch.ops.fastops.yolact_mask_loss(protos, coeffs, boxes, gt_masks),
+        reference=lambda: reference_module("masks").lincomb_mask_loss(protos, coeffs, boxes, gt_masks),
+        triton=lambda: triton_module("masks").yolact_mask_loss_triton(protos, coeffs, boxes, gt_masks))
 
 
 def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padding: int = 1,
-                threshold: Optional[float] = None, *, impl: str = "auto") -> Tensor:
+                threshold: Optional[float] = None, impl: str = "auto") -> Tensor:
     """Drop-in for torchvision's ``roi_heads.paste_masks_in_image`` that works only inside each box.
 
     Each ``M x M`` mask is zero-padded by ``padding``, its box scaled about the centre by ``(M + 2p) / M`` and
@@ -161,13 +208,30 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
 
     Args:
         masks: ``[N, 1, Mh, Mw]`` (torchvision) or ``[N, Mh, Mw]``, float32/64/16 or bfloat16, any strides.
-        boxes: ``[N, 4]`` image-pixel ``(x1, y1, x2, y2)``, any float dtype. Non-finite boxes paste nothing.
+        boxes: ``[N, 4]`` image-pixel ``(x1, y1, x2, y2)``, any float dtype.
         image_shape: ``(H, W)``.
-        padding: zero padding in mask pixels (torchvision: 1).
-        threshold: ``None`` returns torchvision's float ``[N, 1, H, W]``; a float gives ``mask > threshold`` bool.
+        padding: zero padding in mask pixels (torchvision: 1), ``0 <= padding <= 2**20``.
+        threshold: ``None`` returns torchvision's float ``[N, 1, H, W]``; a float gives ``mask > threshold`` bool
+            (``0 > threshold`` outside the boxes: all True there for a negative threshold).
         impl: ``"auto"``/``"cpp"``, ``"triton"`` or ``"reference"``.
+
+    NaN/inf: a box with a non-finite coordinate (or one whose expanded corner is beyond 2^40 pixels) pastes
+    nothing, where torchvision's int64 cast is undefined; NaN in ``masks`` propagates to the pixels that blend it.
+
+    ONNX: exports (both exporters) to the box arithmetic, per-pixel source coordinates from ``Range`` grids, two
+    ``GatherElements`` blends per axis (the separable bilinear taps, torchvision's ``align_corners=False``) and
+    the window test as comparisons (``Where``); ``Greater`` for a threshold.
     """
-    check_impl(impl)
+    if torch.jit.is_scripting():
+        m3 = masks[:, 0] if masks.dim() == 4 else masks
+        return torch.ops.fastops.paste_masks(m3, boxes, image_shape[0], image_shape[1], padding, threshold)
+    return _paste_masks(masks, boxes, image_shape, padding, threshold, impl)
+
+
+def _paste_masks(masks, boxes, image_shape, padding, threshold, impl):
+    leaf = _fx_leaf(paste_masks, (masks, boxes, image_shape, padding, threshold, impl))
+    if leaf is not None:
+        return leaf
     check_tensor("masks", masks, dim=(3, 4), dtypes=FLOAT_DTYPES)
     check_tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES, device=masks.device)
     if masks.dim() == 4:
@@ -183,58 +247,20 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
                          f"got shape {tuple(boxes.shape)}")
     if not isinstance(image_shape, (tuple, list, torch.Size)) or len(image_shape) != 2:
         raise ValueError(f"image_shape must be (H, W), got {image_shape!r}")
-    H, W = int(image_shape[0]), int(image_shape[1])
-    if H < 0 or W < 0:
-        raise ValueError(f"image_shape must be non-negative, got {image_shape!r}")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be a non-negative int, got {padding!r}")
+    H = _check_side("image_shape[0]", image_shape[0], 0)
+    W = _check_side("image_shape[1]", image_shape[1], 0)
+    padding = check_int("padding", padding, low=0, high=_MAX_PADDING)
     thr = _check_threshold(threshold)
-    if impl == "reference":
-        from fastops.reference.masks import paste_masks_in_image
-
-        return paste_masks_in_image(m3, boxes, (H, W), padding, thr)
-    if _use_triton(impl, masks):
-        from fastops.triton._registry import check_triton_device
-        import fastops.triton.masks  # noqa: F401
-
-        check_triton_device(masks, "masks")
-        return torch.ops.fastops.paste_masks_triton(m3, boxes, H, W, padding, thr)
-    return torch.ops.fastops.paste_masks(m3, boxes, H, W, padding, thr)
+    if isinstance(H, int) and isinstance(W, int):
+        _check_output_bytes("image_shape", (masks.size(0), 1, H, W),
+                            torch.bool if thr is not None else masks.dtype, image_shape)
+    return dispatch(
+        "paste_masks", impl, masks.device,
+        cpp=lambda: torch.ops.fastops.paste_masks(m3, boxes, H, W, padding, thr),
+        reference=lambda: reference_module("masks").paste_masks_in_image(m3, boxes, (H, W), padding, thr),
+        triton=lambda: triton_module("masks").paste_masks_triton(m3, boxes, H, W, padding, thr))
 
 
-# ---- fake kernels and autograd for the compiled ops ----------------------------------------------------------
-
-@torch.library.register_fake("fastops::yolact_masks")
-def _yolact_masks_fake(protos, coeffs, boxes, out_h, out_w, crop, threshold):
-    dtype = torch.bool if threshold is not None else protos.dtype
-    return protos.new_empty((coeffs.size(0), out_h, out_w), dtype=dtype)
-
-
-@torch.library.register_fake("fastops::yolact_mask_loss")
-def _yolact_mask_loss_fake(protos, coeffs, boxes, gt_masks):
-    return protos.new_empty((coeffs.size(0),))
-
-
-@torch.library.register_fake("fastops::_yolact_mask_loss_backward")
-def _yolact_mask_loss_backward_fake(grad, protos, coeffs, boxes, gt_masks):
-    return protos.new_empty(tuple(protos.shape)), protos.new_empty((coeffs.size(0), coeffs.size(1)))
-
-
-@torch.library.register_fake("fastops::paste_masks")
-def _paste_masks_fake(masks, boxes, image_h, image_w, padding, threshold):
-    dtype = torch.bool if threshold is not None else masks.dtype
-    return masks.new_empty((masks.size(0), 1, image_h, image_w), dtype=dtype)
-
-
-def _loss_setup_context(ctx, inputs, output):
-    protos, coeffs, boxes, gt_masks = inputs
-    ctx.save_for_backward(protos, coeffs, boxes, gt_masks)
-
-
-def _loss_backward(ctx, grad):
-    protos, coeffs, boxes, gt_masks = ctx.saved_tensors
-    gp, gc = torch.ops.fastops._yolact_mask_loss_backward(grad, protos, coeffs, boxes, gt_masks)
-    return gp, gc, None, None
-
-
-torch.library.register_autograd("fastops::yolact_mask_loss", _loss_backward, setup_context=_loss_setup_context)
+torch.fx.wrap("yolact_masks")
+torch.fx.wrap("yolact_mask_loss")
+torch.fx.wrap("paste_masks")

@@ -71,6 +71,7 @@ def lincomb_mask_loss(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_masks: T
     """Per-detection YOLACT mask loss `[N]` (sum over detections gives YOLACT's `loss_m` for one image).
 
     protos [h, w, P], coeffs [N, P], boxes [N, 4] relative matched gt boxes, gt_masks [N, h, w] (downsampled).
+    Returns protos' dtype (YOLACT's normaliser in the boxes' dtype would otherwise promote, e.g. to float64).
     """
     mask_h, mask_w = protos.shape[0], protos.shape[1]
     mask_t = gt_masks.permute(1, 2, 0)
@@ -82,7 +83,7 @@ def lincomb_mask_loss(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_masks: T
     pos_gt_csize = center_size(boxes)
     gt_box_width = pos_gt_csize[:, 2] * mask_w
     gt_box_height = pos_gt_csize[:, 3] * mask_h
-    return pre_loss.sum(dim=(0, 1)) / gt_box_width / gt_box_height * weight
+    return (pre_loss.sum(dim=(0, 1)) / gt_box_width / gt_box_height * weight).to(protos.dtype)
 
 
 def _expand_boxes(boxes: Tensor, scale: float) -> Tensor:

@@ -1,8 +1,9 @@
 """Triton kernels for instance mask assembly: `fastops::yolact_masks_triton`, `fastops::yolact_mask_loss_triton`
 (+ `_yolact_mask_loss_backward_triton`), `fastops::paste_masks_triton`.
 
-The per-detection geometry (YOLACT crop rectangles, torchvision's truncated boxes) is computed with a few small
-torch ops on `[N, 4]` tensors, in the boxes' dtype exactly as the originals do; the kernels then do the per-pixel
+The per-detection geometry (YOLACT crop rectangles, torchvision's truncated boxes) comes from
+fastops/registrations/masks.py (a few small torch ops on `[N, 4]` tensors, in the boxes' dtype exactly as the
+originals do); the kernels then do the per-pixel
 work: for yolact_masks a tiled dot product of the bilinear taps' prototype vectors with the coefficients
 (`[BLOCK, P]` tiles) fused with sigmoid, crop, blend and threshold.
 """
@@ -15,8 +16,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastops._library import FLOAT_DTYPES  # noqa: F401
-from fastops.triton._registry import INTERPRET, launch, triton_custom_op
+from fastops.registrations import masks as reg
+from fastops.triton._registry import launch, register_fake, triton_custom_op
 
 _BLOCK = 256  # paste_masks: one output pixel per lane
 _TILE = 64  # pixels per [TILE, P] prototype tile (yolact_masks, loss forward, grad_coeffs): no spills on sm_90
@@ -30,50 +31,6 @@ def _acc(dtype):
 
 def _pb(P: int) -> int:
     return max(triton.next_power_of_2(max(int(P), 1)), 2)
-
-
-# ---- geometry (small torch ops on [N, 4]) ---------------------------------------------------------------------
-
-def _crop_range(a: Tensor, b: Tensor, size: int) -> Tensor:
-    sa, sb = a * size, b * size  # boxes' dtype, as YOLACT's sanitize_coordinates
-    lo = torch.clamp(torch.min(sa, sb) - 1, min=0)
-    hi = torch.clamp(torch.max(sa, sb) + 1, max=size)
-    ar = torch.arange(size, device=a.device, dtype=a.dtype)
-    c0 = (ar[None, :] < lo[:, None]).sum(1)  # first c with c >= lo (NaN: 0)
-    c1 = (ar[None, :] < hi[:, None]).sum(1)
-    return torch.stack([c0, torch.maximum(c0, c1)], 1)
-
-
-def _yolact_crops(boxes: Tensor, Hp: int, Wp: int, crop: bool) -> Tensor:
-    N = boxes.size(0)
-    if not crop:
-        return torch.tensor([0, Wp, 0, Hp], dtype=torch.int32, device=boxes.device).repeat(N, 1).contiguous()
-    cx = _crop_range(boxes[:, 0], boxes[:, 2], Wp)
-    cy = _crop_range(boxes[:, 1], boxes[:, 3], Hp)
-    return torch.cat([cx, cy], 1).to(torch.int32).contiguous()
-
-
-def _loss_dims(boxes: Tensor, Hp: int, Wp: int) -> Tensor:
-    w = (boxes[:, 2] - boxes[:, 0]) * Wp
-    h = (boxes[:, 3] - boxes[:, 1]) * Hp
-    return torch.stack([w, h], 1).to(torch.float64).contiguous()
-
-
-def _paste_geometry(boxes: Tensor, M: int, padding: int, H: int, W: int) -> Tensor:
-    from fastops.reference.masks import _expand_boxes
-
-    e = _expand_boxes(boxes, float(M + 2 * padding) / M)
-    valid = (e.abs() < 2.0 ** 40).all(1)  # False for NaN/inf too
-    e = torch.where(valid[:, None], e, torch.zeros_like(e)).to(torch.int64)
-    x0, y0, x1, y1 = e.unbind(1)
-    one = torch.ones_like(x0)
-    bw, bh = torch.maximum(x1 - x0 + 1, one), torch.maximum(y1 - y0 + 1, one)
-    xa, xb = x0.clamp(min=0), torch.clamp(x1 + 1, max=W)
-    ya, yb = y0.clamp(min=0), torch.clamp(y1 + 1, max=H)
-    empty = ~valid | (xb <= xa) | (yb <= ya)
-    z = torch.zeros_like(x0)
-    xa, xb, ya, yb = (torch.where(empty, z, t) for t in (xa, xb, ya, yb))
-    return torch.stack([x0, y0, bw, bh, xa, xb, ya, yb], 1).contiguous()
 
 
 # ---- kernels --------------------------------------------------------------------------------------------------
@@ -142,8 +99,8 @@ def _yolact_masks_kernel(pr, sY, sX, sP, cf, cs0, cs1, crops, Hp, Wp, P, out_h, 
         else:
             tl.store(dst, v.to(out.dtype.element_ty), mask=valid)
     else:
-        if THRESH:
-            tl.store(dst, tl.zeros([BLOCK], dtype=tl.int1), mask=valid)
+        if THRESH:  # the value there is 0: `0 > thr` (True for a negative threshold)
+            tl.store(dst, tl.zeros([BLOCK], dtype=ACC) > thr, mask=valid)
         else:
             tl.store(dst, tl.zeros([BLOCK], dtype=out.dtype.element_ty), mask=valid)
 
@@ -195,8 +152,8 @@ def _paste_kernel(masks, m0, m1, m2, Mh, Mw, padding, geo, H, W, thr, out,
         else:
             tl.store(dst, v.to(out.dtype.element_ty), mask=valid)
     else:
-        if THRESH:
-            tl.store(dst, tl.zeros([BLOCK], dtype=tl.int1), mask=valid)
+        if THRESH:  # the value there is 0: `0 > thr` (True for a negative threshold)
+            tl.store(dst, tl.zeros([BLOCK], dtype=ACC) > thr, mask=valid)
         else:
             tl.store(dst, tl.zeros([BLOCK], dtype=out.dtype.element_ty), mask=valid)
 
@@ -312,7 +269,7 @@ def yolact_masks_triton(protos: Tensor, coeffs: Tensor, boxes: Tensor, out_h: in
     out = torch.empty((N, out_h, out_w), dtype=torch.bool if thresh else protos.dtype, device=protos.device)
     if out.numel() == 0:
         return out
-    crops = _yolact_crops(boxes, Hp, Wp, crop)
+    crops = reg.yolact_crops(boxes, Hp, Wp, crop)
     grid = (triton.cdiv(out_h * out_w, _TILE_MASKS), N)
     launch(_yolact_masks_kernel)[grid](
         protos, protos.stride(0), protos.stride(1), protos.stride(2), coeffs, coeffs.stride(0), coeffs.stride(1),
@@ -329,7 +286,7 @@ def paste_masks_triton(masks: Tensor, boxes: Tensor, image_h: int, image_w: int,
     out = torch.empty((N, 1, image_h, image_w), dtype=torch.bool if thresh else masks.dtype, device=masks.device)
     if out.numel() == 0:
         return out
-    geo = _paste_geometry(boxes, Mw, padding, image_h, image_w)
+    geo = reg.paste_geometry(boxes, Mw, padding, image_h, image_w)
     grid = (triton.cdiv(image_h * image_w, _BLOCK), N)
     launch(_paste_kernel)[grid](
         masks, masks.stride(0), masks.stride(1), masks.stride(2), Mh, Mw, padding, geo, image_h, image_w,
@@ -344,8 +301,8 @@ def yolact_mask_loss_triton(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_ma
     loss = torch.empty((N,), dtype=protos.dtype, device=protos.device)
     if N == 0:
         return loss
-    crops = _yolact_crops(boxes, Hp, Wp, True)
-    dims = _loss_dims(boxes, Hp, Wp)
+    crops = reg.yolact_crops(boxes, Hp, Wp, True)
+    dims = reg.loss_box_dims(boxes, Hp, Wp)
     launch(_mask_loss_fwd_kernel)[(N,)](
         protos, protos.stride(0), protos.stride(1), protos.stride(2), coeffs, coeffs.stride(0), coeffs.stride(1),
         gt_masks, gt_masks.stride(0), gt_masks.stride(1), gt_masks.stride(2), crops, dims, Hp, Wp, P, loss,
@@ -363,8 +320,8 @@ def _yolact_mask_loss_backward_triton(grad: Tensor, protos: Tensor, coeffs: Tens
     if N == 0 or P == 0:
         return gprotos, gcoeffs
     grad = grad.to(protos.dtype)
-    crops = _yolact_crops(boxes, Hp, Wp, True)
-    dims = _loss_dims(boxes, Hp, Wp)
+    crops = reg.yolact_crops(boxes, Hp, Wp, True)
+    dims = reg.loss_box_dims(boxes, Hp, Wp)
     acc = _acc(protos.dtype)
     args = (protos, protos.stride(0), protos.stride(1), protos.stride(2), coeffs, coeffs.stride(0), coeffs.stride(1),
             gt_masks, gt_masks.stride(0), gt_masks.stride(1), gt_masks.stride(2), crops, dims)
@@ -375,35 +332,10 @@ def _yolact_mask_loss_backward_triton(grad: Tensor, protos: Tensor, coeffs: Tens
     return gprotos, gcoeffs
 
 
-if INTERPRET:
-    @yolact_masks_triton.register_fake
-    def _(protos, coeffs, boxes, out_h, out_w, crop, threshold):
-        dtype = torch.bool if threshold is not None else protos.dtype
-        return protos.new_empty((coeffs.size(0), out_h, out_w), dtype=dtype)
-
-    @paste_masks_triton.register_fake
-    def _(masks, boxes, image_h, image_w, padding, threshold):
-        dtype = torch.bool if threshold is not None else masks.dtype
-        return masks.new_empty((masks.size(0), 1, image_h, image_w), dtype=dtype)
-
-    @yolact_mask_loss_triton.register_fake
-    def _(protos, coeffs, boxes, gt_masks):
-        return protos.new_empty((coeffs.size(0),))
-
-    @_yolact_mask_loss_backward_triton.register_fake
-    def _(grad, protos, coeffs, boxes, gt_masks):
-        return protos.new_empty(tuple(protos.shape)), protos.new_empty((coeffs.size(0), coeffs.size(1)))
-
-
-def _loss_setup_context(ctx, inputs, output):
-    protos, coeffs, boxes, gt_masks = inputs
-    ctx.save_for_backward(protos, coeffs, boxes, gt_masks)
-
-
-def _loss_backward(ctx, grad):
-    protos, coeffs, boxes, gt_masks = ctx.saved_tensors
-    gp, gc = torch.ops.fastops._yolact_mask_loss_backward_triton(grad, protos, coeffs, boxes, gt_masks)
-    return gp, gc, None, None
-
-
-yolact_mask_loss_triton.register_autograd(_loss_backward, setup_context=_loss_setup_context)
+register_fake(yolact_masks_triton, reg.yolact_masks_fake)
+register_fake(paste_masks_triton, reg.paste_masks_fake)
+register_fake(yolact_mask_loss_triton, reg.yolact_mask_loss_fake)
+register_fake(_yolact_mask_loss_backward_triton, reg.yolact_mask_loss_backward_fake)
+yolact_mask_loss_triton.register_autograd(
+    reg.make_loss_backward(torch.ops.fastops._yolact_mask_loss_backward_triton),
+    setup_context=reg.loss_setup_context)
