@@ -4,6 +4,7 @@ Environment:
   FASTOPS_CUDA=0/1        force the CUDA kernels off/on (default: on when CUDA_HOME has nvcc and torch.version.cuda)
   TORCH_CUDA_ARCH_LIST    GPU architectures (default "8.0;9.0")
   FASTOPS_MARCH           value for -march= on the CPU side (default "native"; "" for a portable build)
+  FASTOPS_SANITIZE=1      ASan + UBSan instrumented CPU build (tools/sanitize.py builds it out of place)
   MAX_JOBS                parallel compile jobs (ninja)
   FASTOPS_NO_EXT=1        package only, no extension (make's editable install: `make build` compiles in place)
 """
@@ -71,6 +72,12 @@ march = os.environ.get("FASTOPS_MARCH", "native")
 cxx_flags = ["-O3", "-g0", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-fopenmp"]
 if march:
     cxx_flags.append(f"-march={march}")
+link_flags = []
+if os.environ.get("FASTOPS_SANITIZE", "0") not in ("0", ""):
+    # -O1 keeps the reports' stacks readable; no recovery: the first UBSan report aborts (tools/sanitize.py).
+    san = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=undefined,float-cast-overflow"]
+    cxx_flags = [f for f in cxx_flags if not f.startswith("-O")] + san + ["-fno-omit-frame-pointer", "-O1", "-g"]
+    link_flags += san
 nvcc_flags = ["-O3", "-Xptxas", "-v", "-lineinfo", "--expt-relaxed-constexpr"]
 define_macros = [("FASTOPS_WITH_CUDA", "1" if with_cuda else "0")]
 
@@ -80,6 +87,7 @@ ext = ext_cls(
     sources=cpp_sources + cuda_sources,
     include_dirs=[os.path.join(here, "csrc")],
     define_macros=define_macros,
+    extra_link_args=link_flags,
     extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
 )
 

@@ -18,3 +18,25 @@ def threads(request):
     yield request.param
     torch.set_num_threads(old)
 
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Saved with every run (.benchmarks/, build/bench.json): which build and environment produced the figures."""
+    import os
+
+    import fastops
+
+    ops = torch.ops.fastops
+    machine_info["fastops"] = {
+        "version": fastops.__version__,
+        "cpu_isa": ops._cpu_isa() if hasattr(ops, "_cpu_isa") else "unknown",
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
+    }
+
+
+def pytest_report_header(config):
+    ops = torch.ops.fastops
+    isa = ops._cpu_isa() if hasattr(ops, "_cpu_isa") else "unknown"
+    return f"fastops CPU kernels: {isa}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
