@@ -27,12 +27,18 @@ FAMILY = {"roi_align": "roi", "multi_scale_roi_align": "roi", "nms": "nms", "bat
           "centernet_decode": "heatmaps", "render_center_heatmap": "heatmaps", "corner_pool": "heatmaps"}
 
 
+# What each exporter says when an op has no translation (dynamo: "No ONNX function found for
+# <OpOverload(op='fastops.x', ...)>"; TorchScript: "... unrecognized namespace fastops::x" / "operator 'fastops::x'").
+_MISSING_OP = r"(?:No ONNX function found for <OpOverload\(op='fastops\.|unrecognized namespace fastops::|" \
+              r"operator '?fastops::)([a-z_]+)"
+
+
 def _export(module, args, path, dynamo):
     kwargs = {"custom_translation_table": fastops.onnx.translations()} if dynamo else {"opset_version": 17}
     try:
         torch.onnx.export(module, args, str(path), dynamo=dynamo, **kwargs)
     except Exception as exc:  # noqa: BLE001  (the exporters raise several types)
-        ops = sorted(set(re.findall(r"fastops(?:::|\.)([a-z_]+)", str(exc))) - {"onnx"})
+        ops = sorted(set(re.findall(_MISSING_OP, str(exc))))
         if ops:
             pytest.xfail("export waits on the ONNX translation of " +
                          ", ".join(f"fastops::{op} ({FAMILY.get(op, '?')} family)" for op in ops))
