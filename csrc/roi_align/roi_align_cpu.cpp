@@ -25,23 +25,6 @@
 
 #include "roi_align/roi_align.h"
 
-TORCH_LIBRARY_FRAGMENT(fastops, m) {
-  m.def(
-      "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
-      "int sampling_ratio, bool aligned) -> Tensor");
-  m.def(
-      "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
-      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, "
-      "bool aligned, bool channels_last) -> Tensor");
-  m.def(
-      "multi_scale_roi_align(Tensor[] features, Tensor rois, float[] spatial_scales, SymInt pooled_height, "
-      "SymInt pooled_width, int sampling_ratio, bool aligned, int canonical_scale, int canonical_level) -> Tensor");
-  m.def(
-      "_multi_scale_roi_align_backward(Tensor grad, Tensor rois, float[] spatial_scales, SymInt pooled_height, "
-      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt[] sizes, int sampling_ratio, bool aligned, "
-      "int canonical_scale, int canonical_level, bool[] channels_last) -> Tensor[]");
-}
-
 namespace fastops {
 namespace roi_align {
 namespace {
@@ -163,6 +146,7 @@ void build_table(RoiTable<T>& t, const scalar_t* roi, const std::vector<Level<le
   t.batch = static_cast<int64_t>(static_cast<T>(roi[0]));
   t.level = levels.size() == 1 ? 0 : fpn_level<T>(roi + 1, canonical_scale, canonical_level, k_min, k_max);
   t.span = 0;
+  if (t.level >= static_cast<int>(levels.size())) t.level = -1;  // non-consecutive levels: no map, output 0
   if (t.level < 0) return;
   const auto& L = levels[t.level];
   const RoiBox<T> b = roi_box<T>(roi + 1, static_cast<T>(L.scale), ph, pw, sampling_ratio, aligned);
@@ -543,10 +527,6 @@ std::vector<Level<scalar_t>> make_levels(const std::vector<at::Tensor>& feats, c
   return levels;
 }
 
-bool is_channels_last(const at::Tensor& t) {
-  return t.size(1) > 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
-}
-
 #if defined(__AVX2__) && defined(__FMA__)
 #define FASTOPS_ROI_FAST 1
 #else
@@ -632,18 +612,8 @@ bool forward_fast(const std::vector<RoiTable<T>>&, const std::vector<int64_t>&, 
 at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& rois_in,
                         const std::vector<double>& scales, int64_t ph, int64_t pw, int64_t sampling_ratio,
                         bool aligned, int64_t canonical_scale, int64_t canonical_level) {
+  check_forward(feats, rois_in, scales, ph, pw, sampling_ratio, canonical_scale, canonical_level);
   const at::Tensor& f0 = feats[0];
-  TORCH_CHECK(rois_in.dim() == 2 && rois_in.size(1) == 5, "roi_align: rois must have shape [K, 5], got ",
-              rois_in.sizes());
-  TORCH_CHECK(rois_in.scalar_type() == f0.scalar_type(), "roi_align: rois must have the input's dtype ",
-              f0.scalar_type(), ", got ", rois_in.scalar_type());
-  TORCH_CHECK(ph > 0 && pw > 0, "roi_align: pooled size must be positive, got ", ph, "x", pw);
-  for (const auto& f : feats) {
-    TORCH_CHECK(f.dim() == 4, "roi_align: input must be [N, C, H, W], got ", f.sizes());
-    TORCH_CHECK(f.device().is_cpu() && rois_in.device().is_cpu(), "roi_align: CPU kernel got a non-CPU tensor");
-    TORCH_CHECK(f.size(0) == f0.size(0) && f.size(1) == f0.size(1) && f.scalar_type() == f0.scalar_type(),
-                "roi_align: all levels must share batch size, channels and dtype");
-  }
   const at::Tensor rois = rois_in.contiguous();
   const int64_t K = rois.size(0), C = f0.size(1), N = f0.size(0);
   // at::zeros ignores the memory format in its options: allocate with it, then zero.
@@ -728,10 +698,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
                                       int64_t C, const std::vector<int64_t>& sizes, int64_t sampling_ratio,
                                       bool aligned, int64_t canonical_scale, int64_t canonical_level,
                                       const std::vector<bool>& channels_last) {
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois_in.size(0) && grad.size(1) == C && grad.size(2) == ph &&
-                  grad.size(3) == pw,
-              "roi_align backward: grad must be [K, C, ph, pw], got ", grad.sizes());
-  TORCH_CHECK(rois_in.scalar_type() == grad.scalar_type(), "roi_align backward: rois must have the grad's dtype");
+  check_backward(grad, rois_in, scales, ph, pw, N, C, sizes, sampling_ratio, canonical_scale, canonical_level,
+                 channels_last.size());
   const at::Tensor rois = rois_in.contiguous();
   const int64_t K = rois.size(0);
   const size_t L = scales.size();
@@ -838,8 +806,6 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
 at::Tensor multi_scale_roi_align_cpu(at::TensorList features, const at::Tensor& rois, at::ArrayRef<double> scales,
                                      int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
                                      int64_t canonical_scale, int64_t canonical_level) {
-  TORCH_CHECK(!features.empty() && features.size() == scales.size(),
-              "multi_scale_roi_align: need one spatial scale per feature level");
   return forward_impl(features.vec(), rois, scales.vec(), ph, pw, sampling_ratio, aligned, canonical_scale,
                       canonical_level);
 }
@@ -850,8 +816,6 @@ std::vector<at::Tensor> multi_scale_roi_align_backward_cpu(const at::Tensor& gra
                                                            int64_t sampling_ratio, bool aligned,
                                                            int64_t canonical_scale, int64_t canonical_level,
                                                            const c10::List<bool>& channels_last) {
-  TORCH_CHECK(sizes.size() == 2 * scales.size() && channels_last.size() == scales.size(),
-              "multi_scale_roi_align backward: sizes/channels_last must match the levels");
   return backward_impl(grad, rois, scales.vec(), ph, pw, N, C, sizes.vec(), sampling_ratio, aligned,
                        canonical_scale, canonical_level, std::vector<bool>(channels_last.begin(), channels_last.end()));
 }
