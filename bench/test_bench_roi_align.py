@@ -38,9 +38,9 @@ def _fn(side):
     return torchvision.ops.roi_align if side == "anchor" else fastops.roi_align
 
 
+@pytest.mark.parametrize("side", SIDES)  # (top decorator: side varies fastest, anchor and fastops back to back)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("workload", list(WORKLOADS))
-@pytest.mark.parametrize("side", SIDES)
 def test_roi_align_forward(benchmark, threads, workload, layout, side):
     make_rois, sr = WORKLOADS[workload]
     x, rois, fn = _features(layout), make_rois(), _fn(side)
@@ -48,9 +48,9 @@ def test_roi_align_forward(benchmark, threads, workload, layout, side):
     run(benchmark, lambda: fn(x, rois, 7, 0.25, sr, True), rounds=3)
 
 
+@pytest.mark.parametrize("side", SIDES)  # (top decorator: side varies fastest, anchor and fastops back to back)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("workload", list(WORKLOADS))
-@pytest.mark.parametrize("side", SIDES)
 def test_roi_align_forward_backward(benchmark, threads, workload, layout, side):
     make_rois, sr = WORKLOADS[workload]
     x, rois, fn = _features(layout).detach().requires_grad_(), make_rois(), _fn(side)
