@@ -63,7 +63,7 @@ def test_paste_masks_huge_padding(impl, padding):
 ])
 def test_compiled_yolact_masks_checks_sizes(call):
     """The compiled op, called directly, checks sizes before allocating (no overflow, no crash)."""
-    expect_error(_YOLACT + call, RuntimeError, "output_size")
+    expect_error(_YOLACT + call, RuntimeError, "output_size", timeout=900)
 
 
 @pytest.mark.parametrize("call,match", [
@@ -71,7 +71,7 @@ def test_compiled_yolact_masks_checks_sizes(call):
     ("torch.ops.fastops.paste_masks(masks[:, 0], boxes, 20, 30, 2**62, None)", "padding"),
 ])
 def test_compiled_paste_masks_checks_sizes(call, match):
-    expect_error(_PASTE + call, RuntimeError, match)
+    expect_error(_PASTE + call, RuntimeError, match, timeout=900)
 
 
 @pytest.mark.parametrize("call,match", [
@@ -114,7 +114,7 @@ for impl in {impls!r}:
     got = fastops.paste_masks(masks, pb, (20, 30), impl=impl)
     assert (got == 0).all(), impl  # non-finite / absurd boxes paste nothing
     assert (want_p == 0).all()
-""")
+""", timeout=900)
 
 
 def test_zero_sized_inputs_every_impl():
