@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Callable, Optional, TypeVar
 
 import torch
@@ -79,6 +80,9 @@ def reference_module(family: str):
 
 def triton_module(family: str):
     """`fastops.triton.<family>`, importing it registers its `fastops::<op>_triton` ops."""
+    module = sys.modules.get(f"fastops.triton.{family}")
+    if module is not None:  # (already imported: no importlib call, which torch.compile cannot trace)
+        return module
     from fastops.triton._registry import HAVE_TRITON
 
     if not HAVE_TRITON:
