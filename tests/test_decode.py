@@ -310,3 +310,32 @@ def test_soft_argmax_onnx(dynamo, normalize):
     hm3 = torch.randn(3, 3, 7, 9)  # another batch size through the dynamic axis
     (got3,) = onnx_roundtrip(M(), (hm3,), dynamo)
     close(got3, fastops.soft_argmax(hm3, 1.5, normalize=normalize), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_heatmap_argmax_onnx(dynamo):
+    from keypoints_helpers import onnx_roundtrip
+
+    class M(torch.nn.Module):
+        def forward(self, h):
+            return (fastops.heatmap_argmax(h) + fastops.heatmap_argmax(h, refine="quarter")
+                    + fastops.heatmap_argmax(h, refine="hourglass"))
+
+    hm = realistic_maps(2, 5, 9, 11)
+    hm[0, 0] = -1.0  # score <= 0: -1
+    hm[0, 1, 0, 4] = 5.0  # maximum on the border: no quarter offset across it
+    hm[1, 2, 8, 10] = 5.0
+    got = onnx_roundtrip(M(), (hm,), dynamo)
+    for a, b in zip(got, M()(hm)):
+        assert torch.equal(a, b)
+
+
+def test_heatmap_argmax_dark_onnx_raises():
+    import io
+
+    class M(torch.nn.Module):
+        def forward(self, h):
+            return fastops.heatmap_argmax(h, refine="dark")
+
+    with pytest.raises(Exception, match="heatmap_argmax"):
+        torch.onnx.export(M(), (realistic_maps(1, 2, 8, 8),), io.BytesIO(), dynamo=False, opset_version=18)

@@ -32,7 +32,9 @@ def corner_pool(x: Tensor, mode: str = "top", *, impl: str = "auto") -> Tensor:
     Speed: bandwidth-bound; forward is one read + one write of ``x``, backward reads ``x``, the output and the
     gradient and writes one gradient (the CPU kernels make exactly these passes).
 
-    ONNX: not exported yet (raises at export).
+    ONNX (both exporters, opset >= 15): CornerNet's log-step max scan, ceil(log2(L)) rounds of Slice + Max + Concat
+    along the scan axis, unrolled for the static length L of that axis (other dimensions dynamic); exact in
+    onnxruntime. NaN handling there is the runtime's Max.
     """
     check_tensor("x", x, dim=4, dtypes=FLOAT_DTYPES)
     choice("mode", mode, POOL_MODES)

@@ -81,7 +81,7 @@ def _corner_pool_symbolic(g, x, mode):
     return corner_pool_graph(TorchScriptOps(g), x, mode, _static_length(sizes[axis] if sizes else None, mode))
 
 
-torch.onnx.register_custom_op_symbolic("fastops::corner_pool", _corner_pool_symbolic, 18)
+torch.onnx.register_custom_op_symbolic("fastops::corner_pool", _corner_pool_symbolic, 15)
 
 
 def onnx_translations():

@@ -95,6 +95,69 @@ def soft_argmax_graph(o, heatmaps, beta: float, normalize: bool):
     return o.Concat(o.Unsqueeze(x, last), o.Unsqueeze(y, last), axis=-1)
 
 
+def argmax_graph(o, heatmaps, refine: str):
+    """heatmap_argmax (refine none / quarter / hourglass) as ONNX ops: ArgMax over H*W (first maximum), the score
+    gathered there, x = i % W, y = i // W (-1 where the score is <= 0), then the refinement's neighbour reads as
+    GatherElements on clipped flat indices. A NaN map follows the runtime's ArgMax (fastops picks the first NaN)."""
+    if refine not in ("none", "quarter", "hourglass"):
+        raise RuntimeError(f"fastops.heatmap_argmax(refine={refine!r}) has no ONNX export (only none, quarter, "
+                           f"hourglass)")
+    i64 = o.const(0)
+    h = o.Shape(heatmaps, start=2, end=3)
+    w = o.Shape(heatmaps, start=3, end=4)
+    flat = o.Reshape(heatmaps, o.const([0, 0, -1]))
+    idx = o.ArgMax(flat, axis=-1, keepdims=1)
+    score = o.GatherElements(flat, idx, axis=2)
+    zero = o.CastLike(o.const([0.0], torch.float32), heatmaps)
+    pos = o.Greater(score, zero)
+    minus1 = o.const([-1])
+    x = o.Where(pos, o.Mod(idx, w), minus1)
+    y = o.Where(pos, o.Div(idx, w), minus1)
+    kx, ky = o.CastLike(x, heatmaps), o.CastLike(y, heatmaps)
+    one = o.const([1])
+    last = o.Sub(o.Mul(h, w), one)
+    del i64
+
+    def at(yy, xx):
+        return o.GatherElements(flat, o.Clip(o.Add(o.Mul(yy, w), xx), o.const(0), o.Squeeze(last, o.const([0]))),
+                                axis=2)
+
+    quarter = o.CastLike(o.const([0.25], torch.float32), heatmaps)
+    if refine == "quarter":
+        zero_i = o.const([0])
+        okx = o.And(o.And(o.Less(one, x), o.Less(x, o.Sub(w, one))), o.And(o.Less(zero_i, y), o.Less(y, h)))
+        oky = o.And(o.And(o.Less(one, y), o.Less(y, o.Sub(h, one))), o.And(o.Less(zero_i, x), o.Less(x, w)))
+        dx = o.Where(okx, o.Sub(at(y, o.Add(x, one)), at(y, o.Sub(x, one))), zero)
+        dy = o.Where(oky, o.Sub(at(o.Add(y, one), x), at(o.Sub(y, one), x)), zero)
+        kx = o.Add(kx, o.Mul(o.Sign(dx), quarter))
+        ky = o.Add(ky, o.Mul(o.Sign(dy), quarter))
+    elif refine == "hourglass":
+        zero_i = o.const([0])
+        right = at(y, o.Min(o.Add(x, one), o.Sub(w, one)))
+        left = at(y, o.Max(o.Sub(x, one), zero_i))
+        down = at(o.Min(o.Add(y, one), o.Sub(h, one)), x)
+        up = at(o.Max(o.Sub(y, one), zero_i), x)
+        half = o.CastLike(o.const([0.5], torch.float32), heatmaps)
+        mq = o.Neg(quarter)
+        kx = o.Where(pos, o.Add(o.Add(kx, o.Where(o.Greater(right, left), quarter, mq)), half), kx)
+        ky = o.Where(pos, o.Add(o.Add(ky, o.Where(o.Greater(down, up), quarter, mq)), half), ky)
+    # the NaN/inf rule: a refined coordinate that is not finite falls back to the integer location
+    kx = o.Where(o.Or(o.IsNaN(kx), o.IsInf(kx)), o.CastLike(x, heatmaps), kx)
+    ky = o.Where(o.Or(o.IsNaN(ky), o.IsInf(ky)), o.CastLike(y, heatmaps), ky)
+    return o.Concat(kx, ky, axis=-1), o.Squeeze(score, o.const([-1]))
+
+
+def _argmax_symbolic(g, heatmaps, refine, blur_kernel):
+    from torch.onnx import symbolic_helper as sh
+
+    from fastops.registrations._onnx_ops import TorchScriptOps
+
+    return argmax_graph(TorchScriptOps(g), heatmaps, sh._maybe_get_const(refine, "s"))
+
+
+torch.onnx.register_custom_op_symbolic("fastops::heatmap_argmax", _argmax_symbolic, 15)
+
+
 def _soft_argmax_symbolic(g, heatmaps, beta, normalize):
     from torch.onnx import symbolic_helper as sh
 
@@ -104,7 +167,7 @@ def _soft_argmax_symbolic(g, heatmaps, beta, normalize):
                              bool(sh._maybe_get_const(normalize, "b")))
 
 
-torch.onnx.register_custom_op_symbolic("fastops::soft_argmax", _soft_argmax_symbolic, 18)
+torch.onnx.register_custom_op_symbolic("fastops::soft_argmax", _soft_argmax_symbolic, 15)
 
 
 def onnx_translations():
@@ -116,4 +179,8 @@ def onnx_translations():
     def soft_argmax(heatmaps: TFloat, beta: float, normalize: bool) -> TFloat:
         return soft_argmax_graph(OnnxscriptOps(), heatmaps, beta, normalize)
 
-    return {torch.ops.fastops.soft_argmax.default: soft_argmax}
+    def heatmap_argmax(heatmaps: TFloat, refine: str, blur_kernel: int):
+        return argmax_graph(OnnxscriptOps(), heatmaps, refine)
+
+    return {torch.ops.fastops.soft_argmax.default: soft_argmax,
+            torch.ops.fastops.heatmap_argmax.default: heatmap_argmax}

@@ -99,8 +99,8 @@ def _decode_symbolic(g, heat, wh, reg, k):
     return decode_graph(TorchScriptOps(g), heat, wh, None if sh._is_none(reg) else reg, int(sh._maybe_get_const(k, "i")))
 
 
-torch.onnx.register_custom_op_symbolic("fastops::heatmap_peaks", _peaks_symbolic, 18)
-torch.onnx.register_custom_op_symbolic("fastops::centernet_decode", _decode_symbolic, 18)
+torch.onnx.register_custom_op_symbolic("fastops::heatmap_peaks", _peaks_symbolic, 15)
+torch.onnx.register_custom_op_symbolic("fastops::centernet_decode", _decode_symbolic, 15)
 
 
 def onnx_translations():
