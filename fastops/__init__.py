@@ -13,7 +13,10 @@ from fastops.ops.flow_warp import flow_warp  # noqa: F401
 from fastops.ops.panoptic import panoptic_fuse  # noqa: F401
 from fastops.ops.nms import batched_nms, fast_nms, multiclass_nms, nms, soft_nms  # noqa: F401
 from fastops.ops.roi_align import MultiScaleRoIAlign, RoIAlign, multi_scale_roi_align, roi_align  # noqa: F401
-from fastops.ops.heatmaps import centernet_decode, corner_pool, gaussian_radius, heatmap_argmax, heatmap_peaks, render_center_heatmap, render_gaussian_heatmaps, soft_argmax  # noqa: F401,E501
+from fastops.ops.render import gaussian_radius, render_center_heatmap, render_gaussian_heatmaps  # noqa: F401
+from fastops.ops.decode import heatmap_argmax, soft_argmax  # noqa: F401
+from fastops.ops.peaks import centernet_decode, heatmap_peaks  # noqa: F401
+from fastops.ops.corner_pool import corner_pool  # noqa: F401
 
 from fastops.patch import is_patched, patch_torchvision, unpatch_torchvision  # noqa: F401,E402
 

@@ -86,6 +86,9 @@ def reference_module(family: str):
 
 def triton_module(family: str):
     """`fastops.triton.<family>`, importing it registers its `fastops::<op>_triton` ops."""
+    module = sys.modules.get(f"fastops.triton.{family}")
+    if module is not None:  # (already imported: no importlib call, which torch.compile cannot trace)
+        return module
     from fastops.triton._registry import HAVE_TRITON
 
     if not HAVE_TRITON:

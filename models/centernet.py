@@ -18,7 +18,7 @@ as ``Sequential(Conv2d(256, head_conv, 3), ReLU, Conv2d(head_conv, n, 1))`` (``h
 ``conv``/``bn``).
 
 Every model takes ``impl="auto"`` (fastops kernels) or ``impl="reference"`` (the plain-PyTorch/NumPy references in
-``fastops.reference.heatmaps``); the attribute ``model.impl`` can be switched after construction.
+``fastops.reference``); the attribute ``model.impl`` can be switched after construction.
 """
 from __future__ import annotations
 
@@ -238,11 +238,11 @@ def reg_l1_loss(output: Tensor, mask: Tensor, ind: Tensor, target: Tensor) -> Te
 
 class _ReferenceCornerPool(torch.autograd.Function):
     """CornerNet's pooling as its extension runs it: the reference forward (running max) and the reference backward
-    (gradient to the element the running max came from, first met on ties) from fastops.reference.heatmaps."""
+    (gradient to the element the running max came from, first met on ties) from fastops.reference.corner_pool."""
 
     @staticmethod
     def forward(ctx, x, mode):
-        from fastops.reference.heatmaps import cornernet_pool_forward
+        from fastops.reference.corner_pool import cornernet_pool_forward
 
         ctx.save_for_backward(x)
         ctx.mode = mode
@@ -250,7 +250,7 @@ class _ReferenceCornerPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from fastops.reference.heatmaps import cornernet_pool_backward
+        from fastops.reference.corner_pool import cornernet_pool_backward
 
         (x,) = ctx.saved_tensors
         return cornernet_pool_backward(x, grad.contiguous(), ctx.mode), None

@@ -36,4 +36,4 @@ def test_op_share_of_centernet_before_and_after():
         else:
             assert "fastops::centernet_decode" in names and fastops_ms > 0
     assert [getattr(o, a) for o, a, _ in tool._sites()] == names_before
-    assert fastops.centernet_decode.__module__ == "fastops.ops.heatmaps"
+    assert fastops.centernet_decode.__module__ == "fastops.ops.peaks"

@@ -1,0 +1,243 @@
+// Decoding keypoints (heatmap_argmax, soft_argmax): CPU kernels. One map per task of at::parallel_for and
+// fixed-order reductions inside a map, so results do not depend on the thread count. float16/bfloat16 are
+// computed in float, float64 in double.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "keypoints_vec.h"
+#include "decode/decode.h"
+
+namespace fastops {
+namespace heatmaps {
+namespace {
+
+using at::Tensor;
+
+// First maximum of a contiguous run (numpy's argmax: the first NaN if there is one). `buf` converts
+// float16/bfloat16 maps to float first.
+template <typename T, typename A>
+int64_t argmax_fast(const T* p, int64_t n, A& best, std::vector<A>& buf) {
+  const A* q;
+  if constexpr (std::is_same<T, A>::value) {
+    q = p;
+  } else {
+    buf.resize((size_t)n);
+    for (int64_t i = 0; i < n; ++i) buf[i] = (A)p[i];
+    q = buf.data();
+  }
+  bool nan;
+  const A m = lanes_max(q, n, nan);
+  if (nan) {
+    const int64_t i = first_nan(q, n);
+    best = q[i];
+    return i;
+  }
+  best = m;
+  const int64_t i = first_equal(q, n, m);
+  return i < 0 ? 0 : i;
+}
+
+std::tuple<Tensor, Tensor> heatmap_argmax_cpu(const Tensor& heatmaps, c10::string_view refine_s, int64_t blur_kernel) {
+  const int refine = parse_refine(refine_s);
+  check_argmax_args(heatmaps, refine, blur_kernel);
+  const Tensor hm = heatmaps.contiguous();
+  const int64_t B = hm.size(0), K = hm.size(1);
+  const int H = (int)hm.size(2), W = (int)hm.size(3);
+  Tensor coords = at::empty({B, K, 2}, hm.options());
+  Tensor scores = at::empty({B, K}, hm.options());
+  if (B * K == 0) return {coords, scores};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hm.scalar_type(), "heatmap_argmax", [&] {
+    using A = acc_t<scalar_t>;
+    A kc[kMaxBlur];
+    if (refine == kDark || refine == kDarkUDP) opencv_gauss_kernel<A>((int)blur_kernel, kc);
+    const scalar_t* hp = hm.data_ptr<scalar_t>();
+    scalar_t* cp = coords.data_ptr<scalar_t>();
+    scalar_t* sp = scores.data_ptr<scalar_t>();
+    const int64_t plane = (int64_t)H * W;
+    at::parallel_for(0, B * K, 8, [&](int64_t begin, int64_t end) {
+      std::vector<A> buf;
+      for (int64_t m = begin; m < end; ++m) {
+        const scalar_t* p = hp + m * plane;
+        A best;
+        const int64_t idx = argmax_fast<scalar_t, A>(p, plane, best, buf);
+        A kx, ky;
+        int x, y;
+        if (best <= A(0)) {
+          kx = ky = A(-1);
+          x = y = -1;
+        } else {
+          x = (int)(idx % W);
+          y = (int)(idx / W);
+          kx = (A)x;
+          ky = (A)y;
+        }
+        switch (refine) {
+          case kQuarter: refine_quarter<scalar_t, A>(p, H, W, x, y, kx, ky); break;
+          case kHourglass: refine_hourglass<scalar_t, A>(p, H, W, x, y, best, kx, ky); break;
+          case kDark: refine_dark<scalar_t, A>(p, H, W, x, y, best, kc, (int)blur_kernel, kx, ky); break;
+          case kDarkUDP: refine_dark_udp<scalar_t, A>(p, H, W, x, y, best, kc, (int)blur_kernel, kx, ky); break;
+          default: break;
+        }
+        keep_finite(x, y, kx, ky);
+        cp[2 * m] = (scalar_t)kx;
+        cp[2 * m + 1] = (scalar_t)ky;
+        sp[m] = (scalar_t)best;
+      }
+    });
+  });
+  return {coords, scores};
+}
+
+// ---- soft_argmax ------------------------------------------------------------------------------------------------
+
+// One map of softmax(beta * h): e_i = exp(beta * h_i - max) into e (when e is non-null), and the sums
+// S = sum e, Sx = sum e * x, Sy = sum e * y (fixed-order lanes).
+template <typename A>
+A map_max_scaled(const A* q, int64_t n, A beta) {
+  bool nan;
+  if (beta >= A(0)) return beta * lanes_max(q, n, nan);
+  A mn = q[0];
+  for (int64_t i = 0; i < n; ++i) mn = q[i] < mn ? q[i] : mn;
+  return beta * mn;
+}
+
+inline void softmax_sums(const float* q, int H, int W, float beta, float* e, float& S, float& Sx, float& Sy) {
+  const float mx = map_max_scaled(q, (int64_t)H * W, beta);
+  vf16 s = vf16{}, sx = vf16{}, sy = vf16{};
+  const vf16 vb = vsplat(beta), vm = vsplat(mx);
+  float tail[kLanes];
+  for (int y = 0; y < H; ++y) {
+    const float* r = q + (int64_t)y * W;
+    float* er = e ? e + (int64_t)y * W : nullptr;
+    const vf16 fy = vsplat((float)y);
+    for (int x = 0; x < W; x += kLanes) {
+      const int n = std::min(kLanes, W - x);
+      vf16 v;
+      if (n == kLanes) {
+        v = vexp(vb * vload(r + x) - vm);
+      } else {
+        for (int j = 0; j < kLanes; ++j) tail[j] = j < n ? r[x + j] : 0.0f;
+        v = vexp(vb * vload(tail) - vm);
+        for (int j = n; j < kLanes; ++j) v[j] = 0.0f;
+      }
+      if (er) {
+        if (n == kLanes) {
+          std::memcpy(er + x, &v, sizeof(v));
+        } else {
+          for (int j = 0; j < n; ++j) er[x + j] = v[j];
+        }
+      }
+      s += v;
+      sx += v * viota((float)x);
+      sy += v * fy;
+    }
+  }
+  S = vsum(s);
+  Sx = vsum(sx);
+  Sy = vsum(sy);
+}
+
+inline void softmax_sums(const double* q, int H, int W, double beta, double* e, double& S, double& Sx, double& Sy) {
+  const double mx = map_max_scaled(q, (int64_t)H * W, beta);
+  S = Sx = Sy = 0;
+  for (int y = 0; y < H; ++y) {
+    double rs = 0, rx = 0;
+    for (int x = 0; x < W; ++x) {
+      const double v = std::exp(beta * q[(int64_t)y * W + x] - mx);
+      if (e) e[(int64_t)y * W + x] = v;
+      rs += v;
+      rx += v * x;
+    }
+    S += rs;
+    Sx += rx;
+    Sy += rs * y;
+  }
+}
+
+Tensor soft_argmax_cpu(const Tensor& heatmaps, double beta, bool normalize) {
+  check_soft_argmax_args(heatmaps, beta);
+  const Tensor hm = heatmaps.contiguous();
+  const int64_t B = hm.size(0), K = hm.size(1);
+  const int H = (int)hm.size(2), W = (int)hm.size(3);
+  Tensor coords = at::empty({B, K, 2}, hm.options());
+  if (B * K == 0) return coords;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hm.scalar_type(), "soft_argmax", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* hp = hm.data_ptr<scalar_t>();
+    scalar_t* cp = coords.data_ptr<scalar_t>();
+    const int64_t plane = (int64_t)H * W;
+    at::parallel_for(0, B * K, 8, [&](int64_t begin, int64_t end) {
+      std::vector<A> buf;
+      for (int64_t m = begin; m < end; ++m) {
+        const A* q = as_acc<scalar_t, A>(hp + m * plane, plane, buf);
+        A s, sx, sy;
+        softmax_sums(q, H, W, (A)beta, nullptr, s, sx, sy);
+        A cx = sx / s, cy = sy / s;
+        if (normalize) {
+          cx /= (A)W;
+          cy /= (A)H;
+        }
+        cp[2 * m] = (scalar_t)cx;
+        cp[2 * m + 1] = (scalar_t)cy;
+      }
+    });
+  });
+  return coords;
+}
+
+Tensor soft_argmax_backward_cpu(const Tensor& grad, const Tensor& heatmaps, const Tensor& coords, double beta,
+                                bool normalize) {
+  const Tensor hm = heatmaps.contiguous();
+  const Tensor g = grad.to(hm.scalar_type()).contiguous();
+  const Tensor cd = coords.to(hm.scalar_type()).contiguous();
+  const int64_t B = hm.size(0), K = hm.size(1);
+  const int H = (int)hm.size(2), W = (int)hm.size(3);
+  Tensor gin = at::empty({B, K, H, W}, hm.options());
+  if (gin.numel() == 0) return gin;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hm.scalar_type(), "soft_argmax_backward", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* hp = hm.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* cp = cd.data_ptr<scalar_t>();
+    scalar_t* op = gin.data_ptr<scalar_t>();
+    const int64_t plane = (int64_t)H * W;
+    at::parallel_for(0, B * K, 8, [&](int64_t begin, int64_t end) {
+      std::vector<A> buf, ebuf((size_t)plane);
+      for (int64_t m = begin; m < end; ++m) {
+        const A* q = as_acc<scalar_t, A>(hp + m * plane, plane, buf);
+        A* e = ebuf.data();
+        A s, sx_, sy_;
+        softmax_sums(q, H, W, (A)beta, e, s, sx_, sy_);
+        // d coord / d h_i = beta * p_i * (pos_i - coord); pos in pixels, or divided by W / H when normalised
+        const A ux = normalize ? A(1) / (A)W : A(1), uy = normalize ? A(1) / (A)H : A(1);
+        const A gx = (A)gp[2 * m], gy = (A)gp[2 * m + 1];
+        const A cx = (A)cp[2 * m], cy = (A)cp[2 * m + 1];
+        const A f = (A)beta / s;
+        scalar_t* o = op + m * plane;
+        for (int y = 0; y < H; ++y) {
+          const A ty = gy * ((A)y * uy - cy);
+          const A* er = e + (int64_t)y * W;
+          scalar_t* orow = o + (int64_t)y * W;
+          for (int x = 0; x < W; ++x) orow[x] = (scalar_t)(f * er[x] * (gx * ((A)x * ux - cx) + ty));
+        }
+      }
+    });
+  });
+  return gin;
+}
+
+}  // namespace
+}  // namespace heatmaps
+}  // namespace fastops
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) {
+  using namespace fastops::heatmaps;
+  m.impl("heatmap_argmax", &heatmap_argmax_cpu);
+  m.impl("soft_argmax", &soft_argmax_cpu);
+  m.impl("_soft_argmax_backward", &soft_argmax_backward_cpu);
+}

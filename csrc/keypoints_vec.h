@@ -1,0 +1,159 @@
+// CPU-only vector helpers of the keypoint families (render, decode, peaks, corner_pool).
+//
+// Reductions run in kLanes independent accumulators combined in a fixed order at the end, so results do not
+// depend on the thread count. float uses GCC vector extensions (16 lanes: one AVX-512 register, or several
+// narrower ones on a portable build): gcc does not vectorise float reductions or exp on its own without
+// -ffast-math.
+#pragma once
+
+#include <stdint.h>
+
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace fastops {
+namespace heatmaps {
+
+// exp for float that gcc vectorises (Cephes' expf polynomial, ~1 ulp); 0 below -87 (no denormal results), NaN
+// stays NaN (never cast to int: the exponent is built from the clamped argument).
+inline float fast_expf(float x) {
+  const bool nan = x != x;
+  float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  xc = nan ? 0.0f : xc;
+  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t e = ((int32_t)n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  const float out = x < -87.0f ? 0.0f : p * scale;
+  return nan ? x : out;
+}
+inline double fast_exp(double x) { return std::exp(x); }
+inline float fast_exp(float x) { return fast_expf(x); }
+
+constexpr int kLanes = 16;
+typedef float vf16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+
+inline vf16 vload(const float* p) {
+  vf16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void vstore(float* p, vf16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline vf16 vsplat(float x) { return vf16{} + x; }
+inline vf16 viota(float x0) { return vf16{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} + x0; }
+inline float vsum(vf16 v) {
+  float r = 0;
+  for (int j = 0; j < kLanes; ++j) r += v[j];
+  return r;
+}
+
+// Cephes' expf for 16 lanes (~1 ulp); 0 below -87. Round-to-nearest by the 1.5 * 2^23 trick; NaN lanes stay NaN.
+inline vf16 vexp(vf16 x) {
+  const vi16 under = x < vsplat(-87.0f);
+  const vi16 nan = x != x;
+  vf16 xc = under ? vsplat(-87.0f) : x;
+  xc = xc > vsplat(88.0f) ? vsplat(88.0f) : xc;
+  xc = nan ? vsplat(0.0f) : xc;
+  const vf16 magic = vsplat(12582912.0f);
+  const vf16 n = (xc * 1.44269504088896341f + magic) - magic;
+  const vf16 r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  vf16 p = vsplat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vi16 e = (__builtin_convertvector(n, vi16) + 127) << 23;
+  vf16 scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  vf16 out = p * scale;
+  out = under ? vsplat(0.0f) : out;
+  return nan ? x : out;
+}
+
+// Max that propagates NaN (as max_pool2d), 16 lanes.
+inline vf16 vnanmax(vf16 a, vf16 b) {
+  const vi16 c = (a > b) | (a != a);
+  return c ? a : b;
+}
+
+// Maximum of p[0..n) (n > 0) and whether any element is NaN.
+template <typename T>
+T lanes_max(const T* p, int64_t n, bool& has_nan) {
+  T r = p[0];
+  int f = 0;
+  int64_t i = 0;
+  if constexpr (std::is_same<T, float>::value) {
+    if (n >= kLanes) {
+      vf16 m = vload(p);
+      vi16 nf = vi16{};
+      for (; i + kLanes <= n; i += kLanes) {
+        const vf16 v = vload(p + i);
+        m = v > m ? v : m;
+        nf |= (v != v);
+      }
+      r = m[0];
+      for (int j = 0; j < kLanes; ++j) {
+        r = m[j] > r ? m[j] : r;
+        f |= nf[j];
+      }
+    }
+  }
+  for (; i < n; ++i) {
+    const T v = p[i];
+    r = v > r ? v : r;
+    f |= (int)(v != v);
+  }
+  has_nan = f != 0;
+  return r;
+}
+
+// Index of the first element equal to v (searching kLanes at a time), -1 if none.
+template <typename T>
+int64_t first_equal(const T* p, int64_t n, T v) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    int any = 0;
+    for (int j = 0; j < kLanes; ++j) any |= (int)(p[i + j] == v);
+    if (any)
+      for (int j = 0; j < kLanes; ++j)
+        if (p[i + j] == v) return i + j;
+  }
+  for (; i < n; ++i)
+    if (p[i] == v) return i;
+  return -1;
+}
+
+template <typename T>
+int64_t first_nan(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (p[i] != p[i]) return i;
+  return 0;
+}
+
+// p[0..n) in the accumulation type: the input itself when T is A, else converted into buf.
+template <typename T, typename A>
+const A* as_acc(const T* p, int64_t n, std::vector<A>& buf) {
+  if constexpr (std::is_same<T, A>::value) {
+    return p;
+  } else {
+    buf.resize((size_t)n);
+    for (int64_t i = 0; i < n; ++i) buf[i] = (A)p[i];
+    return buf.data();
+  }
+}
+
+}  // namespace heatmaps
+}  // namespace fastops

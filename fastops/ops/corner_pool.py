@@ -1,0 +1,45 @@
+"""CornerNet's corner pooling (TopPool / BottomPool / LeftPool / RightPool) with CornerNet's own backward.
+
+Conventions and anchors: docs/heatmaps.md. Compiled kernels: `torch.ops.fastops.corner_pool` (schema in
+csrc/corner_pool/corner_pool.cpp); `impl="triton"` runs `fastops::corner_pool_triton` (fastops/triton/corner_pool.py);
+`impl="reference"` the PyTorch transcription in fastops.reference.corner_pool.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import fastops.registrations.corner_pool as _reg
+from fastops._library import FLOAT_DTYPES, check_tensor, dispatch, reference_module, triton_module
+from fastops.ops._keypoints import choice
+
+POOL_MODES = tuple(_reg.POOL_MODES)
+
+torch.fx.wrap("corner_pool")
+
+
+def corner_pool(x: Tensor, mode: str = "top", *, impl: str = "auto") -> Tensor:
+    """CornerNet corner pooling: ``top`` ``out[y] = max_{y' >= y} x[y']``, ``bottom`` ``max_{y' <= y}``, ``left``
+    ``max_{x' >= x}``, ``right`` ``max_{x' <= x}``.
+
+    ``x`` ``[B, C, H, W]``; returns the same shape and dtype (contiguous). Differentiable: each gradient goes to the
+    element the running max came from, on ties to the element met first in the scan (CornerNet's own backward; it
+    differs from ``torch.cummax``, which picks the last).
+
+    NaN/inf: NaN propagates along the scan as in ``torch.cummax`` and CornerNet's ``max``: from the first NaN met
+    on, the output is NaN, and the gradients of those outputs go to that first NaN. +-inf are ordinary values.
+
+    Speed: bandwidth-bound; forward is one read + one write of ``x``, backward reads ``x``, the output and the
+    gradient and writes one gradient (the CPU kernels make exactly these passes).
+
+    ONNX (both exporters, opset >= 15): CornerNet's log-step max scan, ceil(log2(L)) rounds of Slice + Max + Concat
+    along the scan axis, unrolled for the static length L of that axis (other dimensions dynamic); exact in
+    onnxruntime. NaN handling there is the runtime's Max.
+    """
+    check_tensor("x", x, dim=4, dtypes=FLOAT_DTYPES)
+    choice("mode", mode, POOL_MODES)
+    return dispatch(
+        "corner_pool", impl, x.device,
+        cpp=lambda: torch.ops.fastops.corner_pool(x, mode),
+        reference=lambda: reference_module("corner_pool").corner_pool(x, mode),
+        triton=lambda: triton_module("corner_pool").corner_pool_triton(x, mode))

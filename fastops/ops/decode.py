@@ -1,0 +1,94 @@
+"""Decoding keypoints from heatmaps: `heatmap_argmax` (mmpose's get_heatmap_maximum + refinements, the
+stacked-hourglass parser) and `soft_argmax` (integral regression).
+
+Conventions and anchors: docs/heatmaps.md. Compiled kernels: `torch.ops.fastops.<name>` (schemas in
+csrc/decode/decode.cpp); `impl="triton"` runs `fastops::<name>_triton` (fastops/triton/decode.py);
+`impl="reference"` the NumPy/PyTorch transcriptions in fastops.reference.decode.
+Coordinates are (x, y) in heatmap pixels: pixel i covers [i, i + 1) and has its value at i (mmpose).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+import fastops.registrations.decode as _reg
+from fastops._library import check_int, dispatch, reference_module, triton_module
+from fastops.ops._keypoints import check_maps, choice, finite_float
+
+REFINES = tuple(_reg.REFINES)
+MAX_BLUR = _reg.MAX_BLUR
+
+torch.fx.wrap("heatmap_argmax")
+torch.fx.wrap("soft_argmax")
+
+
+def heatmap_argmax(heatmaps: Tensor, *, refine: str = "none", blur_kernel: int = 11,
+                   impl: str = "auto") -> Tuple[Tensor, Tensor]:
+    """Keypoints from heatmaps: first maximum in row-major order, then an optional sub-pixel refinement.
+
+    Args:
+        heatmaps: ``[B, K, H, W]`` (or ``[K, H, W]``).
+        refine: ``"none"`` (mmpose ``get_heatmap_maximum``), ``"quarter"`` (``refine_keypoints``: +-0.25 towards the
+            larger neighbour, HRNet/SimpleBaseline), ``"hourglass"`` (stacked-hourglass parser: +-0.25 with clamped
+            neighbours, then +0.5), ``"dark"`` (``refine_keypoints_dark``, DARK's Taylor step on the log of the
+            blurred map), ``"dark_udp"`` (``refine_keypoints_dark_udp``).
+        blur_kernel: odd Gaussian kernel size in ``[1, 31]`` for the DARK blurs (OpenCV's kernel for sigma 0). Only
+            a patch around each maximum is blurred (the full map only when clamping near the maximum makes
+            mmpose's rescale matter).
+
+    Returns:
+        ``(coords [B, K, 2], scores [B, K])`` in the heatmaps' dtype; coords are -1 where the score is <= 0 (no
+        refinement applies there; mmpose's dark_udp would read a wrapped-around index).
+
+    NaN/inf: the first NaN of a map counts as its maximum (numpy's argmax / amax: score NaN, coordinates its pixel).
+    A refined coordinate that is not finite (the refinement read a NaN or inf: a NaN maximum, a NaN neighbour, an
+    infinite maximum) falls back to the integer location; mmpose would return NaN there.
+
+    Speed (none/quarter): bandwidth-bound, one read of the maps (6.3 MB for 32x17x64x48 float32) and nothing else
+    of size; the CPU kernel is within 1.5x of ``torch.amax`` over the same maps (bench/test_bench_decode.py).
+
+    ONNX (both exporters, opset >= 15; refine none / quarter / hourglass): ArgMax over H*W, GatherElements of the
+    score and of the refinement's neighbours, Where for the -1 / offset rules; exact in onnxruntime (a NaN map
+    follows the runtime's ArgMax). ``dark`` / ``dark_udp`` raise at export, naming the op.
+    """
+    check_maps("heatmaps", heatmaps, dims=(3, 4))
+    choice("refine", refine, REFINES)
+    blur_kernel = check_int("blur_kernel", blur_kernel, low=1, high=MAX_BLUR)
+    if blur_kernel % 2 == 0:
+        raise ValueError(f"blur_kernel must be an odd int in [1, {MAX_BLUR}], got {blur_kernel}")
+    single = heatmaps.dim() == 3
+    hm = heatmaps.unsqueeze(0) if single else heatmaps
+    c, s = dispatch(
+        "heatmap_argmax", impl, hm.device,
+        cpp=lambda: torch.ops.fastops.heatmap_argmax(hm, refine, blur_kernel),
+        reference=lambda: reference_module("decode").heatmap_argmax(hm, refine, blur_kernel),
+        triton=lambda: triton_module("decode").heatmap_argmax_triton(hm, refine, blur_kernel))
+    return (c[0], s[0]) if single else (c, s)
+
+
+def soft_argmax(heatmaps: Tensor, beta: float = 1.0, *, normalize: bool = False, impl: str = "auto") -> Tensor:
+    """Differentiable keypoints (integral regression): ``p = softmax(beta * h)`` over H*W, ``x = sum p*j``,
+    ``y = sum p*i`` in pixels; ``normalize=True`` divides by W and H (mmpose's integral-regression convention).
+
+    ``heatmaps`` ``[B, K, H, W]``; returns ``[B, K, 2]`` in its dtype (accumulated in float32, float64 stays
+    float64: beta and 1/W too). Backward w.r.t. ``heatmaps``.
+
+    NaN/inf: as ``torch.softmax``: a NaN in a map, or +inf (beta > 0) / -inf (beta < 0), makes that map's
+    coordinates and gradients NaN.
+
+    Speed: one read of the maps forward; forward+backward reads the maps twice and writes the gradient once.
+
+    ONNX (both exporters, opset >= 15): Softmax of beta * h over H*W, then ReduceSum against Range index grids
+    (dynamic batch and map sizes); onnxruntime matches eager to ~1e-6.
+    """
+    check_maps("heatmaps", heatmaps)
+    beta = finite_float("beta", beta)
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize must be a bool, got {normalize!r}")
+    return dispatch(
+        "soft_argmax", impl, heatmaps.device,
+        cpp=lambda: torch.ops.fastops.soft_argmax(heatmaps, beta, normalize),
+        reference=lambda: reference_module("decode").soft_argmax(heatmaps, beta, normalize),
+        triton=lambda: triton_module("decode").soft_argmax_triton(heatmaps, beta, normalize))

@@ -1,0 +1,62 @@
+"""Shared helpers of the keypoint families' tests (test_render, test_decode, test_peaks, test_corner_pool)."""
+import torch
+
+from fastops.reference import render as RR
+
+LOW = (torch.float16, torch.bfloat16)
+TOL = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-5, 1e-6), torch.float16: (1e-2, 2e-3),
+       torch.bfloat16: (2e-2, 1e-2)}
+REFINES = ["none", "quarter", "hourglass", "dark", "dark_udp"]
+POOL_MODES = ["top", "bottom", "left", "right"]
+
+
+def close(a, b, dtype=torch.float32, rtol=None, atol=None):
+    """assert_close in float64 with the dtype's default tolerances; rtol=0 / atol=0 are taken as given (exact)."""
+    r, t = TOL[dtype]
+    torch.testing.assert_close(a.double(), b.double(), rtol=r if rtol is None else rtol,
+                               atol=t if atol is None else atol, equal_nan=True)
+
+
+def special_keypoints(B, K, H, W, gen=None):
+    """Random keypoints plus the hard cases: outside the map, on the border, exact .5 positions."""
+    kp = torch.rand(B, K, 2, generator=gen) * torch.tensor([W + 12.0, H + 12.0]) - 6
+    extra = torch.tensor([[0.0, 0.0], [W - 1.0, H - 1.0], [W - 0.5, 3.5], [2.5, H - 0.5], [-0.5, -0.5],
+                          [10.5, 7.5], [-3.2, 5.0], [W + 2.7, 4.0], [5.0, -9.9], [W / 2, H + 0.4]])
+    n = min(K, extra.size(0))
+    kp[0, :n] = extra[:n]
+    return kp
+
+
+def realistic_maps(B, K, H, W, sigma=2.0, noise=0.02, dtype=torch.float32):
+    kp = torch.rand(B, K, 2) * torch.tensor([W - 1.0, H - 1.0])
+    hm, _ = RR.render_gaussian_heatmaps(kp, (H, W), sigma, None, "dark")
+    return (hm + noise * torch.rand_like(hm)).to(dtype)
+
+
+def onnx_roundtrip(module, args, dynamo, dynamic_batch=True):
+    """Export `module` with one exporter, check the file (onnx.checker, no fastops domain) and run it in
+    onnxruntime on `args`; returns the outputs as tensors."""
+    import io
+
+    import onnx
+    import onnxruntime as ort
+
+    import fastops.onnx
+
+    f = io.BytesIO()
+    names = [f"in{i}" for i in range(len(args))]
+    if dynamo:
+        shapes = tuple({0: torch.export.Dim("batch", min=1, max=64)} for _ in names)
+        prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=shapes if dynamic_batch else None,
+                                 custom_translation_table=fastops.onnx.translations(), input_names=names)
+        model = prog.model_proto
+    else:
+        axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
+        torch.onnx.export(module, args, f, dynamo=False, input_names=names, dynamic_axes=axes, opset_version=18)
+        model = onnx.load_from_string(f.getvalue())
+    onnx.checker.check_model(model)
+    domains = {n.domain for n in model.graph.node}
+    assert not any("fastops" in d for d in domains), domains
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {n: a.numpy() for n, a in zip(names, args)})
+    return [torch.from_numpy(o) for o in outs]

@@ -1,0 +1,341 @@
+"""Decoding keypoints: fastops against the transcriptions of mmpose's decoders and the stacked-hourglass parser
+(fastops/reference/decode.py)."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastops
+from fastops.reference import decode as R
+from keypoints_helpers import LOW, POOL_MODES, REFINES, close, realistic_maps, special_keypoints  # noqa: F401
+
+
+@pytest.mark.parametrize("refine", REFINES)
+@pytest.mark.parametrize("sigma", [1.0, 1.5, 2.0, 3.0])
+def test_argmax_matches_mmpose(refine, sigma):
+    hm = realistic_maps(3, 9, 20, 17, sigma)
+    # the hard places: maxima on the border and next to it, a flat map, an all-negative map, a zero map
+    hm[0, 0, 0, 5] = 3.0
+    hm[0, 1, 19, 16] = 3.0
+    hm[0, 2, 1, 1] = 3.0
+    hm[0, 3, 18, 15] = 3.0
+    hm[1, 0] = 0.25
+    hm[1, 1] = -torch.rand(20, 17)
+    hm[1, 2] = 0
+    c, s = fastops.heatmap_argmax(hm, refine=refine)
+    rc, rs = R.heatmap_argmax(hm, refine)
+    close(s, rs, atol=0, rtol=0)
+    close(c, rc, atol=2e-4 if refine.startswith("dark") else 0, rtol=0)
+    assert (c[1, 1] == -1).all() and (c[1, 2] == -1).all()
+
+
+@pytest.mark.parametrize("blur", [3, 7, 11, 17])
+def test_argmax_dark_blur_kernels(blur):
+    hm = realistic_maps(2, 6, 32, 24, 2.0)
+    for refine in ("dark", "dark_udp"):
+        c, _ = fastops.heatmap_argmax(hm, refine=refine, blur_kernel=blur)
+        rc, _ = R.heatmap_argmax(hm, refine, blur)
+        close(c, rc, atol=2e-4, rtol=0)
+
+
+def test_argmax_dark_clamped_needs_full_rescale():
+    # a sharp peak on a zero background: blurred values near the maximum fall below 1e-3, so dark_udp's clip
+    # depends on mmpose's rescale factor (computed here from the whole blurred map)
+    hm = torch.zeros(1, 3, 24, 24)
+    hm[0, 0, 10, 12] = 1.0
+    hm[0, 1, 5, 6] = 40.0
+    hm[0, 1, 5, 7] = 20.0
+    hm[0, 2] = realistic_maps(1, 1, 24, 24, 1.0, 0)[0, 0] * 80  # max above 50
+    for refine in ("dark", "dark_udp"):
+        c, _ = fastops.heatmap_argmax(hm, refine=refine, blur_kernel=11)
+        rc, _ = R.heatmap_argmax(hm, refine, 11)
+        close(c, rc, atol=2e-4, rtol=0)
+
+
+def test_argmax_nan_and_ties():
+    hm = torch.zeros(1, 3, 5, 6)
+    hm[0, 0, 2, 3] = float("nan")
+    hm[0, 0, 1, 1] = 5
+    hm[0, 1, 1, 2] = 2
+    hm[0, 1, 3, 1] = 2  # tie: the first in row-major order wins
+    hm[0, 2] = 1  # flat: index 0
+    c, s = fastops.heatmap_argmax(hm)
+    assert torch.isnan(s[0, 0]) and c[0, 0].tolist() == [3, 2]
+    assert c[0, 1].tolist() == [2, 1] and c[0, 2].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_argmax_dtypes(dtype):
+    hm = realistic_maps(2, 5, 16, 16, 2.0, 0.0).to(dtype)
+    for refine in REFINES:
+        c, s = fastops.heatmap_argmax(hm, refine=refine)
+        rc, rs = R.heatmap_argmax(hm.to(torch.float64), refine)  # the same values, decoded in float
+        assert c.dtype == dtype and s.dtype == dtype
+        assert torch.equal(s.double(), rs.to(dtype).double())  # the maximum itself: exact
+        if refine in ("none", "quarter", "hourglass"):
+            # integer + 0.25 / 0.5 steps are exact in every dtype for maps this size: a wrong quarter offset fails
+            assert torch.equal(c.double(), rc.double()), refine
+        else:
+            # DARK in float on the same values, then one rounding to the dtype: half an ulp at coordinates < 16
+            close(c, rc, dtype, atol=0.035 if dtype == torch.bfloat16 else 5e-3, rtol=0)
+
+
+def test_argmax_3d_noncontiguous_empty():
+    hm = realistic_maps(1, 4, 12, 10)[0]
+    c, s = fastops.heatmap_argmax(hm, refine="quarter")
+    rc, _ = R.heatmap_argmax(hm[None], "quarter")
+    assert c.shape == (4, 2) and torch.equal(c, rc[0])
+    t = realistic_maps(3, 4, 12, 10).transpose(2, 3)
+    c2, _ = fastops.heatmap_argmax(t, refine="dark")
+    close(c2, R.heatmap_argmax(t.contiguous(), "dark")[0], atol=2e-4)
+    c3, s3 = fastops.heatmap_argmax(torch.zeros(0, 17, 8, 8))
+    assert c3.shape == (0, 17, 2) and s3.shape == (0, 17)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("beta", [1.0, 5.0, -0.5])
+def test_soft_argmax(normalize, beta):
+    hm = torch.randn(3, 4, 9, 13)
+    out = fastops.soft_argmax(hm, beta, normalize=normalize)
+    close(out, R.soft_argmax(hm, beta, normalize), rtol=1e-5, atol=1e-5)
+    hm.requires_grad_(True)
+    g = torch.randn(3, 4, 2)
+    (gi,) = torch.autograd.grad(fastops.soft_argmax(hm, beta, normalize=normalize), hm, g)
+    (ri,) = torch.autograd.grad(R.soft_argmax(hm, beta, normalize), hm, g)
+    close(gi, ri, rtol=1e-4, atol=1e-6)
+
+
+def test_soft_argmax_gradcheck_and_dtypes():
+    hm = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda h: fastops.soft_argmax(h, 2.0), (hm,))
+    assert torch.autograd.gradcheck(lambda h: fastops.soft_argmax(h, 0.7, normalize=True), (hm,))
+    x = torch.randn(2, 3, 8, 8)
+    for dt in LOW:
+        close(fastops.soft_argmax(x.to(dt)), R.soft_argmax(x.to(dt).float()), dt, atol=0.05, rtol=0.02)
+    assert fastops.soft_argmax(torch.zeros(0, 3, 4, 4)).shape == (0, 3, 2)
+
+
+@pytest.mark.parametrize("impl", ["cpp", "triton"])
+@pytest.mark.parametrize("dtype", LOW)
+def test_soft_argmax_half_gradients_against_float64(impl, dtype):
+    # the low-precision gradient against the float64 gradient of the same (rounded) input: a gradient scaled by
+    # 1.5 is off by 50% of its size and fails; the tolerance is a few ulps of the largest gradient
+    x = (torch.randn(2, 3, 8, 9) * 2).to(dtype)
+    g = torch.randn(2, 3, 2)
+    xr = x.clone().requires_grad_(True)
+    (gi,) = torch.autograd.grad(fastops.soft_argmax(xr, 1.5, impl=impl), xr, g.to(dtype))
+    x64 = x.double().requires_grad_(True)
+    (want,) = torch.autograd.grad(R.soft_argmax(x64, 1.5), x64, g.to(dtype).double())
+    assert gi.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(gi.double(), want, atol=8 * eps * want.abs().max().item(), rtol=4 * eps)
+
+
+@settings(deadline=None)
+@given(h=st.integers(1, 12), w=st.integers(1, 12), refine=st.sampled_from(REFINES), seed=st.integers(0, 1000))
+def test_argmax_property_odd_shapes(h, w, refine, seed):
+    g = torch.Generator().manual_seed(seed)
+    hm = torch.rand(2, 3, h, w, generator=g) + 0.5
+    if refine == "dark_udp" and min(h, w) < 3:
+        # a 1- or 2-pixel axis makes mmpose's (Hessian + eps I)^-1 amplify rounding noise by 1/eps
+        refine = "dark"
+    c, s = fastops.heatmap_argmax(hm, refine=refine, blur_kernel=3)
+    rc, rs = R.heatmap_argmax(hm, refine, 3)
+    assert torch.equal(s, rs)
+    if not refine.startswith("dark"):
+        close(c, rc, atol=0, rtol=0)
+        return
+    # DARK's Newton step on a flat, noisy map is ill-conditioned (mmpose's (Hessian + eps I)^-1 can move a point by
+    # hundreds of pixels, and float rounding then decides by how many): compare where the step is well-conditioned
+    # (the reference moved the point by less than 2 px), and require finite coordinates everywhere
+    assert torch.isfinite(c).all()
+    base, _ = R.heatmap_argmax(hm, "none", 3)
+    ok = ((rc - base).abs() < 2).all(-1)
+    close(c[ok], rc[ok], atol=1e-3, rtol=1e-3)
+
+
+# ---- Triton (TRITON_INTERPRET=1 on CPU tensors; small cases: the interpreter is slow) ---------------------------
+
+def test_triton_soft_argmax():
+    hm = torch.randn(2, 3, 5, 7)
+    for normalize in (False, True):
+        close(fastops.soft_argmax(hm, 1.5, normalize=normalize, impl="triton"), R.soft_argmax(hm, 1.5, normalize),
+              rtol=1e-5, atol=1e-5)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda h: fastops.soft_argmax(h, 2.0, impl="triton"), (x,))
+    torch.library.opcheck(torch.ops.fastops.soft_argmax_triton.default, (x, 2.0, False),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_triton_argmax():
+    hm = realistic_maps(2, 4, 12, 14, 1.5)
+    hm[0, 0] = -1.0
+    hm[0, 1, 3, 3] = float("nan")
+    hm[1, 0] = 0
+    hm[1, 0, 1, 7] = 1.0  # sharp peak: DARK's clamp needs the full-map rescale
+    for refine in REFINES:
+        c, s = fastops.heatmap_argmax(hm, refine=refine, blur_kernel=5, impl="triton")
+        rc, rs = R.heatmap_argmax(hm, refine, 5)
+        close(s, rs, atol=0, rtol=0)
+        if refine.startswith("dark"):  # a NaN inside the blur window has no meaningful DARK offset
+            keep = torch.ones(2, 4, dtype=torch.bool)
+            keep[0, 1] = False
+            c, rc = c[keep], rc[keep]
+        close(c, rc, atol=2e-4 if refine.startswith("dark") else 0, rtol=0)
+
+
+# ---- threads, errors, bad inputs, opcheck, compile, enums ----------------------------------------------------------
+
+def test_same_results_one_and_two_threads():
+    old = torch.get_num_threads()
+    hm = realistic_maps(8, 17, 32, 24)
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append([*fastops.heatmap_argmax(hm, refine="dark"), fastops.soft_argmax(hm)])
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="heatmaps"):
+        fastops.heatmap_argmax(torch.rand(2, 3))
+    with pytest.raises(ValueError, match="heatmaps"):
+        fastops.heatmap_argmax(torch.rand(2, 3, 0, 4))
+    with pytest.raises(ValueError, match="refine"):
+        fastops.heatmap_argmax(torch.rand(2, 3, 4, 4), refine="x")
+    with pytest.raises(ValueError, match="blur_kernel"):
+        fastops.heatmap_argmax(torch.rand(2, 3, 4, 4), refine="dark", blur_kernel=4)
+    with pytest.raises(ValueError, match="heatmaps"):
+        fastops.soft_argmax(torch.rand(2, 3, 4, 4).long())
+    with pytest.raises(ValueError, match="beta"):
+        fastops.soft_argmax(torch.rand(2, 3, 4, 4), float("nan"))
+    with pytest.raises(RuntimeError, match="beta"):
+        torch.ops.fastops.soft_argmax(torch.rand(2, 3, 4, 4), float("inf"), False)
+
+
+def _opcheck(op, args):
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_opcheck():
+    hm = realistic_maps(2, 3, 10, 12)
+    for refine in REFINES:
+        _opcheck(torch.ops.fastops.heatmap_argmax.default, (hm, refine, 11))
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    _opcheck(torch.ops.fastops.soft_argmax.default, (x, 1.5, False))
+    _opcheck(torch.ops.fastops._soft_argmax_backward.default,
+             (torch.randn(2, 3, 2, dtype=torch.float64), x.detach(), torch.rand(2, 3, 2, dtype=torch.float64), 1.5,
+              True))
+
+
+def test_compile_fullgraph_and_export():
+    def f(hm):
+        c, s = fastops.heatmap_argmax(hm, refine="dark")
+        return c, s, fastops.soft_argmax(hm, 2.0)
+
+    args = (realistic_maps(2, 3, 12, 10),)
+    eager = f(*args)
+    for a, b in zip(eager, torch.compile(f, fullgraph=True, backend="aot_eager")(*args)):
+        assert torch.equal(a, b)
+
+    class M(torch.nn.Module):
+        def forward(self, hm):
+            return f(hm)
+
+    ep = torch.export.export(M(), args)
+    for a, b in zip(eager, ep.module()(*args)):
+        assert torch.equal(a, b)
+
+
+def test_compile_backward():
+    x = torch.randn(1, 2, 6, 5, requires_grad=True)
+
+    def f(x):
+        return fastops.soft_argmax(x).sum()
+
+    (g1,) = torch.autograd.grad(f(x), x)
+    (g2,) = torch.autograd.grad(torch.compile(f, fullgraph=True, backend="aot_eager")(x), x)
+    close(g1, g2, rtol=1e-6, atol=1e-6)
+
+
+def test_enums_and_blur_kernel_match_their_sources():
+    import os
+    import re
+
+    from fastops.registrations import decode as reg
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "csrc", "decode", "decode.h")).read()
+    body = re.search(r"enum Refine : int \{([^}]*)\}", text).group(1)
+    cpp = {k.strip(): int(v) for k, v in (item.split("=") for item in body.split(","))}
+    names = {"kNone": "none", "kQuarter": "quarter", "kHourglass": "hourglass", "kDark": "dark", "kDarkUDP": "dark_udp"}
+    assert {names[k]: v for k, v in cpp.items()} == reg.REFINES
+    assert int(re.search(r"constexpr int kMaxBlur = (\d+);", text).group(1)) == reg.MAX_BLUR
+    for ks in range(1, reg.MAX_BLUR + 1, 2):
+        assert reg.opencv_gaussian_kernel(ks) == pytest.approx(R.opencv_gaussian_kernel(ks).tolist(), abs=1e-15)
+
+
+@settings(deadline=None)
+@given(h=st.integers(1, 9), w=st.integers(1, 9), beta=st.sampled_from([0.5, 1.0, 3.0, -1.0]),
+       normalize=st.booleans(), seed=st.integers(0, 10000))
+def test_soft_argmax_property(h, w, beta, normalize, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 2, h, w, generator=g, dtype=torch.float64) * 3
+    gr = torch.randn(2, 2, 2, generator=g, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    out = fastops.soft_argmax(xr, beta, normalize=normalize)
+    (gi,) = torch.autograd.grad(out, xr, gr)
+    x2 = x.clone().requires_grad_(True)
+    want = R.soft_argmax(x2, beta, normalize)
+    (wg,) = torch.autograd.grad(want, x2, gr)
+    close(out, want, torch.float64, rtol=1e-12, atol=1e-12)
+    close(gi, wg, torch.float64, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_soft_argmax_onnx(dynamo, normalize):
+    from keypoints_helpers import onnx_roundtrip
+
+    class M(torch.nn.Module):
+        def forward(self, h):
+            return fastops.soft_argmax(h, 1.5, normalize=normalize)
+
+    hm = torch.randn(2, 3, 7, 9)
+    (got,) = onnx_roundtrip(M(), (hm,), dynamo)
+    close(got, fastops.soft_argmax(hm, 1.5, normalize=normalize), rtol=1e-5, atol=1e-5)
+    hm3 = torch.randn(3, 3, 7, 9)  # another batch size through the dynamic axis
+    (got3,) = onnx_roundtrip(M(), (hm3,), dynamo)
+    close(got3, fastops.soft_argmax(hm3, 1.5, normalize=normalize), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_heatmap_argmax_onnx(dynamo):
+    from keypoints_helpers import onnx_roundtrip
+
+    class M(torch.nn.Module):
+        def forward(self, h):
+            return (fastops.heatmap_argmax(h) + fastops.heatmap_argmax(h, refine="quarter")
+                    + fastops.heatmap_argmax(h, refine="hourglass"))
+
+    hm = realistic_maps(2, 5, 9, 11)
+    hm[0, 0] = -1.0  # score <= 0: -1
+    hm[0, 1, 0, 4] = 5.0  # maximum on the border: no quarter offset across it
+    hm[1, 2, 8, 10] = 5.0
+    got = onnx_roundtrip(M(), (hm,), dynamo)
+    for a, b in zip(got, M()(hm)):
+        assert torch.equal(a, b)
+
+
+def test_heatmap_argmax_dark_onnx_raises():
+    import io
+
+    class M(torch.nn.Module):
+        def forward(self, h):
+            return fastops.heatmap_argmax(h, refine="dark")
+
+    with pytest.raises(Exception, match="heatmap_argmax"):
+        torch.onnx.export(M(), (realistic_maps(1, 2, 8, 8),), io.BytesIO(), dynamo=False, opset_version=18)
