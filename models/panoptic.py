@@ -26,7 +26,6 @@ loads (``load_panoptic_checkpoint(..., strict=False)``); the extra modules are `
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -34,12 +33,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.ops import boxes as box_ops
 
 import fastops
 from fastops._library import check_impl
+from fastops.models._checkpoint import load_checkpoint
 
 __all__ = ["UPSNet", "FCNHead", "FlowNetLite", "TemporalFuse", "load_panoptic_checkpoint"]
 
@@ -328,20 +327,6 @@ class UPSNet(nn.Module):
 
 def load_panoptic_checkpoint(model: UPSNet, path: str, strict: bool = True):
     """Load a state dict saved from this model, or (``strict=False``) a torchvision ``maskrcnn_resnet50_fpn``
-    checkpoint (same detector names; the UPSNet/VPSNet modules keep their initialisation).
-
-    Accepts a bare state dict, ``{"state_dict": ...}`` or ``{"model": ...}`` wrappers, and ``module.``-prefixed
-    keys (DataParallel / DistributedDataParallel), stripped with torch's
-    ``consume_prefix_in_state_dict_if_present``."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, Tensor) for v in inner.values()):
-                obj = inner
-                break
-    if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {path!r} must hold a state dict, got {type(obj).__name__}")
-    sd = OrderedDict(obj)
-    consume_prefix_in_state_dict_if_present(sd, "module.")
-    return model.load_state_dict(sd, strict=strict)
+    checkpoint (same detector names; the UPSNet/VPSNet modules keep their initialisation). Wrapped
+    (``{"state_dict": ...}``, ``{"model": ...}``) and ``module.``-prefixed files load too (``_checkpoint.py``)."""
+    return load_checkpoint(model, path, strict=strict)
