@@ -330,4 +330,3 @@ def load_panoptic_checkpoint(model: UPSNet, path: str, strict: bool = True):
     checkpoint (same detector names; the UPSNet/VPSNet modules keep their initialisation). Wrapped
     (``{"state_dict": ...}``, ``{"model": ...}``) and ``module.``-prefixed files load too (``_checkpoint.py``)."""
     return load_checkpoint(model, path, strict=strict)
-

@@ -73,6 +73,37 @@ def test_identity_and_integer_flows_are_exact(dtype, memory_format):
     assert torch.equal(fastops.flow_warp(x, shift, padding_mode="border"), x[:, :, ys][:, :, :, xs])
 
 
+@pytest.mark.parametrize("impl", ("cpp", "triton", "reference"))
+@pytest.mark.parametrize("padding_mode,align_corners,units", COMBOS)
+def test_nan_inf_rule(impl, padding_mode, align_corners, units):
+    # Input NaN/inf reach the outputs whose in-map taps include them (even at weight 0, as grid_sample); a sample
+    # entirely outside the map is exactly 0 even when the clamped tap it would read is NaN; non-finite flow -> 0.
+    x, f = _data(b=1, c=2, h=5, w=6, scale=0.0)
+    x[0, 0, 0, 0] = float("nan")
+    x[0, 1, 4, 5] = float("inf")
+    f[0, 0, 2, :] = -40.0   # row 2: far left of the map
+    f[0, 1, 3, :] = 40.0    # row 3: far below
+    f[0, 0, 1, 1] = -1.0    # (1, 1) samples (0, 1)... exactly; integer position
+    f[0, 1, 1, 1] = -1.0    # ... -> (0, 0): the NaN pixel, weight 1
+    f[0, 0, 1, 3] = float("nan")
+    f[0, 1, 4, 2] = float("-inf")
+    f = _flow_for(units, f, 5, 6)
+    out, mask = fastops.flow_warp(x, f, padding_mode=padding_mode, align_corners=align_corners, units=units,
+                                  return_mask=True, impl=impl)
+    if units == "pixel" and align_corners:
+        exp, exp_mask = flow_warp_pixel_formula(x, f, padding_mode, align_corners, units)
+        torch.testing.assert_close(out, exp, equal_nan=True, atol=1e-12, rtol=0)
+        assert torch.isnan(out[0, 0, 1, 1])
+        assert torch.isnan(out[0, 0, 0, 0])
+    else:  # grid_sample, with the flow rule applied (its result at a NaN position is unspecified)
+        exp = flow_warp_grid_sample(x, f, padding_mode, align_corners, units)
+        exp = torch.where(torch.isfinite(f).all(1, keepdim=True), exp, 0.0)
+        torch.testing.assert_close(out, exp, equal_nan=True, atol=1e-12, rtol=0)
+    assert out[0, :, 1, 3].eq(0).all() and mask[0, 0, 1, 3] == 0 and out[0, :, 4, 2].eq(0).all()
+    if padding_mode == "zeros":
+        assert out[0, :, 2].eq(0).all() and out[0, :, 3].eq(0).all()  # never the NaN at a clamped tap
+
+
 def test_grid_sample_recipe_is_not_exact_but_we_are():
     # The recipe's normalise/unnormalise round trip is off by rounding in fp32; the pixel formula is exact.
     x = torch.randn(1, 4, 64, 333)
@@ -169,8 +200,11 @@ def test_gradcheck(padding_mode, align_corners, units):
     fn = lambda a, b: fastops.flow_warp(a, b, padding_mode=padding_mode, align_corners=align_corners,  # noqa
                                         units=units)
     assert torch.autograd.gradcheck(fn, (x, f))
-    assert torch.autograd.gradcheck(lambda a, b: fastops.flow_warp(a, b.permute(0, 3, 1, 2), flow_layout="B2HW"),
-                                    (x, f.detach().permute(0, 2, 3, 1).contiguous().requires_grad_()))
+    # The BHW2 layout itself (a [B, H, W, 2] flow read through its strides), not a permute back to B2HW.
+    fb = f.detach().permute(0, 2, 3, 1).contiguous().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: fastops.flow_warp(a, b, padding_mode=padding_mode, align_corners=align_corners, units=units,
+                                       flow_layout="BHW2"), (x, fb))
 
 
 def test_gradients_only_where_required():
@@ -322,7 +356,7 @@ def test_compile_and_export():
     torch.testing.assert_close(ep.module()(x, fb), M()(x, fb))
 
 
-@settings(max_examples=15, deadline=None)
+@settings(deadline=None)  # the profile's example count (tests/conftest.py: "ci" 200, "long" 5000)
 @given(b=st.integers(1, 2), c=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9),
        scale=st.floats(0.0, 12.0), combo=st.sampled_from(COMBOS), cl=st.booleans(), seed=st.integers(0, 10 ** 6))
 def test_property_odd_shapes(b, c, h, w, scale, combo, cl, seed):
@@ -422,3 +456,112 @@ def test_option_strings_match_cpp():
         torch.ops.fastops.flow_warp(x, f, "reflection", True, "pixel", False)
     with pytest.raises(RuntimeError, match="units"):
         torch.ops.fastops.flow_warp(x, f, "zeros", True, "pixels", False)
+
+
+# ---- drop-in conventions (issue 12) --------------------------------------------------------------------------------
+
+def test_torchscript_save_load(tmp_path):
+    x, f = _data(b=1, c=3, h=5, w=6, dtype=torch.float32)
+    scripted = torch.jit.script(fastops.flow_warp)
+    torch.testing.assert_close(scripted(x, f), fastops.flow_warp(x, f), atol=0, rtol=0)
+
+    class M(torch.nn.Module):
+        def forward(self, a, b):
+            out = fastops.flow_warp(a, b, "border", False, "pixel", "BHW2", True)
+            assert isinstance(out, tuple)
+            return out[0] * out[1]
+
+    fb = f.permute(0, 2, 3, 1).contiguous()
+    m = torch.jit.script(M())
+    path = tmp_path / "m.pt"
+    m.save(str(path))
+    loaded = torch.jit.load(str(path))
+    torch.testing.assert_close(loaded(x, fb), M()(x, fb), atol=0, rtol=0)
+
+
+def test_fx_symbolic_trace_keeps_a_leaf_call():
+    class M(torch.nn.Module):
+        def forward(self, a, b):
+            return fastops.flow_warp(a, b, units="normalized") * 2
+
+    gm = torch.fx.symbolic_trace(M())
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert fastops.flow_warp in targets and len(targets) == 2
+    x, f = _data(b=1, c=3, h=5, w=6, dtype=torch.float32)
+    torch.testing.assert_close(gm(x, f * 0.1), M()(x, f * 0.1), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ("cpp", "triton", "reference"))
+def test_autocast_bf16_features_fp32_flow(impl):
+    x, f = _data(b=1, c=4, h=6, w=7, dtype=torch.float32, scale=2.0)
+    xb = x.bfloat16().requires_grad_()
+    fr = f.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fastops.flow_warp(xb, fr, impl=impl)
+    assert out.dtype == torch.bfloat16
+    # torchvision's roi_align rule: computed in float32 from the (bf16-rounded) features, cast back.
+    exp = fastops.flow_warp(xb.detach().float(), f, impl=impl).bfloat16()
+    torch.testing.assert_close(out, exp, atol=0, rtol=0)
+    gi, gf = torch.autograd.grad(out.float().sum(), (xb, fr))
+    assert gi.dtype == torch.bfloat16 and gf.dtype == torch.float32 and torch.isfinite(gf).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the raw op has an autocast kernel too
+        o2, _ = torch.ops.fastops.flow_warp(xb.detach(), f, "zeros", True, "pixel", False)
+    assert o2.dtype == torch.bfloat16
+    torch.testing.assert_close(o2, fastops.flow_warp(xb.detach().float(), f).bfloat16(), atol=0, rtol=0)
+
+
+def test_triton_backward_honours_deterministic_mode():
+    x, f = _data(b=1, c=3, h=5, w=6, dtype=torch.float32)
+    xr, fr = x.clone().requires_grad_(), f.clone().requires_grad_()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = fastops.flow_warp(xr, fr, impl="triton")
+        with pytest.raises(RuntimeError, match="flow_warp"):
+            torch.autograd.grad(out.sum(), (xr,))
+        (gf,) = torch.autograd.grad(fastops.flow_warp(x, fr, impl="triton").sum(), (fr,))  # no scatter: fine
+        gi, _ = torch.autograd.grad(fastops.flow_warp(xr, fr, impl="cpp").sum(), (xr, fr))  # deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.isfinite(gf).all() and torch.isfinite(gi).all()
+
+
+# ---- ONNX (issue 13) -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dynamo", (False, True), ids=("torchscript", "dynamo"))
+@pytest.mark.parametrize("padding_mode,align_corners,units", COMBOS)
+def test_onnx_export_runs_in_onnxruntime(dynamo, padding_mode, align_corners, units):
+    import io
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    import fastops.onnx
+
+    class M(torch.nn.Module):
+        def forward(self, a, b):
+            return fastops.flow_warp(a, b, padding_mode, align_corners, units, "B2HW", True)
+
+    x, f = _data(b=2, c=3, h=5, w=7, dtype=torch.float32, scale=2.5)
+    f = _flow_for(units, f, 5, 7)
+    f[0, 0, 1, 1] = float("nan")
+    buf = io.BytesIO()
+    if dynamo:
+        batch = torch.export.Dim("batch")
+        torch.onnx.export(M(), (x, f), buf, dynamo=True, input_names=["x", "f"],
+                          dynamic_shapes=({0: batch}, {0: batch}),
+                          custom_translation_table=fastops.onnx.translations())
+    else:
+        torch.onnx.export(M(), (x, f), buf, dynamo=False, opset_version=16, input_names=["x", "f"],
+                          dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "f": {0: "b", 2: "h", 3: "w"}})
+    model = onnx.load_from_string(buf.getvalue())
+    onnx.checker.check_model(model)
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    for b in (2, 3):  # a batch size other than the traced one
+        xb, fb = _data(b=b, c=3, h=5, w=7, dtype=torch.float32, scale=2.5, seed=b)
+        fb = _flow_for(units, fb, 5, 7)
+        got = sess.run(None, {"x": xb.numpy(), "f": fb.numpy()})
+        out, mask = M()(xb, fb)
+        np.testing.assert_allclose(got[0], out.numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(got[1], mask.numpy())

@@ -46,7 +46,10 @@ struct Sample {
   A dy00, dy01, dy10, dy11;  // d w / d iy
   A gx, gy;                  // d ix / d u, d iy / d v
   bool valid;                // all taps with non-zero weight inside the map (from the unclamped position)
-  bool any;                  // some tap has non-zero weight or derivative (else the sample is 0)
+  bool xin0, xin1, yin0, yin1;  // which tap columns / rows lie inside the map
+  bool any;                  // some tap lies inside the map (else the sample is exactly 0)
+  bool all;                  // all four taps lie inside the map (else out-of-map taps must not be read: their
+                             // clamped index aliases an in-map tap, and 0 * inf there would be NaN)
 };
 
 template <typename A>
@@ -69,6 +72,8 @@ FASTOPS_HD void make_sample(A ix, A iy, A gx, A gy, int64_t H, int64_t W, bool b
   s.gy = A(0);
   s.valid = false;
   s.any = false;
+  s.all = false;
+  s.xin0 = s.xin1 = s.yin0 = s.yin1 = false;
   // NaN/inf positions contribute nothing in either padding mode (and never reach an integer conversion).
   if (!finite_(ix) || !finite_(iy)) return;
   const A Wm1 = A(W - 1), Hm1 = A(H - 1);
@@ -95,6 +100,10 @@ FASTOPS_HD void make_sample(A ix, A iy, A gx, A gy, int64_t H, int64_t W, bool b
   const A my0 = (y0 >= 0 && y0 < H) ? A(1) : A(0);
   const A my1 = (y0 + 1 >= 0 && y0 + 1 < H) ? A(1) : A(0);
   const A m00 = my0 * mx0, m01 = my0 * mx1, m10 = my1 * mx0, m11 = my1 * mx1;
+  s.xin0 = mx0 > A(0);
+  s.xin1 = mx1 > A(0);
+  s.yin0 = my0 > A(0);
+  s.yin1 = my1 > A(0);
   s.x0 = clamp_i<A>(x0, W - 1);
   s.x1 = clamp_i<A>(x0 + 1, W - 1);
   s.y0 = clamp_i<A>(y0, H - 1);
@@ -115,6 +124,19 @@ FASTOPS_HD void make_sample(A ix, A iy, A gx, A gy, int64_t H, int64_t W, bool b
   s.gx = gx;
   s.gy = gy;
   s.any = (m00 + m01 + m10 + m11) > A(0);
+  s.all = (m00 * m11 * m01 * m10) > A(0);
+}
+
+// One channel's bilinear value reading only the taps inside the map (p: the channel plane, strides sH, sW).
+// NaN/inf rule: every in-map tap is read, even at weight 0 (0 * inf = NaN, as grid_sample); out-of-map taps never.
+template <typename A, typename T>
+FASTOPS_HD A edge_value(const Sample<A>& s, const T* p, int64_t sH, int64_t sW) {
+  A v = A(0);
+  if (s.yin0 && s.xin0) v += s.w00 * A(p[s.y0 * sH + s.x0 * sW]);
+  if (s.yin0 && s.xin1) v += s.w01 * A(p[s.y0 * sH + s.x1 * sW]);
+  if (s.yin1 && s.xin0) v += s.w10 * A(p[s.y1 * sH + s.x0 * sW]);
+  if (s.yin1 && s.xin1) v += s.w11 * A(p[s.y1 * sH + s.x1 * sW]);
+  return v;
 }
 
 // The sample of output pixel (x, y) for flow (u, v).

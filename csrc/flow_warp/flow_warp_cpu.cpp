@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "flow_warp/flow_warp_cpu.h"
@@ -47,8 +48,8 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
           sample_pixel<A>(x, y, A(flr[x * fW]), A(flr[x * fW + fC]), axx, axy, H, W, o.border, s);
           if (mask) mask[(b * H + y) * W + x] = T(s.valid ? 1 : 0);
           T* __restrict__ dst = op + b * oB + y * oH + x * oW;
-          if (!s.any) {  // entirely outside: exactly 0, nothing read (NaN/inf in the input cannot leak)
-            for (int64_t c = 0; c < C; ++c) dst[c] = T(0);
+          if (!s.all) {  // a tap outside the map: read only the in-map taps (NaN/inf rule, flow_warp.h)
+            for (int64_t c = 0; c < C; ++c) dst[c] = T(edge_value<A>(s, inb + c * sC, sH, sW));
             continue;
           }
           const T* __restrict__ p00 = inb + s.y0 * sH + s.x0 * sW;
@@ -70,9 +71,10 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
   const int64_t tiles = (H + TR - 1) / TR;
   at::parallel_for(0, B * tiles, 1, [&](int64_t t0, int64_t t1) {
     TapTable<A> tab(TR * W);
-    std::vector<int64_t> outside;  // pixels of the tile whose sample is entirely outside the map
+    // Pixels of the tile with a tap outside the map (near the borders): recomputed reading in-map taps only.
+    std::vector<std::pair<int64_t, Sample<A>>> edge;
     for (int64_t t = t0; t < t1; ++t) {
-      outside.clear();
+      edge.clear();
       const int64_t b = t / tiles, ya = (t % tiles) * TR, yb = std::min<int64_t>(H, ya + TR);
       const int64_t n = (yb - ya) * W;
       const T* inb = in + b * sB;
@@ -83,7 +85,7 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
           sample_pixel<A>(x, y, A(flr[x * fW]), A(flr[x * fW + fC]), axx, axy, H, W, o.border, s);
           if (mask) mask[(b * H + y) * W + x] = T(s.valid ? 1 : 0);
           tab.set(((y - ya) * W + x), s, sH, sW, false);
-          if (!s.any) outside.push_back(y * oH + x * oW);
+          if (!s.all) edge.emplace_back(y * oH + x * oW, s);
         }
       }
       const int64_t* __restrict__ q00 = tab.off.data();
@@ -129,9 +131,11 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
           }
         }
       }
-      // Samples entirely outside the map read a clamped tap at weight 0 above: overwrite them with an exact 0.
-      for (const int64_t q : outside) {
-        for (int64_t c2 = 0; c2 < C; ++c2) op[b * oB + c2 * oC + q] = T(0);
+      // Above, their out-of-map taps read a clamped in-map tap at weight 0 (0 * inf = NaN): recompute them.
+      for (const auto& e : edge) {
+        for (int64_t c2 = 0; c2 < C; ++c2) {
+          op[b * oB + c2 * oC + e.first] = T(edge_value<A>(e.second, inb + c2 * sC, sH, sW));
+        }
       }
     }
   });

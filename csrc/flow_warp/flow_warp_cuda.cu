@@ -82,8 +82,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ in, Strides4 is, con
     Sample<A> s;
     sample_of<scalar_t>(flow, fs, b, y, x, axx, axy, d.H, d.W, border, s);
     const scalar_t* p = in + b * is.b + c * is.c;
-    // Entirely outside the map: exactly 0, nothing read (a NaN at a clamped tap must not leak through weight 0).
-    const A v = !s.any ? A(0) : s.w00 * A(p[s.y0 * is.h + s.x0 * is.w]) + s.w01 * A(p[s.y0 * is.h + s.x1 * is.w]) +
+    // A tap outside the map: read only the in-map ones (NaN/inf rule, flow_warp.h edge_value).
+    const A v = !s.all ? edge_value<A>(s, p, is.h, is.w) : s.w00 * A(p[s.y0 * is.h + s.x0 * is.w]) + s.w01 * A(p[s.y0 * is.h + s.x1 * is.w]) +
                 s.w10 * A(p[s.y1 * is.h + s.x0 * is.w]) + s.w11 * A(p[s.y1 * is.h + s.x1 * is.w]);
     out[b * os.b + c * os.c + y * os.h + x * os.w] = scalar_t(v);
     if (mask != nullptr && c == 0) mask[(b * d.H + y) * d.W + x] = scalar_t(s.valid ? 1 : 0);

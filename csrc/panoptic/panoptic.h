@@ -25,6 +25,22 @@ namespace panoptic {
 
 constexpr int32_t kVoidId = 255;  // mirrored as VOID_ID in fastops/registrations/panoptic.py (tested)
 
+// NaN/inf rule: the reference's torch.argmax over the panoptic logits, where NaN beats every number and the
+// first NaN channel wins; torch.max (the void term) propagates NaN. Interpolated logits follow PyTorch's
+// bilinear resize (0 * inf = NaN at a zero-weight tap).
+template <typename A>
+FASTOPS_HD bool beats(A v, A best) {
+  return v > best || (v != v && best == best);
+}
+template <typename A>
+FASTOPS_HD A nanmax(A a, A b) {
+  return (b > a || b != b) ? b : a;
+}
+template <typename A>
+FASTOPS_HD bool finite(A v) {
+  return v - v == A(0);  // false for NaN and +-inf
+}
+
 // One output index of a half-pixel (align_corners=False) bilinear resize, as PyTorch's upsample_bilinear2d.
 template <typename A>
 struct Lerp {

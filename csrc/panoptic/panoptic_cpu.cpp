@@ -107,8 +107,10 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
                 const A a = A(p0[j * wS]), b = A(p0[j1 * wS]), d = A(p1[j * wS]), e = A(p1[j1 * wS]);
                 const A m1 = a > b ? a : b, m2 = d > e ? d : e;
                 const A hi = m1 > m2 ? m1 : m2;
+                // A non-finite corner can make the interpolated value NaN (0 * inf): always keep the channel.
+                const bool fin = finite(a) && finite(b) && finite(d) && finite(e);
                 const A tol = A(1e-5) * ((hi < A(0) ? -hi : hi) + (lb[j] < A(0) ? -lb[j] : lb[j]));
-                kp[j] = !(hi < lb[j] - tol);  // NaN channels are kept
+                kp[j] = !fin || !(hi < lb[j] - tol);
               }
             }
             for (int64_t j = 0; j < w; ++j) {
@@ -150,7 +152,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           int32_t ba = 0;
           for (int32_t k = 0, n = ncand_s[j]; k < n; ++k) {
             const A v = value(cs[k], x);
-            if (v > bv) {
+            if (beats(v, bv)) {
               bv = v;
               ba = cs[k];
             }
@@ -162,7 +164,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
             A mv = neg_inf;
             for (int32_t k = 0, n = ncand_t[j]; k < n; ++k) {
               const A v = value(ct[k], x);
-              mv = v > mv ? v : mv;
+              mv = nanmax(mv, v);
             }
             pt[x] = mv;
             ps[x] = N == 0 ? A(-10) : neg_inf;
@@ -177,7 +179,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           const T* __restrict__ r = rows0 + c * cS;
           for (int64_t x = 0; x < W; ++x) {
             const A v = A(r[x * wS]);
-            const bool gt = v > pb[x];
+            const bool gt = beats(v, pb[x]);
             pb[x] = gt ? v : pb[x];
             pa[x] = gt ? (int32_t)c : pa[x];
           }
@@ -191,7 +193,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
             const T* __restrict__ r = rows0 + c * cS;
             for (int64_t x = 0; x < W; ++x) {
               const A v = A(r[x * wS]);
-              pt[x] = v > pt[x] ? v : pt[x];
+              pt[x] = nanmax(pt[x], v);
             }
           }
         }
@@ -227,7 +229,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
         for (int64_t x = xa; x < sxb; ++x) pv[x] = value(in.ch, x);
         for (int64_t x = sxb; x < xb; ++x) pv[x] = A(0);
         if (with_void) {
-          for (int64_t x = xa; x < xb; ++x) ps[x] = pv[x] > ps[x] ? pv[x] : ps[x];
+          for (int64_t x = xa; x < xb; ++x) ps[x] = nanmax(ps[x], pv[x]);
         }
         // The pasted mask logits on this row.
         if (mask_row) {
@@ -242,7 +244,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           }
         }
         for (int64_t x = xa; x < xb; ++x) {
-          const bool gt = pv[x] > pb[x];
+          const bool gt = beats(pv[x], pb[x]);
           pb[x] = gt ? pv[x] : pb[x];
           pa[x] = gt ? id : pa[x];
         }
@@ -251,7 +253,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
       if (with_void) {
         for (int64_t x = 0; x < W; ++x) {
           const A v = pt[x] - ps[x];
-          dst[x] = v > pb[x] ? kVoidId : pa[x];
+          dst[x] = beats(v, pb[x]) ? kVoidId : pa[x];
         }
       } else {
         for (int64_t x = 0; x < W; ++x) dst[x] = pa[x];

@@ -67,7 +67,7 @@ __global__ void fuse_kernel(const scalar_t* __restrict__ X, int64_t C, int64_t h
     int32_t arg = 0;
     for (int64_t c = 0; c < S; ++c) {
       const A v = sem_value<A, scalar_t, UP>(X, c, cS, hS, wS, ly, lx, y, x);
-      if (v > best) {
+      if (beats(v, best)) {
         best = v;
         arg = static_cast<int32_t>(c);
       }
@@ -77,7 +77,7 @@ __global__ void fuse_kernel(const scalar_t* __restrict__ X, int64_t C, int64_t h
     if (with_void) {
       for (int64_t c = S; c < C; ++c) {
         const A v = sem_value<A, scalar_t, UP>(X, c, cS, hS, wS, ly, lx, y, x);
-        tmax = v > tmax ? v : tmax;
+        tmax = nanmax(tmax, v);
       }
     }
     for (int64_t i = 0; i < N; ++i) {
@@ -95,13 +95,13 @@ __global__ void fuse_kernel(const scalar_t* __restrict__ X, int64_t C, int64_t h
         const A m1 = my.l0 * A(m[my.i0 * mHs + mx.i1 * mWs]) + my.l1 * A(m[my.i1 * mHs + mx.i1 * mWs]);
         v += mx.l0 * m0 + mx.l1 * m1;
       }
-      smax = seg > smax ? seg : smax;
-      if (v > best) {
+      smax = nanmax(smax, seg);
+      if (beats(v, best)) {
         best = v;
         arg = static_cast<int32_t>(S + i);
       }
     }
-    if (with_void && tmax - smax > best) arg = kVoidId;
+    if (with_void && beats(tmax - smax, best)) arg = kVoidId;
     out[idx] = arg;
   }
 }

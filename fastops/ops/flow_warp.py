@@ -6,6 +6,8 @@ conventions in docs/flow_panoptic.md.
 """
 from __future__ import annotations
 
+from typing import Tuple, Union
+
 import torch
 from torch import Tensor
 
@@ -15,7 +17,8 @@ from fastops.registrations.flow_warp import FLOW_LAYOUTS, PADDING_MODES, UNITS
 
 
 def flow_warp(input: Tensor, flow: Tensor, padding_mode: str = "zeros", align_corners: bool = True,
-              units: str = "pixel", flow_layout: str = "B2HW", return_mask: bool = False, impl: str = "auto"):
+              units: str = "pixel", flow_layout: str = "B2HW", return_mask: bool = False,
+              impl: str = "auto") -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Backward-warp ``input`` by ``flow``: ``out[b, :, y, x] = input[b, :, y + v, x + u]`` (bilinear).
 
     Args:
@@ -55,10 +58,12 @@ def flow_warp(input: Tensor, flow: Tensor, padding_mode: str = "zeros", align_co
     if torch.jit.is_scripting():
         f = flow if flow_layout == "B2HW" else flow.permute(0, 3, 1, 2)
         out, mask = torch.ops.fastops.flow_warp(input, f, padding_mode, align_corners, units, return_mask)
-        return (out, mask) if return_mask else out
+        if return_mask:
+            return out, mask
+        return out
     if torch.overrides.has_torch_function((input, flow)):  # torch.fx Proxies (a leaf call), tensor subclasses
         return torch.overrides.handle_torch_function(
-            flow_warp, (input, flow), input, flow, padding_mode, align_corners, units, flow_layout, return_mask,
+            _PUBLIC, (input, flow), input, flow, padding_mode, align_corners, units, flow_layout, return_mask,
             impl)
     return _flow_warp(input, flow, padding_mode, align_corners, units, flow_layout, return_mask, impl)
 
@@ -67,6 +72,13 @@ def _flow_warp(input, flow, padding_mode, align_corners, units, flow_layout, ret
     _library.check_impl(impl)
     check_tensor("input", input, dim=4, dtypes=FLOAT_DTYPES)
     check_tensor("flow", flow, dim=4, dtypes=FLOAT_DTYPES, device=input.device)
+    if torch.is_autocast_enabled(input.device.type) and input.dtype != torch.float64:
+        # Autocast (torchvision's roi_align rule): compute in float32, mixed dtypes accepted, result in the
+        # features' dtype (every impl; the compiled op also has an autocast kernel in registrations/flow_warp.py).
+        with torch.autocast(input.device.type, enabled=False):
+            res = _flow_warp(input.float(), flow.float(), padding_mode, align_corners, units, flow_layout,
+                             return_mask, impl)
+        return (res[0].to(input.dtype), res[1].to(input.dtype)) if return_mask else res.to(input.dtype)
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     if units not in UNITS:
@@ -99,4 +111,5 @@ def _flow_warp(input, flow, padding_mode, align_corners, units, flow_layout, ret
     return (out, mask) if return_mask else out
 
 
+_PUBLIC = flow_warp  # the leaf that torch.fx records (fx.wrap patches the global name while tracing)
 torch.fx.wrap("flow_warp")

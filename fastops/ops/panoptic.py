@@ -38,6 +38,15 @@ def panoptic_fuse(semantic_logits: Tensor, mask_logits: Tensor, boxes: Tensor, l
         ``[H, W]`` int32: ``0..S-1`` stuff class, ``S + i`` instance ``i``, ``255`` void. Per instance the logit
         is ``X[S + k_i - 1] + resized mask logits`` inside its box and ``0`` outside; argmax ties go to the lower
         channel. Never builds the ``[S + N + 1, H, W]`` logit tensor.
+
+    NaN/inf: as the reference's ``torch.argmax`` over the panoptic logits: a NaN logit beats every number and the
+    first NaN channel wins (a NaN thing logit makes the void logit NaN, as ``torch.max``); ``+-inf`` are ordinary
+    values, and the on-the-fly upsampling follows PyTorch's bilinear resize (``0 * inf = NaN`` at a zero-weight
+    tap). Box coordinates are bounded to ``+-2^40`` first (a larger box is clipped by the map anyway). Labels
+    outside ``1..T`` and non-finite boxes raise ``RuntimeError`` on the CPU (and in the reference); the CUDA and
+    Triton kernels do not sync to check them: such an instance gets no semantic term, a NaN box is empty.
+
+    ONNX: exports to a decomposition into standard ops (see fastops/registrations/panoptic.py).
     """
     if torch.jit.is_scripting():
         if mask_logits.dim() == 4:
@@ -46,7 +55,7 @@ def panoptic_fuse(semantic_logits: Tensor, mask_logits: Tensor, boxes: Tensor, l
                                                void)
     if torch.overrides.has_torch_function((semantic_logits, mask_logits, boxes, labels)):  # torch.fx Proxies
         return torch.overrides.handle_torch_function(
-            panoptic_fuse, (semantic_logits, mask_logits, boxes, labels), semantic_logits, mask_logits, boxes,
+            _PUBLIC, (semantic_logits, mask_logits, boxes, labels), semantic_logits, mask_logits, boxes,
             labels, num_stuff, output_size, void, impl)
     return _panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, output_size, void, impl)
 
@@ -60,17 +69,26 @@ def _panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, outpu
         if mask_logits.shape[1] != 1:
             raise ValueError(f"mask_logits must be [N, M, M] or [N, 1, M, M], got {tuple(mask_logits.shape)}")
         mask_logits = mask_logits[:, 0]
+    if torch.is_autocast_enabled(dev.type) and mask_logits.dtype != semantic_logits.dtype:
+        # Autocast: the logits in float32 (the kernels compute in float32; the ids do not depend on the cast).
+        semantic_logits, mask_logits = semantic_logits.float(), mask_logits.float()
     check_tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES, device=dev)
     check_tensor("labels", labels, dim=1, dtypes=(torch.int64, torch.int32), device=dev)
     if mask_logits.dtype != semantic_logits.dtype:
         raise ValueError(f"mask_logits must have the same dtype as semantic_logits ({semantic_logits.dtype}), "
                          f"got {mask_logits.dtype}")
     n = mask_logits.shape[0]
-    if boxes.shape != (n, 4):
+    if boxes.shape[1] != 4:
         raise ValueError(f"boxes must have shape [N, 4] with N = {n} (mask_logits), got {tuple(boxes.shape)}")
-    if labels.shape[0] != n:
-        raise ValueError(f"labels must have shape [N] with N = {n} (mask_logits), got {tuple(labels.shape)}")
-    if n > 0 and (mask_logits.shape[1] == 0 or mask_logits.shape[2] == 0):
+    if not torch.compiler.is_compiling():
+        if boxes.shape[0] != n:
+            raise ValueError(f"boxes must have shape [N, 4] with N = {n} (mask_logits), got {tuple(boxes.shape)}")
+        if labels.shape[0] != n:
+            raise ValueError(f"labels must have shape [N] with N = {n} (mask_logits), got {tuple(labels.shape)}")
+    else:  # N may be a data-dependent size (a boolean-mask selection): a deferred runtime assert
+        torch._check(boxes.shape[0] == n, lambda: "panoptic_fuse: boxes must have shape [N, 4] like mask_logits")
+        torch._check(labels.shape[0] == n, lambda: "panoptic_fuse: labels must have shape [N] like mask_logits")
+    if (mask_logits.shape[1] == 0 or mask_logits.shape[2] == 0) and n > 0:
         raise ValueError(f"mask_logits must have a non-empty M x M map, got {tuple(mask_logits.shape)}")
     num_stuff = check_int("num_stuff", num_stuff, low=0, high=semantic_logits.shape[0])
     if not isinstance(void, bool):
@@ -85,7 +103,7 @@ def _panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, outpu
             raise ValueError("semantic_logits must be non-empty to upsample them to output_size")
     if semantic_logits.shape[0] == 0:
         raise ValueError("semantic_logits must have at least one channel")
-    if num_stuff == 0 and n == 0 and not void:
+    if not void and num_stuff == 0 and n == 0:
         raise ValueError("nothing to fuse: num_stuff is 0, there are no instances and void is False")
     args = (semantic_logits, mask_logits, boxes, labels, num_stuff, output_size, void)
 
@@ -100,4 +118,5 @@ def _panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, outpu
         triton=triton)
 
 
+_PUBLIC = panoptic_fuse  # the leaf that torch.fx records (fx.wrap patches the global name while tracing)
 torch.fx.wrap("panoptic_fuse")

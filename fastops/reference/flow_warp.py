@@ -117,6 +117,9 @@ def flow_warp(input: Tensor, flow: Tensor, padding_mode: str = "zeros", align_co
         out = flow_warp_pixel_formula(input, flow, padding_mode, align_corners, units)[0].to(input.dtype)
     else:
         out = flow_warp_grid_sample(input, flow, padding_mode, align_corners, units)
+        # NaN/inf rule: a non-finite flow value gives 0 (grid_sample's result there is unspecified).
+        finite = torch.isfinite(flow).all(dim=1, keepdim=True)
+        out = torch.where(finite, out, torch.zeros((), dtype=out.dtype, device=out.device))
     if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last)
     if return_mask:

@@ -63,3 +63,143 @@ torch.library.register_fake("fastops::flow_warp")(fake_forward)
 torch.library.register_fake("fastops::_flow_warp_backward")(fake_backward)
 torch.library.register_autograd("fastops::flow_warp", make_backward(torch.ops.fastops._flow_warp_backward),
                                 setup_context=setup_context)
+
+
+# ---- autocast (CPU and CUDA): torchvision's rule for roi_align — compute in float32 (mixed feature/flow dtypes
+# accepted), return the features' dtype.
+
+def autocast_forward(input, flow, padding_mode="zeros", align_corners=True, units="pixel", return_mask=False):
+    with torch.autocast(input.device.type, enabled=False):
+        out, mask = torch.ops.fastops.flow_warp(input.float(), flow.float(), padding_mode, align_corners, units,
+                                                return_mask)
+    return out.to(input.dtype), mask.to(input.dtype)
+
+
+_lib = torch.library.Library("fastops", "IMPL")
+for _key in ("AutocastCPU", "AutocastCUDA"):
+    _lib.impl("flow_warp", autocast_forward, _key)
+
+
+# ---- ONNX: GridSample (opset 16). Every convention maps to GridSample(align_corners=0) on the grid whose
+# unnormalised position is exactly the op's `ix = a * x + b * u + c` (flow_warp.h make_axis):
+#   gx = (2 * ix + 1) / W - 1  <=>  GridSample's ix = ((gx + 1) * W - 1) / 2
+# so W = 1 / H = 1 need no special case; a non-finite flow value gives 0 (Where), as the op.
+ONNX_OPSET = 16
+
+
+def _axis_coeffs(size, align_corners: bool, units: str, k):
+    """(a, b, c) of flow_warp.h make_axis for a dynamic `size` (float scalar tensor-like); `k` builds ops."""
+    one = k.const(1.0)
+    d = k.call("Max", k.call("Sub", size, one), one)
+    if units == "pixel":
+        if align_corners:
+            return one, one, k.const(0.0)
+        s = k.call("Div", size, d)
+        return s, s, k.const(-0.5)
+    if align_corners:
+        return one, k.call("Div", k.call("Sub", size, one), k.const(2.0)), k.const(0.0)
+    return k.call("Div", size, d), k.call("Div", size, k.const(2.0)), k.const(-0.5)
+
+
+def build_onnx(k, input, flow, padding_mode: str, align_corners: bool, units: str, return_mask: bool):
+    """The exported graph, written once against a small op-builder `k` (TorchScript `g.op` or onnxscript)."""
+    shape = k.call("Shape", flow)
+    h_i = k.call("Gather", shape, k.const_i([2]), axis=0)
+    w_i = k.call("Gather", shape, k.const_i([3]), axis=0)
+    h = k.call("Cast", h_i, to=1)
+    w = k.call("Cast", w_i, to=1)
+    zero_i, one_i = k.const_i([0]), k.const_i([1])
+    xs = k.call("Cast", k.call("Range", k.const_i(0, scalar=True), k.call("Squeeze", w_i), k.const_i(1, scalar=True)),
+                to=1)
+    ys = k.call("Cast", k.call("Range", k.const_i(0, scalar=True), k.call("Squeeze", h_i), k.const_i(1, scalar=True)),
+                to=1)
+    xs = k.call("Unsqueeze", xs, k.const_i([0, 1]))   # [1, 1, W]
+    ys = k.call("Unsqueeze", ys, k.const_i([0, 2]))   # [1, H, 1]
+    f32 = k.call("Cast", flow, to=1)
+    u = k.call("Squeeze", k.call("Slice", f32, zero_i, one_i, one_i), one_i)                   # [B, H, W]
+    v = k.call("Squeeze", k.call("Slice", f32, one_i, k.const_i([2]), one_i), one_i)
+    ax, bx, cx = _axis_coeffs(w, align_corners, units, k)
+    ay, by, cy = _axis_coeffs(h, align_corners, units, k)
+    ix = k.call("Add", k.call("Add", k.call("Mul", ax, xs), k.call("Mul", bx, u)), cx)
+    iy = k.call("Add", k.call("Add", k.call("Mul", ay, ys), k.call("Mul", by, v)), cy)
+    two, one = k.const(2.0), k.const(1.0)
+    gx = k.call("Sub", k.call("Div", k.call("Add", k.call("Mul", two, ix), one), w), one)
+    gy = k.call("Sub", k.call("Div", k.call("Add", k.call("Mul", two, iy), one), h), one)
+    finite = k.call("Not", k.call("Or", k.call("Or", k.call("IsNaN", u), k.call("IsInf", u)),
+                                  k.call("Or", k.call("IsNaN", v), k.call("IsInf", v))))
+    zero = k.const(0.0)
+    gx = k.call("Where", finite, gx, zero)
+    gy = k.call("Where", finite, gy, zero)
+    grid = k.call("Concat", k.call("Unsqueeze", gx, k.const_i([3])), k.call("Unsqueeze", gy, k.const_i([3])), axis=3)
+    x32 = k.call("Cast", input, to=1)
+    out = k.call("GridSample", x32, grid, mode="bilinear", padding_mode=padding_mode, align_corners=0)
+    fin4 = k.call("Unsqueeze", finite, one_i)
+    out = k.call("Where", fin4, out, zero)
+    out = k.call("CastLike", out, input)
+    if not return_mask:
+        return out, k.call("CastLike", k.const_empty(), input)
+    # mask: per axis floor(p) in [0, size) and (p integral or floor(p) + 1 < size), unclamped position, finite.
+    def valid(p, size):
+        p0 = k.call("Floor", p)
+        ok = k.call("And", k.call("GreaterOrEqual", p0, zero), k.call("Less", p0, size))
+        return k.call("And", ok, k.call("Or", k.call("Equal", p, p0), k.call("Less", k.call("Add", p0, one), size)))
+    m = k.call("And", k.call("And", valid(ix, w), valid(iy, h)), finite)
+    return out, k.call("CastLike", k.call("Unsqueeze", m, one_i), input)
+
+
+class _TorchScriptBuilder:
+    def __init__(self, g):
+        self.g = g
+
+    def const(self, v):
+        return self.g.op("Constant", value_t=torch.tensor(v, dtype=torch.float32))
+
+    def const_i(self, v, scalar=False):
+        return self.g.op("Constant", value_t=torch.tensor(v, dtype=torch.int64))
+
+    def const_empty(self):
+        return self.g.op("Constant", value_t=torch.zeros(0, dtype=torch.float32))
+
+    def call(self, name, *args, **attrs):
+        kw = {}
+        for key, val in attrs.items():
+            kw[key + ("_s" if isinstance(val, str) else "_i")] = val
+        return self.g.op(name, *args, **kw)
+
+
+def _symbolic(g, input, flow, padding_mode, align_corners, units, return_mask):
+    from torch.onnx import symbolic_helper as sh
+
+    out, mask = build_onnx(_TorchScriptBuilder(g), input, flow, sh._maybe_get_const(padding_mode, "s"),
+                           bool(sh._maybe_get_const(align_corners, "b")), sh._maybe_get_const(units, "s"),
+                           bool(sh._maybe_get_const(return_mask, "b")))
+    return out, mask
+
+
+torch.onnx.register_custom_op_symbolic("fastops::flow_warp", _symbolic, ONNX_OPSET)
+
+
+def onnx_translations():
+    """{torch.ops.fastops.flow_warp.default: onnxscript function} for the dynamo exporter."""
+    import numpy as np
+    from onnxscript import opset18 as op
+    from onnxscript import ir
+
+    class _ScriptBuilder:
+        def const(self, v):
+            return op.Constant(value=ir.tensor(np.array(v, dtype=np.float32)))
+
+        def const_i(self, v, scalar=False):
+            return op.Constant(value=ir.tensor(np.array(v, dtype=np.int64)))
+
+        def const_empty(self):
+            return op.Constant(value=ir.tensor(np.zeros(0, dtype=np.float32)))
+
+        def call(self, name, *args, **attrs):
+            return getattr(op, name)(*args, **attrs)
+
+    def flow_warp_onnx(input, flow, padding_mode: str = "zeros", align_corners: bool = True, units: str = "pixel",
+                       return_mask: bool = False):
+        return build_onnx(_ScriptBuilder(), input, flow, padding_mode, bool(align_corners), units, bool(return_mask))
+
+    return {torch.ops.fastops.flow_warp.default: flow_warp_onnx}

@@ -26,3 +26,17 @@ def fake_panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, o
 
 
 torch.library.register_fake("fastops::panoptic_fuse")(fake_panoptic_fuse)
+
+
+# ---- autocast (CPU and CUDA): the logits in float32 (the kernels compute in float32 anyway; mixed semantic/mask
+# dtypes accepted), boxes as given; the result is int32 ids.
+
+def autocast_panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, output_size=None, void=True):
+    with torch.autocast(semantic_logits.device.type, enabled=False):
+        return torch.ops.fastops.panoptic_fuse(semantic_logits.float(), mask_logits.float(), boxes, labels,
+                                               num_stuff, output_size, void)
+
+
+_lib = torch.library.Library("fastops", "IMPL")
+for _key in ("AutocastCPU", "AutocastCUDA"):
+    _lib.impl("panoptic_fuse", autocast_panoptic_fuse, _key)

@@ -8,6 +8,8 @@ under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -37,7 +39,7 @@ def _axis(idx, f, size, ALIGN: tl.constexpr, NORM: tl.constexpr, ACC: tl.constex
         else:
             b = s / d
             pos = i * b + f * b - 0.5
-    return pos, b + 0.0 * f
+    return pos, b + tl.zeros_like(f)  # no 0 * inf = NaN for a non-finite flow
 
 
 @triton.jit
@@ -247,6 +249,13 @@ def flow_warp_backward_triton(grad_output: Tensor, input: Tensor, flow: Tensor, 
     else:
         gflow = flow.new_empty((0,))
     if input_requires_grad:
+        # The input gradient scatters with atomic adds: PyTorch's convention in deterministic mode is an error.
+        if torch.are_deterministic_algorithms_enabled():
+            msg = ("fastops.flow_warp(impl='triton') backward w.r.t. the input uses atomic adds and is not "
+                   "deterministic; impl='cpp' has a deterministic backward")
+            if not torch.is_deterministic_algorithms_warn_only_enabled():
+                raise RuntimeError(msg)
+            warnings.warn(msg)
         ws = torch.zeros_like(input, dtype=acc_dtype, memory_format=torch.preserve_format)
         if ws.numel() > 0:
             grid = (B, triton.cdiv(H * W, bp), triton.cdiv(C, bc))

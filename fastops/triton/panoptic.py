@@ -56,8 +56,22 @@ def _lerp(dst, in_size, out_size, ACC: tl.constexpr):
 
 
 @triton.jit
-def _sem(X, c, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, pmask, ACC: tl.constexpr):
+def _beats(v, best):
+    # panoptic.h beats(): the reference's argmax, where NaN beats every number and the first NaN stays.
+    return (v > best) | ((v != v) & (best == best))
+
+
+@triton.jit
+def _nanmax(a, b):
+    # panoptic.h nanmax(): torch.max propagates NaN.
+    return tl.where((b > a) | (b != b), b, a)
+
+
+@triton.jit
+def _sem(X, c, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, pmask, ACC: tl.constexpr, UP: tl.constexpr):
     p = X + c * cS
+    if not UP:  # no upsampling: the logit itself (no 0 * inf = NaN from a zero-weight term)
+        return tl.load(p + yi0 * hS + xi0 * wS, mask=pmask, other=0.0).to(ACC)
     a = tl.load(p + yi0 * hS + xi0 * wS, mask=pmask, other=0.0).to(ACC)
     b = tl.load(p + yi0 * hS + xi1 * wS, mask=pmask, other=0.0).to(ACC)
     d = tl.load(p + yi1 * hS + xi0 * wS, mask=pmask, other=0.0).to(ACC)
@@ -67,7 +81,8 @@ def _sem(X, c, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, pmask, ACC: t
 
 @triton.jit
 def _fuse_kernel(X, M, insts, out, C, h, w, cS, hS, wS, MH, MW, mN, mHs, mWs, N, S, H, W,
-                 NFIELDS: tl.constexpr, VOID_ID: tl.constexpr, VOID: tl.constexpr, ACC: tl.constexpr,
+                 NFIELDS: tl.constexpr, VOID_ID: tl.constexpr, UP: tl.constexpr, VOID: tl.constexpr,
+                 ACC: tl.constexpr,
                  BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     pmask = offs < H * W
@@ -78,8 +93,8 @@ def _fuse_kernel(X, M, insts, out, C, h, w, cS, hS, wS, MH, MW, mN, mHs, mWs, N,
     best = tl.full([BLOCK], float("-inf"), ACC)
     arg = tl.zeros([BLOCK], dtype=tl.int32)
     for c in range(0, S):
-        v = _sem(X, c, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, pmask, ACC)
-        gt = v > best
+        v = _sem(X, c, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, pmask, ACC, UP)
+        gt = _beats(v, best)
         best = tl.where(gt, v, best)
         arg = tl.where(gt, c, arg)
     tmax = tl.full([BLOCK], float("-inf"), ACC)
@@ -88,8 +103,8 @@ def _fuse_kernel(X, M, insts, out, C, h, w, cS, hS, wS, MH, MW, mN, mHs, mWs, N,
         smax = tl.full([BLOCK], -10.0, ACC)
     if VOID:
         for c in range(S, C):
-            v = _sem(X, c, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, pmask, ACC)
-            tmax = tl.maximum(tmax, v)
+            v = _sem(X, c, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, pmask, ACC, UP)
+            tmax = _nanmax(tmax, v)
     for i in range(0, N):
         r = insts + i * NFIELDS
         sy0 = tl.load(r + 0)
@@ -108,7 +123,7 @@ def _fuse_kernel(X, M, insts, out, C, h, w, cS, hS, wS, MH, MW, mN, mHs, mWs, N,
         in_seg = (y >= sy0) & (y < sy1) & (x >= sx0) & (x < sx1) & pmask & (ch >= 0)
         in_mask = (y >= my0) & (y < my1) & (x >= mx0) & (x < mx1) & pmask
         chc = tl.maximum(ch, 0)
-        seg = _sem(X, chc, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, in_seg, ACC)
+        seg = _sem(X, chc, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, in_seg, ACC, UP)
         seg = tl.where(in_seg, seg, 0.0)
         myi0, myi1, myl0, myl1 = _lerp(y - by0, MH, mh, ACC)
         mxi0, mxi1, mxl0, mxl1 = _lerp(x - bx0, MW, mw, ACC)
@@ -119,12 +134,12 @@ def _fuse_kernel(X, M, insts, out, C, h, w, cS, hS, wS, MH, MW, mN, mHs, mWs, N,
         e = tl.load(mp + myi1 * mHs + mxi1 * mWs, mask=in_mask, other=0.0).to(ACC)
         mval = mxl0 * (myl0 * a + myl1 * d) + mxl1 * (myl0 * b + myl1 * e)
         v = seg + tl.where(in_mask, mval, 0.0)
-        smax = tl.maximum(smax, seg)
-        gt = v > best
+        smax = _nanmax(smax, seg)
+        gt = _beats(v, best)
         best = tl.where(gt, v, best)
         arg = tl.where(gt, S + i, arg)
     if VOID:
-        arg = tl.where(tmax - smax > best, VOID_ID, arg)
+        arg = tl.where(_beats(tmax - smax, best), VOID_ID, arg)
     tl.store(out + offs, arg, mask=pmask)
 
 
@@ -147,7 +162,8 @@ def panoptic_fuse_triton(semantic_logits: Tensor, mask_logits: Tensor, boxes: Te
     grid = (triton.cdiv(H * W, BLOCK),)
     launch(_fuse_kernel)[grid](semantic_logits, mask_logits, insts, out, C, h, w, *semantic_logits.stride(),
                                mask_logits.shape[1], mask_logits.shape[2], *mask_logits.stride(), N, num_stuff, H, W,
-                               NFIELDS=_reg.INST_FIELDS, VOID_ID=_reg.VOID_ID, VOID=bool(void), ACC=acc,
+                               NFIELDS=_reg.INST_FIELDS, VOID_ID=_reg.VOID_ID, UP=(h, w) != (H, W),
+                               VOID=bool(void), ACC=acc,
                                BLOCK=BLOCK)
     return out
 
