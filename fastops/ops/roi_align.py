@@ -153,7 +153,7 @@ def _script_rois(boxes: Union[Tensor, List[Tensor]]) -> Tensor:
 
 
 def _check_scale(name: str, value) -> float:
-    if isinstance(value, torch.SymFloat):  # torch.compile with dynamic shapes: checked by the op
+    if torch.compiler.is_compiling():  # (may be symbolic under dynamic shapes; the op's host checks apply)
         return value
     value = float(value)
     if not (value > 0 and math.isfinite(value)):
@@ -279,7 +279,10 @@ def _multi_scale_roi_align(features, boxes, output_size, spatial_scales, samplin
 def _infer_scale(feature: Tensor, original_size: List[int]) -> float:
     # torchvision's rule: the power of two nearest to feature size / image size (height decides).
     approx = float(feature.shape[-2]) / float(original_size[0])
-    return 2.0 ** float(torch.tensor(approx).log2().round())
+    if torch.jit.is_scripting():  # (TorchScript has no math.log2)
+        return 2.0 ** float(torch.tensor(approx).log2().round())
+    # a Python float even under torch.compile(dynamic=True): int() specialises the (guarded) level
+    return 2.0 ** int(round(math.log2(approx)))
 
 
 @torch.fx.wrap

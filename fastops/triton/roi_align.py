@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch._prims_common import alert_not_deterministic
 
 from fastops.registrations import roi_align as _reg
 from fastops.triton._common import fpn_level_range, fpn_levels
@@ -193,8 +194,8 @@ def check_deterministic(grad: Tensor, op: str) -> None:
     torch.use_deterministic_algorithms like PyTorch's own atomic kernels (RuntimeError, or a warning with
     warn_only=True). Under TRITON_INTERPRET=1 on CPU tensors the atomics run in program order (deterministic)."""
     if grad.device.type != "cpu":
-        torch._C._alert_not_deterministic(f"{op} (impl='triton' backward, atomic adds; the compiled CUDA kernel "
-                                          f"impl='cpp' is deterministic)")
+        alert_not_deterministic(f"{op} (impl='triton' backward, atomic adds; the compiled CUDA kernel, impl='cpp', "
+                                f"is deterministic)")
 
 
 def _backward(grad: Tensor, rois: Tensor, scales: List[float], ph: int, pw: int, n: int, c: int, sizes: List[int],
