@@ -84,10 +84,14 @@ class TestForwardAgainstTorchvision:
 
     def test_zero_boxes_and_channels(self):
         x = torch.randn(2, 4, 10, 10)
-        out = fastops.roi_align(x, torch.zeros(0, 5), 3)
-        assert out.shape == (0, 4, 3, 3)
-        out = fastops.roi_align(torch.randn(2, 0, 10, 10), make_rois(3, 2, 10, 10), 3)
-        assert out.shape == (3, 0, 3, 3)
+        for impl in ("cpp", "reference"):
+            out = fastops.roi_align(x, torch.zeros(0, 5), 3, impl=impl)
+            assert out.shape == (0, 4, 3, 3) and out.dtype == x.dtype
+            out = fastops.roi_align(torch.randn(2, 0, 10, 10), make_rois(3, 2, 10, 10), 3, impl=impl)
+            assert out.shape == (3, 0, 3, 3)
+            xg = x.clone().requires_grad_()
+            fastops.roi_align(xg, torch.zeros(0, 5), 3, impl=impl).sum().backward()
+            assert torch.equal(xg.grad, torch.zeros_like(x))  # no box: gradient exactly 0
 
     def test_boxes_wholly_outside_and_degenerate(self):
         x = torch.randn(1, 3, 12, 12)
@@ -117,7 +121,7 @@ class TestForwardAgainstTorchvision:
         assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
         assert torch.equal(grads[0], grads[2]) and torch.equal(grads[1], grads[3])
 
-    @settings(max_examples=25, deadline=None)
+    @settings(deadline=None)  # examples: the "ci"/"long" profile of tests/conftest.py
     @given(n=st.integers(1, 3), c=st.integers(1, 7), h=st.integers(1, 17), w=st.integers(1, 17),
            k=st.integers(0, 9), ph=st.integers(1, 5), pw=st.integers(1, 5), sr=st.integers(-1, 3),
            aligned=st.booleans(), scale=st.sampled_from([1.0, 0.5, 0.125]), seed=st.integers(0, 1000))
@@ -221,6 +225,25 @@ class TestMultiScale:
         ref = fastops.MultiScaleRoIAlign(names, 7, 2, impl="reference")(feats, boxes, shapes)
         assert_close(ref, expected, torch.float32)
 
+    @pytest.mark.parametrize("channels_last", [False, True])
+    def test_aligned_matches_reference(self, channels_last):
+        feats, boxes, shapes = self._fpn(channels_last=channels_last)
+        names = ["p0", "p1", "p2", "p3"]
+        got = fastops.MultiScaleRoIAlign(names, 7, 2, aligned=True)(feats, boxes, shapes)
+        want = fastops.MultiScaleRoIAlign(names, 7, 2, aligned=True, impl="reference")(feats, boxes, shapes)
+        assert_close(got, want, torch.float32)
+        # and the reference's aligned pooling is torchvision's per level
+        rois = boxes_to_rois(boxes, torch.float32, torch.device("cpu"))
+        from fastops.reference.roi_align import fpn_levels
+
+        levels = fpn_levels(rois, 2, 5)
+        for lvl, name in enumerate(names):
+            idx = (levels == lvl).nonzero()[:, 0]
+            if idx.numel():
+                tv = torchvision.ops.roi_align(feats[name], rois[idx], 7, 0.25 / 2 ** lvl, 2, True)
+                assert_close(got[idx], tv, torch.float32)
+        assert not torch.allclose(got, fastops.MultiScaleRoIAlign(names, 7, 2)(feats, boxes, shapes), atol=1e-2)
+
     def test_subset_of_levels_and_single_level(self):
         feats, boxes, shapes = self._fpn()
         for names in (["p1", "p2"], ["p0"]):
@@ -232,8 +255,10 @@ class TestMultiScale:
                  for i in range(3)]
         rois = torch.tensor([[0, 1.0, 1, 6, 7], [0, 2, 2, 60, 50], [0, 0, 0, 15, 15], [0, 3, 1, 30, 40]],
                             dtype=torch.float64)
-        torch.autograd.gradcheck(
-            lambda *f: fastops.multi_scale_roi_align(list(f), rois, 2, [1.0, 0.5, 0.25], 2, False, 16, 1), feats)
+        for aligned in (False, True):
+            torch.autograd.gradcheck(
+                lambda *f: fastops.multi_scale_roi_align(list(f), rois, 2, [1.0, 0.5, 0.25], 2, aligned, 16, 1),
+                feats)
 
     def test_grad_matches_torchvision(self):
         feats, boxes, shapes = self._fpn()
@@ -270,9 +295,13 @@ class TestLibrary:
 
         compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
         out = compiled(x, rois)
-        torch.testing.assert_close(out, f(x, rois))
-        out.sum().backward()
-        assert x.grad is not None and x.grad.abs().sum() > 0
+        xa = x.detach().requires_grad_()
+        want = torchvision.ops.roi_align(xa, rois, 3, 1.0, 2, True).sum(dim=(2, 3))
+        torch.testing.assert_close(out, want)
+        g = torch.randn_like(want)
+        out.backward(g)
+        want.backward(g)
+        torch.testing.assert_close(x.grad, xa.grad)
 
     def test_compile_inductor_dynamic(self):
         x = torch.randn(2, 4, 12, 12)
@@ -368,7 +397,7 @@ class TestErrors:
         x = torch.randn(1, 2, 8, 8)
         rois = torch.tensor([[0, 0, float("nan"), 4, 4], [0, -1e38, -1e38, 1e38, 1e38], [5.0, 0, 0, 4, 4]])
         out = fastops.roi_align(x, rois, 2, impl="triton")
-        assert out.shape == (3, 2, 2, 2)
+        assert out.shape == (3, 2, 2, 2) and bool((out == 0).all())  # such RoIs pool nothing
 
     def test_mixed_dtypes_and_devices(self):
         x = torch.randn(1, 2, 8, 8)
@@ -454,3 +483,55 @@ class TestLayout:
             torch.ops.fastops.roi_align(x, rois, 1.0, 1, 1, MAX_SAMPLING_RATIO + 1, True)
         with pytest.raises(ValueError, match="sampling_ratio"):
             fastops.roi_align(x, rois, 1, 1.0, MAX_SAMPLING_RATIO + 1, True)
+
+
+class TestPropertiesAgainstReference:
+    """cpp vs impl="reference" (independent formulation: per-sample gather), forward and gradients."""
+
+    @settings(deadline=None)
+    @given(n=st.integers(1, 2), c=st.integers(1, 4), h=st.integers(0, 13), w=st.integers(0, 13),
+           k=st.integers(0, 6), ph=st.integers(1, 4), pw=st.integers(1, 4), sr=st.integers(-1, 3),
+           aligned=st.booleans(), scale=st.sampled_from([1.0, 0.5, 0.25]), cl=st.booleans(),
+           seed=st.integers(0, 10 ** 6))
+    def test_roi_align(self, n, c, h, w, k, ph, pw, sr, aligned, scale, cl, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, c, h, w, dtype=torch.float64, generator=g)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        rois = make_rois(k, n, max(h, 1), max(w, 1), scale, lo=0.0, dtype=torch.float64, outside=True, seed=seed)
+        grad = torch.randn(k, c, ph, pw, dtype=torch.float64, generator=g)
+        outs = []
+        for impl in ("cpp", "reference"):
+            xi = x.detach().clone().requires_grad_()
+            y = fastops.roi_align(xi, rois, (ph, pw), scale, sr, aligned, impl=impl)
+            y.backward(grad)
+            outs.append((y.detach(), xi.grad))
+        assert_close(outs[0][0], outs[1][0], torch.float64)
+        assert_close(outs[0][1], outs[1][1], torch.float64)
+
+    @settings(deadline=None)
+    @given(c=st.integers(1, 3), levels=st.integers(2, 4), k=st.integers(0, 8), ph=st.integers(1, 3),
+           sr=st.integers(-1, 2), aligned=st.booleans(), cl=st.booleans(), gap=st.booleans(),
+           seed=st.integers(0, 10 ** 6))
+    def test_multi_scale(self, c, levels, k, ph, sr, aligned, cl, gap, seed):
+        g = torch.Generator().manual_seed(seed)
+        # level l has scale 1/2^(l + step*l): with gap, levels are not consecutive (unmatched RoIs give 0)
+        step = 2 if gap else 1
+        scales = [0.5 ** (1 + step * lvl) for lvl in range(levels)]
+        feats = [torch.randn(2, c, max(1, int(48 * s)), max(1, int(40 * s)), dtype=torch.float64, generator=g)
+                 for s in scales]
+        if cl:
+            feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+        xy = torch.rand(k, 2, generator=g, dtype=torch.float64) * 90 - 5
+        wh = torch.rand(k, 2, generator=g, dtype=torch.float64) ** 2 * 120 - 2
+        rois = torch.cat([torch.randint(0, 2, (k, 1), generator=g).double(), xy, xy + wh], 1)
+        grad = torch.randn(k, c, ph, ph + 1, dtype=torch.float64, generator=g)
+        outs = []
+        for impl in ("cpp", "reference"):
+            fs = [f.detach().clone().requires_grad_() for f in feats]
+            y = fastops.multi_scale_roi_align(fs, rois, (ph, ph + 1), scales, sr, aligned, 16, 2, impl=impl)
+            y.backward(grad)
+            outs.append((y.detach(), [f.grad if f.grad is not None else torch.zeros_like(f) for f in fs]))
+        assert_close(outs[0][0], outs[1][0], torch.float64)
+        for a, b in zip(outs[0][1], outs[1][1]):
+            assert_close(a, b, torch.float64)

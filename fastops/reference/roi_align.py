@@ -130,7 +130,9 @@ def multi_scale_roi_align(features: List[Tensor], rois: Tensor, output_size: Tup
     k_min = int(round(-math.log2(spatial_scales[0])))
     k_max = int(round(-math.log2(spatial_scales[-1])))
     acc = torch.float64 if f0.dtype == torch.float64 else torch.float32
-    out = f0.new_zeros((rois.size(0), f0.size(1)) + tuple(output_size), dtype=acc)
+    # zeros that belong to the graph of every level (levels without RoIs get an exact-zero gradient)
+    out = f0.new_zeros((rois.size(0), f0.size(1)) + tuple(output_size), dtype=acc) + \
+        sum(f[:0].to(acc).sum() for f in features)
     levels = fpn_levels(rois, k_min, k_max, canonical_scale, canonical_level)
     for lvl, (feat, scale) in enumerate(zip(features, spatial_scales)):
         idx = torch.where(levels == lvl)[0]
