@@ -37,7 +37,7 @@ build: venv
 	$(VPY) tools/ptxas_report.py build/build.log
 
 $(VENV)/.editable: setup.py pyproject.toml
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pip install -q --no-build-isolation --no-deps -e . > build/editable.log 2>&1 \
+	FASTOPS_NO_EXT=1 $(VPY) -m pip install -q --no-build-isolation --no-deps -e . > build/editable.log 2>&1 \
 		|| { cat build/editable.log; exit 1; }
 	touch $@
 

@@ -5,6 +5,7 @@ Environment:
   TORCH_CUDA_ARCH_LIST    GPU architectures (default "8.0;9.0")
   FASTOPS_MARCH           value for -march= on the CPU side (default "native"; "" for a portable build)
   MAX_JOBS                parallel compile jobs (ninja)
+  FASTOPS_NO_EXT=1        package only, no extension (make's editable install: `make build` compiles in place)
 """
 import glob
 import os
@@ -98,7 +99,7 @@ setup(
     description="Fast C++/CUDA/Triton kernels for segmentation and keypoint models, as torch ops",
     packages=packages,
     package_dir={"fastops.models": "models"},
-    ext_modules=[ext],
+    ext_modules=[] if os.environ.get("FASTOPS_NO_EXT") == "1" else [ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.14", "torchvision>=0.29"],

@@ -30,7 +30,8 @@ import torchvision
 from torch import Tensor, nn
 
 import fastops
-from fastops.models._kp_common import check_model_impl, load_state_dict_file
+from fastops.models._checkpoint import load_checkpoint
+from fastops.models._kp_common import check_model_impl
 
 BN_MOMENTUM = 0.1
 HM_BIAS = -2.19  # CenterNet/CornerNet: sigmoid(-2.19) ~ 0.1, the focal-loss prior
@@ -200,7 +201,7 @@ class CenterNet(nn.Module):
     def load_checkpoint(self, path, *, strict: bool = True):
         """Load a state dict from a local file (bare, or CenterNet's ``{"epoch", "state_dict"}``, ``module.``
         prefixes stripped)."""
-        return load_state_dict_file(self, path, strict=strict)
+        return load_checkpoint(self, path, strict=strict)
 
 
 def focal_loss(pred: Tensor, gt: Tensor) -> Tensor:

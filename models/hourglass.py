@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fastops
-from fastops.models._kp_common import check_model_impl, load_state_dict_file
+from fastops.models._checkpoint import load_checkpoint
+from fastops.models._kp_common import check_model_impl
 
 Pool = nn.MaxPool2d
 
@@ -229,7 +230,7 @@ class StackedHourglass(nn.Module):
     def load_checkpoint(self, path, *, strict: bool = True):
         """Load a state dict from a local file (bare, or the original's ``{"state_dict": ...}`` with
         ``model.module.`` prefixes)."""
-        return load_state_dict_file(self, path, strict=strict)
+        return load_checkpoint(self, path, strict=strict)
 
 
 def build_hourglass(nstack: int = 8, inp_dim: int = 256, oup_dim: int = 16, *, checkpoint=None,

@@ -38,6 +38,7 @@ from torchvision.ops import boxes as box_ops
 
 import fastops
 from fastops._library import check_impl
+from fastops.models._checkpoint import load_checkpoint
 
 __all__ = ["UPSNet", "FCNHead", "FlowNetLite", "TemporalFuse", "load_panoptic_checkpoint"]
 
@@ -326,7 +327,7 @@ class UPSNet(nn.Module):
 
 def load_panoptic_checkpoint(model: UPSNet, path: str, strict: bool = True):
     """Load a state dict saved from this model, or (``strict=False``) a torchvision ``maskrcnn_resnet50_fpn``
-    checkpoint (same detector names; the UPSNet/VPSNet modules keep their initialisation)."""
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return model.load_state_dict(sd, strict=strict)
+    checkpoint (same detector names; the UPSNet/VPSNet modules keep their initialisation). Wrapped
+    (``{"state_dict": ...}``, ``{"model": ...}``) and ``module.``-prefixed files load too (``_checkpoint.py``)."""
+    return load_checkpoint(model, path, strict=strict)
 

@@ -36,6 +36,7 @@ from torch import Tensor
 
 import fastops
 from fastops._library import check_impl
+from fastops.models._checkpoint import load_checkpoint
 
 VARIANCES = (0.1, 0.2)
 
@@ -635,9 +636,13 @@ def load_yolact_checkpoint(model: Yolact, path: str, strict: bool = True):
 
     Like YOLACT's ``load_weights``: the old ``backbone.layer*`` keys and extra ``fpn.downsample_layers`` are
     dropped, BatchNorm ``num_batches_tracked`` buffers missing from old checkpoints are filled in, and YolactEdge's
-    FPN prefixes are converted.
+    FPN prefixes are converted. Wrapped (``{"state_dict": ...}``, ``{"model": ...}``) and ``module.``-prefixed
+    files load too (``_checkpoint.py``).
     """
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    return load_checkpoint(model, path, strict=strict, convert=lambda sd: _convert_yolact(model, sd))
+
+
+def _convert_yolact(model: Yolact, sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     sd = convert_yolact_edge_state_dict(sd)
     for k in list(sd):
         if k.startswith("backbone.layer") and not k.startswith("backbone.layers"):
@@ -648,4 +653,4 @@ def load_yolact_checkpoint(model: Yolact, path: str, strict: bool = True):
     for k, v in own.items():
         if k.endswith("num_batches_tracked") and k not in sd:
             sd[k] = v
-    return model.load_state_dict(sd, strict=strict)
+    return sd

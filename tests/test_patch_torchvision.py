@@ -1,10 +1,13 @@
 """fastops.patch_torchvision(): torchvision detection models give the same results with fastops' kernels."""
+import re
+
 import pytest
 import torch
 import torchvision
-from torchvision.models.detection import maskrcnn_resnet50_fpn
+from torchvision.models.detection import maskrcnn_resnet50_fpn, roi_heads
 
 import fastops
+import fastops.patch
 
 
 def _model(**kw):
@@ -41,6 +44,71 @@ def test_function_form_and_unpatch():
     finally:
         fastops.unpatch_torchvision()
     assert torchvision.ops.roi_align is original
+
+
+def _state():
+    import importlib
+
+    return [getattr(importlib.import_module(m), a) for m, a, _ in fastops.patch._replacements()]
+
+
+def test_with_block_inside_a_call_leaves_the_patch_applied():
+    originals = _state()
+    fastops.patch_torchvision()
+    try:
+        patched = _state()
+        with fastops.patch_torchvision():
+            assert _state() == patched
+        assert fastops.is_patched()
+        assert _state() == patched
+        assert torchvision.ops.roi_align is fastops.roi_align
+    finally:
+        fastops.unpatch_torchvision()
+    assert not fastops.is_patched()
+    assert _state() == originals
+
+
+def test_nested_with_blocks_restore_the_outer_state():
+    originals = _state()
+    with fastops.patch_torchvision():
+        patched = _state()
+        with fastops.patch_torchvision():
+            pass
+        assert fastops.is_patched() and _state() == patched
+        with fastops.patch_torchvision():
+            fastops.unpatch_torchvision()  # an explicit unpatch inside: the block's exit restores what it found
+            assert not fastops.is_patched()
+        assert _state() == patched
+    assert _state() == originals and not fastops.is_patched()
+
+
+def test_docstring_lists_every_swapped_name():
+    doc = re.sub(r"\s+", " ", fastops.patch.__doc__)
+    for module, attr, replacement in fastops.patch._replacements():
+        assert f"``{module}.{attr}``" in doc, (module, attr)
+    with fastops.patch_torchvision():
+        assert all(v is r for v, (_, _, r) in zip(_state(), fastops.patch._replacements()))
+
+
+def _fastops_ops_run(fn):
+    """Names of the fastops:: ops that ran during fn() (torch.profiler records every dispatcher op call)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    return out, {e.name for e in prof.events() if e.name.startswith("fastops::")}
+
+
+def test_mask_targets_of_training_use_fastops_roi_align():
+    g = torch.Generator().manual_seed(0)
+    gt_masks = (torch.rand(3, 60, 80, generator=g) > 0.5).to(torch.uint8)
+    proposals = torch.tensor([[5.0, 4.0, 50.0, 40.0], [0.0, 0.0, 79.0, 59.0], [30.0, 10.0, 70.0, 55.0],
+                              [10.0, 20.0, 30.0, 58.0]])
+    matched = torch.tensor([0, 2, 1, 2])
+    expected = roi_heads.project_masks_on_boxes(gt_masks, proposals, matched, 28)
+    with fastops.patch_torchvision():
+        assert roi_heads.roi_align is fastops.roi_align
+        actual, ran = _fastops_ops_run(lambda: roi_heads.project_masks_on_boxes(gt_masks, proposals, matched, 28))
+    assert "fastops::roi_align" in ran
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()
@@ -101,3 +169,109 @@ def test_existing_pooler_module_uses_fastops(featmap_names):
     with fastops.patch_torchvision():
         actual = pool(feats, boxes, [(256, 256)])
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+# ---- TorchScript -----------------------------------------------------------------------------------------------
+
+def _pooler_inputs():
+    g = torch.Generator().manual_seed(0)
+    feats = {str(i): torch.randn(2, 4, 64 // 2 ** i, 64 // 2 ** i, generator=g) for i in range(4)}
+    boxes = []
+    for _ in range(2):
+        xy = torch.rand(9, 2, generator=g) * 200
+        boxes.append(torch.cat([xy, xy + torch.rand(9, 2, generator=g) * 150 + 2], 1))
+    return feats, boxes, [(256, 256), (250, 240)]
+
+
+def _save_load(scripted, tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(scripted, str(path))
+    return torch.jit.load(str(path))
+
+
+@pytest.mark.parametrize("featmap_names,op", [(["0", "1", "2", "3"], "fastops::multi_scale_roi_align"),
+                                              (["0"], "fastops::roi_align")])
+def test_scripted_pooler_after_patch_runs_fastops(tmp_path, featmap_names, op):
+    feats, boxes, shapes = _pooler_inputs()
+    pool = torchvision.ops.MultiScaleRoIAlign(featmap_names, 7, 2)
+    expected = pool(feats, boxes, shapes)
+    with fastops.patch_torchvision():
+        scripted = torch.jit.script(pool)
+    loaded = _save_load(scripted, tmp_path)
+    for m in (scripted, loaded):
+        assert op in str(m.inlined_graph) and "torchvision::roi_align" not in str(m.inlined_graph)
+        actual, ran = _fastops_ops_run(lambda: m(feats, boxes, shapes))
+        assert op in ran
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_module_scripted_before_the_patch_is_warned_about_and_rescripting_picks_fastops_up():
+    feats, boxes, shapes = _pooler_inputs()
+    pool = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    before = torch.jit.script(pool)
+    assert "torchvision::roi_align" in str(before.inlined_graph)
+    with pytest.warns(UserWarning, match="already compiled torchvision"):
+        patch = fastops.patch_torchvision()
+    with patch:
+        after = torch.jit.script(pool)
+    assert "fastops::multi_scale_roi_align" in str(after.inlined_graph)
+    assert "fastops::" not in str(before.inlined_graph)  # compiled graphs are frozen: hence the warning
+    # Unpatching clears the caches too: a new script runs torchvision's kernel again.
+    again = torch.jit.script(pool)
+    assert "fastops::" not in str(again.inlined_graph) and "torchvision::roi_align" in str(again.inlined_graph)
+    torch.testing.assert_close(after(feats, boxes, shapes), again(feats, boxes, shapes), atol=1e-5, rtol=1e-5)
+
+
+def test_patching_without_compiled_torchvision_code_does_not_warn():
+    fastops.patch._clear_torchvision_jit_caches()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fastops.patch_torchvision():
+            pass
+
+
+def test_scripted_paste_masks_replacement_matches_torchvision():
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(5, 1, 28, 28, generator=g)
+    xy = torch.rand(5, 2, generator=g) * 90
+    boxes = torch.cat([xy, xy + torch.rand(5, 2, generator=g) * 60 + 1], 1)
+    expected = roi_heads.paste_masks_in_image(masks, boxes, (120, 110))
+    scripted = torch.jit.script(fastops.patch._paste_masks_in_image)
+    assert "fastops::paste_masks" in str(scripted.graph)
+    torch.testing.assert_close(scripted(masks, boxes, (120, 110), 1), expected, atol=2e-3, rtol=1e-3)
+
+
+def _not_scriptable(*fns):
+    bad = []
+    for fn in fns:
+        try:
+            torch.jit.script(fn)
+        except Exception as exc:  # noqa: BLE001  (which error TorchScript raises varies)
+            bad.append(f"{fn.__name__}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    return bad
+
+
+@torch.no_grad()
+def test_scripted_patched_maskrcnn_saves_loads_and_runs_fastops(tmp_path):
+    missing = _not_scriptable(fastops.roi_align, fastops.nms, fastops.batched_nms)
+    if missing:
+        pytest.xfail("Mask R-CNN scripts these public fastops ops (roi/nms families): " + "; ".join(missing))
+    model = _model().eval()
+    images = _images()
+    with fastops.patch_torchvision():
+        expected = model(images)
+        scripted = torch.jit.script(model)
+    loaded = _save_load(scripted, tmp_path)
+    graph = str(loaded.inlined_graph)
+    for op in ("fastops::multi_scale_roi_align", "fastops::batched_nms", "fastops::paste_masks"):
+        assert op in graph, op
+    assert "torchvision::roi_align" not in graph and "torchvision::nms" not in graph
+    (_, actual), ran = _fastops_ops_run(lambda: loaded(images))
+    assert {"fastops::multi_scale_roi_align", "fastops::paste_masks"} <= ran
+    assert any(name.startswith("fastops::batched_nms") or name.startswith("fastops::nms") for name in ran)
+    for e, a in zip(expected, actual):
+        assert torch.equal(a["labels"], e["labels"])
+        torch.testing.assert_close(a["boxes"], e["boxes"])
+        torch.testing.assert_close(a["masks"], e["masks"])

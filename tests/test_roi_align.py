@@ -130,6 +130,41 @@ class TestForwardAgainstTorchvision:
         assert_close(fastops.roi_align(xcl, rois, (ph, pw), scale, sr, aligned), expected, torch.float64)
 
 
+    # float32 NCHW runs the vectorised kernel (packed tables, dense x weights per 8 bins): cover its shape
+    # classes - wide RoIs (more than 4 row vectors or 4 taps per bin), maps narrower than a row vector, more than
+    # 8 bins per side, channel blocks with a remainder - and compare with torchvision in float32.
+    @settings(max_examples=40, deadline=None)
+    @given(c=st.integers(1, 37), h=st.integers(1, 70), w=st.integers(1, 70), k=st.integers(0, 12),
+           ph=st.integers(1, 17), pw=st.integers(1, 17), sr=st.integers(-1, 3), aligned=st.booleans(),
+           scale=st.sampled_from([1.0, 0.5, 0.25]), seed=st.integers(0, 1000))
+    def test_property_float32(self, c, h, w, k, ph, pw, sr, aligned, scale, seed):
+        x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
+        rois = make_rois(k, 2, h, w, scale, lo=0.0, outside=True, seed=seed)
+        expected = tv_roi_align(x, rois, (ph, pw), scale, sr, aligned)
+        assert_close(fastops.roi_align(x, rois, (ph, pw), scale, sr, aligned), expected, torch.float32)
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+    @pytest.mark.parametrize("out", [7, (5, 11)])
+    def test_non_finite_features(self, bad, out):
+        """A NaN/inf pixel makes exactly the bins whose samples give it a non-zero weight non-finite; the others
+        equal torchvision on the clean map (the vectorised kernel's zero weights must not leak it)."""
+        x = torch.randn(2, 20, 24, 40, generator=torch.Generator().manual_seed(1))
+        pix = [(0, 3, 10, 17), (1, 0, 5, 39), (0, 19, 23, 0), (1, 7, 12, 12)]
+        mark = torch.zeros_like(x)
+        for n, ch, i, j in pix:
+            mark[n, ch, i, j] = 1.0
+        xb = x.clone()
+        xb[mark > 0] = bad
+        rois = make_rois(60, 2, 24, 40, 1.0, lo=1.0, outside=True, seed=3)
+        got = fastops.roi_align(xb, rois, out, 1.0, 2, True)
+        hit = tv_roi_align(mark, rois, out, 1.0, 2, True) > 0
+        clean = tv_roi_align(x, rois, out, 1.0, 2, True)
+        assert hit.any() and (~hit).any()
+        assert not torch.isfinite(got[hit]).any()
+        torch.testing.assert_close(got[~hit], clean[~hit], atol=1e-5, rtol=1e-5)
+        if bad == bad:  # +-inf alone (no two opposite infinities meet): the bin is that infinity
+            assert torch.equal(got[hit], torch.full_like(got[hit], bad))
+
 class TestBackward:
     @pytest.mark.parametrize("channels_last", [False, True])
     @pytest.mark.parametrize("aligned,sr", [(False, -1), (True, 2), (True, 0)])
@@ -310,7 +345,7 @@ class TestErrors:
             fastops.roi_align(x, torch.zeros(3, 4), 2)
         with pytest.raises(ValueError, match=r"boxes\[0\] must have shape \[L, 4\]"):
             fastops.roi_align(x, [torch.zeros(3, 5)], 2)
-        with pytest.raises(ValueError, match="output_size must be positive"):
+        with pytest.raises(ValueError, match="output_size must be >= 1"):
             fastops.roi_align(x, torch.zeros(1, 5), 0)
         with pytest.raises(ValueError, match="impl must be one of"):
             fastops.roi_align(x, torch.zeros(1, 5), 2, impl="cuda")
@@ -357,3 +392,65 @@ def test_boxes_to_rois_roundtrip():
     rois = boxes_to_rois(boxes, torch.float32, torch.device("cpu"))
     assert rois.shape == (5, 5) and rois[:, 0].tolist() == [0, 0, 0, 2, 2]
     assert math.isclose(float(rois[3, 1]), float(boxes[2][0, 0]))
+
+
+class TestLayout:
+    """The layout rule (docs/roi_align.md, CONTRIBUTING.md): backends share fastops/registrations/roi_align.py and
+    never import the public module or the reference; what Triton re-derives is checked against the reference."""
+
+    def _imports(self, path):
+        import ast
+
+        tree = ast.parse(open(path).read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+        return names
+
+    def test_backends_do_not_import_the_public_module_or_the_reference(self):
+        import os
+
+        root = os.path.dirname(fastops.__file__)
+        for rel, banned in (("triton/roi_align.py", ("fastops.ops", "fastops.reference")),
+                            ("triton/_common.py", ("fastops.ops", "fastops.reference")),
+                            ("registrations/roi_align.py", ("fastops.ops", "fastops.reference", "fastops.triton"))):
+            names = self._imports(os.path.join(root, rel))
+            bad = sorted(n for n in names if n.startswith(banned))
+            assert not bad, f"{rel} imports {bad}"
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+    def test_triton_fpn_levels_match_the_reference(self, dtype):
+        from fastops.reference.roi_align import fpn_levels as ref_levels
+        from fastops.triton._common import fpn_level_range, fpn_levels
+
+        g = torch.Generator().manual_seed(0)
+        xy = torch.rand(400, 2, generator=g) * 500
+        wh = torch.rand(400, 2, generator=g) ** 3 * 900
+        boxes = torch.cat([xy, xy + wh], 1)
+        # exact level boundaries (sqrt(area) = 224 * 2^j), zero and negative areas, a huge box
+        special = torch.tensor([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 448, 448], [0, 0, 56, 56],
+                                [5, 5, 5, 9], [9, 9, 5, 5], [0, 0, -3, 4], [0, 0, 1e6, 1e6]], dtype=torch.float32)
+        rois = torch.cat([torch.zeros(408, 1), torch.cat([boxes, special])], 1).to(dtype)
+        for scales in ([1 / 4, 1 / 8, 1 / 16, 1 / 32], [1 / 8, 1 / 16], [1 / 4, 1 / 32]):
+            k_min, k_max = fpn_level_range(scales)
+            assert (k_min, k_max) == (round(-math.log2(scales[0])), round(-math.log2(scales[-1])))
+            for cs, cl in ((224, 4), (16, 1)):
+                got = fpn_levels(rois, k_min, k_max, cs, cl)
+                assert got.dtype == torch.int32
+                assert torch.equal(got.long(), ref_levels(rois, k_min, k_max, cs, cl))
+
+    def test_max_sampling_ratio_matches_cpp(self):
+        from fastops.registrations.roi_align import MAX_SAMPLING_RATIO
+
+        x = torch.randn(1, 1, 4, 4)
+        rois = torch.tensor([[0, 0.0, 0, 3, 3]])
+        out = torch.ops.fastops.roi_align(x, rois, 1.0, 1, 1, MAX_SAMPLING_RATIO, True)
+        torch.testing.assert_close(out, torchvision.ops.roi_align(x, rois, 1, 1.0, 64, True), atol=1e-3, rtol=1e-3)
+        with pytest.raises(ValueError, match="sampling_ratio"):
+            torch.ops.fastops.roi_align(x, rois, 1.0, 1, 1, MAX_SAMPLING_RATIO + 1, True)
+        with pytest.raises(ValueError, match="sampling_ratio"):
+            fastops.roi_align(x, rois, 1, 1.0, MAX_SAMPLING_RATIO + 1, True)

@@ -19,11 +19,24 @@ struct RoiBox {
   int grid_h, grid_w;  // samples per bin side
 };
 
+// Largest number of samples per bin side: the sampling_ratio limit (checked on the host) and the cap of the
+// adaptive grid ceil(roi_size / pooled), so that grid_h * grid_w fits an int and a huge box costs a bounded
+// loop. Boxes larger than kMaxGrid x the pooled size (~229k feature pixels for 7x7) sample on the capped grid.
+constexpr int kMaxGrid = 1 << 15;
+
+// Adaptive samples per bin side, ceil(roi_size / pooled) in [0, kMaxGrid]; 0 for an inverted box (aligned=True).
+template <typename T>
+FASTOPS_HD int adaptive_grid(T roi_size, int pooled) {
+  using std::ceil;
+  const T g = ceil(roi_size / static_cast<T>(pooled));
+  if (!(g > T(0))) return 0;
+  return g < static_cast<T>(kMaxGrid) ? static_cast<int>(g) : kMaxGrid;
+}
+
 // `roi` points at (x1, y1, x2, y2) in input-image coordinates.
 template <typename T, typename R>
 FASTOPS_HD RoiBox<T> roi_box(const R* roi, T spatial_scale, int pooled_h, int pooled_w, int sampling_ratio,
                              bool aligned) {
-  using std::ceil;
   const T offset = aligned ? T(0.5) : T(0);
   RoiBox<T> b;
   b.start_w = static_cast<T>(roi[0]) * spatial_scale - offset;
@@ -45,10 +58,8 @@ FASTOPS_HD RoiBox<T> roi_box(const R* roi, T spatial_scale, int pooled_h, int po
     b.grid_h = b.grid_w = 0;
     return b;
   }
-  b.grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int>(ceil(roi_h / static_cast<T>(pooled_h)));
-  b.grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int>(ceil(roi_w / static_cast<T>(pooled_w)));
-  if (b.grid_h < 0) b.grid_h = 0;  // aligned=True with an inverted box
-  if (b.grid_w < 0) b.grid_w = 0;
+  b.grid_h = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(roi_h, pooled_h);
+  b.grid_w = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(roi_w, pooled_w);
   return b;
 }
 
@@ -59,10 +70,11 @@ FASTOPS_HD T sample_coord(T start, T bin, int p, int i, int grid) {
 }
 
 // 1-D bilinear taps of coordinate `y` on an axis of `size` pixels (torchvision/Caffe2 rule): returns false
-// when the sample lies beyond one pixel outside the map (it contributes 0); otherwise the two taps and weights.
+// when the sample lies beyond one pixel outside the map (it contributes 0); otherwise the two taps and weights
+// (w_lo > 0 always; when w_hi == 0 both taps name the same pixel, so no zero-weight pixel is ever read).
 template <typename T>
 FASTOPS_HD bool tap1d(T y, int size, int& lo, int& hi, T& w_lo, T& w_hi) {
-  if (y < T(-1) || y > static_cast<T>(size)) return false;
+  if (size <= 0 || y < T(-1) || y > static_cast<T>(size)) return false;  // (an empty axis has no pixel to read)
   if (y <= T(0)) y = T(0);
   lo = static_cast<int>(y);
   if (lo >= size - 1) {
@@ -74,10 +86,13 @@ FASTOPS_HD bool tap1d(T y, int size, int& lo, int& hi, T& w_lo, T& w_hi) {
   const T l = y - static_cast<T>(lo);
   w_lo = T(1) - l;
   w_hi = l;
+  if (l == T(0)) hi = lo;  // NaN/inf rule: a sample reads only the pixels it gives a non-zero weight
   return true;
 }
 
 // FPN level of a RoI (FPN eq. 1, torchvision's LevelMapper), 0-based within [k_min, k_max]; -1 for none.
+// With non-consecutive levels (e.g. scales 1/4, 1/32) the result can exceed the number of feature maps: the
+// caller treats such a RoI as having no level (output 0), as torchvision and the reference do.
 template <typename T, typename R>
 FASTOPS_HD int fpn_level(const R* roi, int canonical_scale, int canonical_level, int k_min, int k_max) {
   using std::floor;
@@ -99,6 +114,14 @@ inline void fpn_level_range(double first_scale, double last_scale, int& k_min, i
   k_min = static_cast<int>(std::lround(-std::log2(first_scale)));
   k_max = static_cast<int>(std::lround(-std::log2(last_scale)));
 }
+
+// Host-side argument and shape checks (roi_align.cpp), called by the CPU and CUDA entry points before any
+// kernel runs. Data-dependent checks (box values, batch indices) stay with the kernels.
+void check_forward(at::TensorList feats, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t ph,
+                   int64_t pw, int64_t sampling_ratio, int64_t canonical_scale, int64_t canonical_level);
+void check_backward(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t ph,
+                    int64_t pw, int64_t N, int64_t C, at::IntArrayRef sizes, int64_t sampling_ratio,
+                    int64_t canonical_scale, int64_t canonical_level, size_t num_channels_last);
 
 }  // namespace roi_align
 }  // namespace fastops

@@ -6,13 +6,12 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
-#include <cmath>
+#include <type_traits>
 #include <vector>
 
+#include "cuda_utils.cuh"
 #include "roi_align/roi_align.h"
 
 namespace fastops {
@@ -20,7 +19,6 @@ namespace roi_align {
 namespace {
 
 constexpr int kMaxLevels = 8;
-constexpr int kThreads = 256;
 
 template <typename scalar_t>
 struct LevelsArg {
@@ -48,8 +46,7 @@ __global__ void roi_align_forward_kernel(int64_t total, LevelsArg<scalar_t> lv, 
                                          int canonical_level, bool channel_fastest, int64_t oK, int64_t oC,
                                          int64_t oH, int64_t oW) {
   using T = acc_t<scalar_t>;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  FASTOPS_KERNEL_LOOP(idx, total) {
     int64_t k, c;
     int p, q;
     if (channel_fastest) {
@@ -72,7 +69,7 @@ __global__ void roi_align_forward_kernel(int64_t total, LevelsArg<scalar_t> lv, 
     const int l = lv.num_levels == 1 ? 0 : fpn_level<T>(roi + 1, canonical_scale, canonical_level, lv.k_min, lv.k_max);
     T val = T(0);
     int count = 1;
-    if (n >= 0 && l >= 0) {
+    if (n >= 0 && l >= 0 && l < lv.num_levels) {  // (non-consecutive levels: a RoI may have no map)
       const RoiBox<T> b = roi_box<T>(roi + 1, static_cast<T>(lv.scale[l]), ph, pw, sampling_ratio, aligned);
       count = max_(b.grid_h * b.grid_w, 1);
       const scalar_t* plane = lv.data[l] + n * lv.sN[l] + c * lv.sC[l];
@@ -108,8 +105,7 @@ __global__ void roi_align_backward_kernel(int64_t rows, const scalar_t* __restri
                                           int num_levels, int k_min, int k_max, int ph, int pw, int sampling_ratio,
                                           bool aligned, int canonical_scale, int canonical_level) {
   using T = acc_t<scalar_t>;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < rows;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  FASTOPS_KERNEL_LOOP(idx, rows) {
     const int y = static_cast<int>(idx % H);
     const int64_t c = (idx / H) % C;
     const int64_t n = idx / (static_cast<int64_t>(H) * C);
@@ -149,22 +145,13 @@ __global__ void roi_align_backward_kernel(int64_t rows, const scalar_t* __restri
   }
 }
 
-int blocks_for(int64_t n) {
-  return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20));
-}
-
-bool is_channels_last(const at::Tensor& t) {
-  return t.size(1) > 1 && t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
-}
-
 at::Tensor forward_cuda(const std::vector<at::Tensor>& feats, const at::Tensor& rois_in,
                         const std::vector<double>& scales, int64_t ph, int64_t pw, int64_t sampling_ratio,
                         bool aligned, int64_t canonical_scale, int64_t canonical_level) {
+  check_forward(feats, rois_in, scales, ph, pw, sampling_ratio, canonical_scale, canonical_level);
+  TORCH_CHECK_VALUE(feats.size() <= kMaxLevels, "multi_scale_roi_align: the CUDA kernel takes at most ", kMaxLevels,
+                    " levels, got ", feats.size());
   const at::Tensor& f0 = feats[0];
-  TORCH_CHECK(feats.size() <= kMaxLevels, "multi_scale_roi_align: at most ", kMaxLevels, " levels");
-  TORCH_CHECK(rois_in.dim() == 2 && rois_in.size(1) == 5, "roi_align: rois must have shape [K, 5]");
-  TORCH_CHECK(rois_in.scalar_type() == f0.scalar_type(), "roi_align: rois must have the input's dtype");
-  TORCH_CHECK(rois_in.device() == f0.device(), "roi_align: rois must be on the input's device");
   c10::cuda::CUDAGuard guard(f0.device());
   const at::Tensor rois = rois_in.contiguous();
   const int64_t K = rois.size(0), C = f0.size(1), N = f0.size(0);
@@ -179,9 +166,6 @@ at::Tensor forward_cuda(const std::vector<at::Tensor>& feats, const at::Tensor& 
     fpn_level_range(scales.front(), scales.back(), lv.k_min, lv.k_max);
     for (size_t l = 0; l < feats.size(); ++l) {
       const at::Tensor& f = feats[l];
-      TORCH_CHECK(f.dim() == 4 && f.size(0) == N && f.size(1) == C && f.scalar_type() == f0.scalar_type() &&
-                      f.device() == f0.device(),
-                  "roi_align: all levels must share batch size, channels, dtype and device");
       lv.data[l] = f.data_ptr<scalar_t>();
       lv.sN[l] = f.stride(0);
       lv.sC[l] = f.stride(1);
@@ -191,11 +175,11 @@ at::Tensor forward_cuda(const std::vector<at::Tensor>& feats, const at::Tensor& 
       lv.W[l] = static_cast<int>(f.size(3));
       lv.scale[l] = static_cast<float>(scales[l]);
     }
-    roi_align_forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        total, lv, rois.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, C, static_cast<int>(ph),
+    cuda::launch_1d(
+        roi_align_forward_kernel<scalar_t>, total, c10::cuda::getCurrentCUDAStream(), total, lv,
+        rois.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, C, static_cast<int>(ph),
         static_cast<int>(pw), static_cast<int>(sampling_ratio), aligned, static_cast<int>(canonical_scale),
         static_cast<int>(canonical_level), cl, out.stride(0), out.stride(1), out.stride(2), out.stride(3));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -205,6 +189,8 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
                                       int64_t C, const std::vector<int64_t>& sizes, int64_t sampling_ratio,
                                       bool aligned, int64_t canonical_scale, int64_t canonical_level,
                                       const std::vector<bool>& channels_last) {
+  check_backward(grad, rois_in, scales, ph, pw, N, C, sizes, sampling_ratio, canonical_scale, canonical_level,
+                 channels_last.size());
   c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor rois = rois_in.contiguous();
   const auto dtype = grad.scalar_type();
@@ -221,15 +207,14 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
     if (rois.size(0) > 0 && rows > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastops_roi_align_backward_cuda", [&] {
         using G = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-        roi_align_backward_kernel<scalar_t, G><<<blocks_for(rows), kThreads, 0,
-                                                 c10::cuda::getCurrentCUDAStream()>>>(
-            rows, grad.data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3),
+        cuda::launch_1d(
+            roi_align_backward_kernel<scalar_t, G>, rows, c10::cuda::getCurrentCUDAStream(), rows,
+            grad.data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2), grad.stride(3),
             rois.data_ptr<scalar_t>(), rois.size(0), gi.data_ptr<G>(), gi.stride(0), gi.stride(1), gi.stride(2),
             gi.stride(3), N, C, static_cast<int>(sizes[2 * l]), static_cast<int>(sizes[2 * l + 1]),
             static_cast<float>(scales[l]), l, num_levels, k_min, k_max, static_cast<int>(ph),
             static_cast<int>(pw), static_cast<int>(sampling_ratio), aligned, static_cast<int>(canonical_scale),
             static_cast<int>(canonical_level));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
     grads.push_back(acc_dtype == dtype ? gi : gi.to(dtype, false, false, fmt));

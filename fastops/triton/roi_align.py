@@ -1,13 +1,13 @@
 """Triton RoIAlign: forward and backward, both layouts (strides), one program per (RoI, bin, channel block).
 
 Same conventions as the C++/CUDA kernels (torchvision's). The backward scatters with atomic adds: on a GPU it
-is not bitwise deterministic (the compiled CUDA backward is); under TRITON_INTERPRET=1 it is.
+is not bitwise deterministic (the compiled CUDA backward is) and raises under
+torch.use_deterministic_algorithms(True); under TRITON_INTERPRET=1 it is deterministic.
 Multi-scale: levels are assigned on the device (no host sync) and one launch per level pools the RoIs of that
 level.
 """
 from __future__ import annotations
 
-import math
 from typing import List
 
 import torch
@@ -15,14 +15,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastops.ops import roi_align as _ops
+from fastops.registrations import roi_align as _reg
+from fastops.triton._common import fpn_level_range, fpn_levels
 from fastops.triton._registry import check_triton_device, launch, register_fake, triton_custom_op
+
+MAX_GRID = tl.constexpr(float(_reg.MAX_SAMPLING_RATIO))
 
 
 @triton.jit
 def _tap(y, size):
     # torchvision/Caffe2 bilinear rule along one axis: (valid, lo, hi, w_lo, w_hi)
-    valid = (y >= -1.0) & (y <= size)
+    valid = (y >= -1.0) & (y <= size) & (size > 0)  # (an empty axis has no pixel to read)
     y = tl.maximum(y, 0.0)
     lo = tl.minimum(y, size - 1.0).to(tl.int32)  # bounded before the cast: NaN/inf never index
     at_end = lo >= size - 1
@@ -30,7 +33,26 @@ def _tap(y, size):
     hi = tl.where(at_end, size - 1, lo + 1)
     y = tl.where(at_end, lo.to(y.dtype), y)
     frac = y - lo.to(y.dtype)
+    hi = tl.where(frac == 0.0, lo, hi)  # NaN/inf rule: read only the pixels given a non-zero weight
     return valid, lo, hi, 1.0 - frac, frac
+
+
+@triton.jit
+def _sample_range(start, p, bin_size, grid, size):
+    # Samples i of bin p with coordinate start + p * bin + (i + 0.5) * bin / grid inside [-1, size] lie in
+    # [i0, i1): the others contribute 0, so the loops skip them (a huge box has few samples on the map). The
+    # bounds are widened by a sample each side (rounding); every sample is still tested by _tap.
+    base = start + p * bin_size
+    t0 = (-1.0 - base) * grid / bin_size - 0.5
+    t1 = (size - base) * grid / bin_size - 0.5
+    lo = tl.minimum(t0, t1)
+    hi = tl.maximum(t0, t1)
+    ok = (bin_size != 0.0) & (lo == lo) & (hi == hi)
+    lo = tl.minimum(tl.maximum(tl.floor(lo) - 1.0, 0.0), grid * 1.0)
+    hi = tl.minimum(tl.maximum(tl.ceil(hi) + 2.0, 0.0), grid * 1.0)
+    i0 = tl.where(ok, lo.to(tl.int32), 0)
+    i1 = tl.where(ok, hi.to(tl.int32), grid)
+    return i0, i1
 
 
 @triton.jit
@@ -53,8 +75,11 @@ def _roi_geometry(rois, k, spatial_scale, PH, PW, sampling_ratio, N, ALIGNED: tl
     bin_w = roi_w / PW
     ok = (bidx >= 0) & (bidx < N) & (roi_h == roi_h) & (roi_w == roi_w) & (roi_h < 1e30) & (roi_w < 1e30) \
         & (start_h == start_h) & (start_w == start_w) & (tl.abs(start_h) < 1e30) & (tl.abs(start_w) < 1e30)
-    gh = tl.where(sampling_ratio > 0, sampling_ratio, tl.ceil(tl.minimum(tl.maximum(roi_h / PH, 0.0), 1e6)).to(tl.int32))
-    gw = tl.where(sampling_ratio > 0, sampling_ratio, tl.ceil(tl.minimum(tl.maximum(roi_w / PW, 0.0), 1e6)).to(tl.int32))
+    # adaptive grid ceil(roi / pooled) capped at MAX_GRID (kMaxGrid in roi_align.h), bounded before the cast
+    gh = tl.where(sampling_ratio > 0, sampling_ratio,
+                  tl.ceil(tl.minimum(tl.maximum(roi_h / PH, 0.0), MAX_GRID)).to(tl.int32))
+    gw = tl.where(sampling_ratio > 0, sampling_ratio,
+                  tl.ceil(tl.minimum(tl.maximum(roi_w / PW, 0.0), MAX_GRID)).to(tl.int32))
     gh = tl.where(ok, gh, 0)
     gw = tl.where(ok, gw, 0)
     b = tl.where(ok, bidx, 0.0).to(tl.int64)
@@ -89,10 +114,12 @@ def _roi_align_fwd_kernel(inp, rois, out, levels, this_level, N, C, H, W, sN, sC
         rois, levels, this_level, N, C, spatial_scale, sampling_ratio, PH, PW, ALIGNED, HAS_LEVELS, ACC, BLOCK_C)
     base = inp + b * sN + offs_c * sC
     acc = tl.zeros([BLOCK_C], dtype=ACC)
-    for iy in range(0, gh):
+    iy0, iy1 = _sample_range(start_h, p, bin_h, gh, H)
+    ix0, ix1 = _sample_range(start_w, q, bin_w, gw, W)
+    for iy in range(iy0, iy1):
         y = start_h + p * bin_h + (iy + 0.5) * bin_h / gh
         vy, y0, y1, wy0, wy1 = _tap(y, H)
-        for ix in range(0, gw):
+        for ix in range(ix0, ix1):
             x = start_w + q * bin_w + (ix + 0.5) * bin_w / gw
             vx, x0, x1, wx0, wx1 = _tap(x, W)
             m = tl.where(vy & vx, cmask, False)  # (scalar & block masks trip the CPU interpreter)
@@ -115,10 +142,12 @@ def _roi_align_bwd_kernel(grad, rois, gin, levels, this_level, N, C, H, W, sN, s
     count = tl.maximum(gh * gw, 1)
     g = tl.load(grad + k * gK + offs_c * gC + p * gH + q * gW, mask=cmask, other=0.0).to(ACC) / count
     base = gin + b * sN + offs_c * sC
-    for iy in range(0, gh):
+    iy0, iy1 = _sample_range(start_h, p, bin_h, gh, H)
+    ix0, ix1 = _sample_range(start_w, q, bin_w, gw, W)
+    for iy in range(iy0, iy1):
         y = start_h + p * bin_h + (iy + 0.5) * bin_h / gh
         vy, y0, y1, wy0, wy1 = _tap(y, H)
-        for ix in range(0, gw):
+        for ix in range(ix0, ix1):
             x = start_w + q * bin_w + (ix + 0.5) * bin_w / gw
             vx, x0, x1, wx0, wx1 = _tap(x, W)
             m = tl.where(vy & vx, cmask, False)  # (scalar & block masks trip the CPU interpreter)
@@ -137,18 +166,15 @@ def _block_c(c: int) -> int:
 
 
 def _levels(rois: Tensor, scales: List[float], canonical_scale: int, canonical_level: int) -> Tensor:
-    from fastops.reference.roi_align import fpn_levels
-
-    k_min = int(round(-math.log2(scales[0])))
-    k_max = int(round(-math.log2(scales[-1])))
-    return fpn_levels(rois, k_min, k_max, canonical_scale, canonical_level).to(torch.int32)
+    k_min, k_max = fpn_level_range(scales)
+    return fpn_levels(rois, k_min, k_max, canonical_scale, canonical_level)
 
 
 def _forward(features: List[Tensor], rois: Tensor, scales: List[float], ph: int, pw: int, sampling_ratio: int,
              aligned: bool, levels) -> Tensor:
     f0 = features[0]
     K, C = rois.size(0), f0.size(1)
-    fmt = torch.channels_last if _ops._is_channels_last(f0) else torch.contiguous_format
+    fmt = torch.channels_last if _reg.is_channels_last(f0) else torch.contiguous_format
     out = torch.zeros((K, C, ph, pw), dtype=f0.dtype, device=f0.device).contiguous(memory_format=fmt)
     if K == 0 or C == 0:
         return out
@@ -160,6 +186,15 @@ def _forward(features: List[Tensor], rois: Tensor, scales: List[float], ph: int,
             *feat.stride(), *out.stride(), float(scale), int(sampling_ratio), ph, pw, ALIGNED=bool(aligned),
             HAS_LEVELS=levels is not None, ACC=_acc(f0.dtype), BLOCK_C=_block_c(C))
     return out
+
+
+def check_deterministic(grad: Tensor, op: str) -> None:
+    """The backward scatters with tl.atomic_add: on a GPU the summation order varies, so it obeys
+    torch.use_deterministic_algorithms like PyTorch's own atomic kernels (RuntimeError, or a warning with
+    warn_only=True). Under TRITON_INTERPRET=1 on CPU tensors the atomics run in program order (deterministic)."""
+    if grad.device.type != "cpu":
+        torch._C._alert_not_deterministic(f"{op} (impl='triton' backward, atomic adds; the compiled CUDA kernel "
+                                          f"impl='cpp' is deterministic)")
 
 
 def _backward(grad: Tensor, rois: Tensor, scales: List[float], ph: int, pw: int, n: int, c: int, sizes: List[int],
@@ -193,6 +228,7 @@ def roi_align_triton(input: Tensor, rois: Tensor, spatial_scale: float, pooled_h
 def roi_align_backward_triton(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
                               pooled_width: int, batch_size: int, channels: int, height: int, width: int,
                               sampling_ratio: int, aligned: bool, channels_last: bool) -> Tensor:
+    check_deterministic(grad, "fastops::_roi_align_backward_triton")
     return _backward(grad, rois, [spatial_scale], pooled_height, pooled_width, batch_size, channels,
                      [height, width], sampling_ratio, aligned, [channels_last], None)[0]
 
@@ -212,38 +248,20 @@ def multi_scale_roi_align_backward_triton(grad: Tensor, rois: Tensor, spatial_sc
                                           pooled_height: int, pooled_width: int, batch_size: int, channels: int,
                                           sizes: List[int], sampling_ratio: int, aligned: bool, canonical_scale: int,
                                           canonical_level: int, channels_last: List[bool]) -> List[Tensor]:
+    check_deterministic(grad, "fastops::_multi_scale_roi_align_backward_triton")
     levels = _levels(rois, spatial_scales, canonical_scale, canonical_level) if len(spatial_scales) > 1 else None
     return _backward(grad, rois, list(spatial_scales), pooled_height, pooled_width, batch_size, channels,
                      list(sizes), sampling_ratio, aligned, list(channels_last), levels)
 
 
-# ---- fakes and autograd (shared with the compiled ops' Python side) -------------------------------------------
+# ---- fakes and autograd: the same as the compiled ops' (fastops/registrations/roi_align.py) ----------------
 
-for _op, _fake in ((roi_align_triton, _ops._roi_align_fake),
-                   (roi_align_backward_triton, _ops._roi_align_backward_fake),
-                   (multi_scale_roi_align_triton, _ops._msra_fake),
-                   (multi_scale_roi_align_backward_triton, _ops._msra_backward_fake)):
-    register_fake(_op, _fake)
-
-
-def _bwd(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    spatial_scale, ph, pw, sampling_ratio, aligned = ctx.args
-    n, c, h, w = ctx.input_shape
-    return (torch.ops.fastops._roi_align_backward_triton(grad, rois, spatial_scale, ph, pw, n, c, h, w,
-                                                         sampling_ratio, aligned, ctx.channels_last),
-            None, None, None, None, None, None)
-
-
-def _msra_bwd(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    spatial_scales, ph, pw = ctx.args
-    sampling_ratio, aligned, canonical_scale, canonical_level = ctx.args2
-    grads = torch.ops.fastops._multi_scale_roi_align_backward_triton(
-        grad, rois, spatial_scales, ph, pw, ctx.nc[0], ctx.nc[1], ctx.sizes, sampling_ratio, aligned,
-        canonical_scale, canonical_level, ctx.channels_last)
-    return list(grads), None, None, None, None, None, None, None, None
-
-
-roi_align_triton.register_autograd(_bwd, setup_context=_ops._roi_align_setup_context)
-multi_scale_roi_align_triton.register_autograd(_msra_bwd, setup_context=_ops._msra_setup_context)
+register_fake(roi_align_triton, _reg.roi_align_fake)
+register_fake(roi_align_backward_triton, _reg.roi_align_backward_fake)
+register_fake(multi_scale_roi_align_triton, _reg.multi_scale_roi_align_fake)
+register_fake(multi_scale_roi_align_backward_triton, _reg.multi_scale_roi_align_backward_fake)
+roi_align_triton.register_autograd(_reg.roi_align_backward(torch.ops.fastops._roi_align_backward_triton),
+                                   setup_context=_reg.roi_align_setup_context)
+multi_scale_roi_align_triton.register_autograd(
+    _reg.multi_scale_roi_align_backward(torch.ops.fastops._multi_scale_roi_align_backward_triton),
+    setup_context=_reg.multi_scale_roi_align_setup_context)
