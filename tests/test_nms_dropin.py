@@ -36,7 +36,8 @@ def test_script_nms_batched_nms_functions():
     for fn, args in ((fastops.nms, (boxes, scores, 0.5)), (fastops.batched_nms, (boxes, scores, idxs, 0.5))):
         scripted, loaded = _script_roundtrip(fn)
         want = fn(*args)
-        assert torch.equal(scripted(*args), want) and torch.equal(loaded(*args), want)
+        # a loaded script function keeps no default values (TorchScript): pass impl too
+        assert torch.equal(scripted(*args), want) and torch.equal(loaded(*args, "auto"), want)
     assert torch.equal(fastops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
 
 
@@ -47,17 +48,17 @@ def test_script_module_and_other_ops():
         assert torch.equal(a, b)
     ys = torch.rand(3, boxes.size(0))
     _, fast = _script_roundtrip(fastops.fast_nms)
-    for a, b in zip(fast(boxes, ys, 0.5, 50, 40, 0.05, True), fastops.fast_nms(boxes, ys, 0.5, 50, 40, 0.05, True)):
+    for a, b in zip(fast(boxes, ys, 0.5, 50, 40, 0.05, True, "auto"), fastops.fast_nms(boxes, ys, 0.5, 50, 40, 0.05, True)):
         assert torch.equal(a, b)
     _, soft = _script_roundtrip(fastops.soft_nms)
-    for a, b in zip(soft(boxes, scores, 0.3, 0.5, 1e-3, "gaussian"), fastops.soft_nms(boxes, scores, 0.3, 0.5, 1e-3,
-                                                                                      "gaussian")):
+    for a, b in zip(soft(boxes, scores, 0.3, 0.5, 1e-3, "gaussian", "auto"),
+                    fastops.soft_nms(boxes, scores, 0.3, 0.5, 1e-3, "gaussian")):
         assert torch.equal(a, b)
 
 
 def test_script_batched_nms_empty_shortcut():
     _, loaded = _script_roundtrip(fastops.batched_nms)
-    out = loaded(torch.empty((0,)), torch.empty((0,)), torch.empty((0,), dtype=torch.int64), 0.5)
+    out = loaded(torch.empty((0,)), torch.empty((0,)), torch.empty((0,), dtype=torch.int64), 0.5, "auto")
     assert out.dtype == torch.int64 and out.shape == (0,)
 
 

@@ -66,6 +66,16 @@ def _threshold(name: str, value) -> float:
     return value
 
 
+def _fx_leaf(name: str, args):
+    """Under torch.fx.symbolic_trace, record public function `name` as one call (a leaf) whatever module calls it:
+    torch.fx.wrap below only covers calls made from this module (and patches the module global while tracing, so
+    the original function object is taken from _PUBLIC)."""
+    for a in args:
+        if isinstance(a, torch.fx.Proxy):
+            return a.tracer.create_proxy("call_function", _PUBLIC[name], tuple(args), {})
+    return None
+
+
 def _prepare(*tensors):
     """Dequantize quantized tensors; under autocast, float32 compute for float16/bfloat16 or mixed dtypes."""
     if any(isinstance(t, Tensor) and t.is_quantized for t in tensors):
@@ -108,6 +118,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, impl: str = "auto")
 
 
 def _nms(boxes, scores, iou_threshold, impl):
+    leaf = _fx_leaf("nms", (boxes, scores, iou_threshold, impl))
+    if leaf is not None:
+        return leaf
     boxes, scores = _prepare(boxes, scores)
     _check_boxes_scores(boxes, scores)
     thr = _threshold("iou_threshold", iou_threshold)
@@ -144,6 +157,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
 
 def _batched_nms(boxes, scores, idxs, iou_threshold, impl):
+    leaf = _fx_leaf("batched_nms", (boxes, scores, idxs, iou_threshold, impl))
+    if leaf is not None:
+        return leaf
     if isinstance(boxes, Tensor) and boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     boxes, scores = _prepare(boxes, scores)
@@ -184,6 +200,9 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, score_threshold: float = 0.05,
     ONNX: ``NonMaxSuppression`` over the ``[1, C, N]`` score matrix (its class dimension and score threshold),
     then ``TopK`` by score for ``max_det``.
     """
+    leaf = _fx_leaf("multiclass_nms", (boxes, scores, score_threshold, iou_threshold, pre_nms_top_k, max_det, pad, impl))
+    if leaf is not None:
+        return leaf
     boxes, scores = _prepare(boxes, scores)
     _tensor("scores", scores, dim=2, dtypes=FLOAT_DTYPES)
     _tensor("boxes", boxes, dim=(2, 3), dtypes=FLOAT_DTYPES, device=scores.device)
@@ -239,6 +258,9 @@ def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5, top_k: i
 
 
 def _fast_nms(boxes, scores, iou_threshold, top_k, max_det, score_threshold, cross_class, impl):
+    leaf = _fx_leaf("fast_nms", (boxes, scores, iou_threshold, top_k, max_det, score_threshold, cross_class, impl))
+    if leaf is not None:
+        return leaf
     boxes, scores = _prepare(boxes, scores)
     _tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES)
     if boxes.size(1) != 4:
@@ -286,6 +308,9 @@ def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: f
 
 
 def _soft_nms(boxes, scores, iou_threshold, sigma, min_score, method, impl):
+    leaf = _fx_leaf("soft_nms", (boxes, scores, iou_threshold, sigma, min_score, method, impl))
+    if leaf is not None:
+        return leaf
     boxes, scores = _prepare(boxes, scores)
     _check_boxes_scores(boxes, scores)
     ithr = _threshold("iou_threshold", iou_threshold)
@@ -301,5 +326,7 @@ def _soft_nms(boxes, scores, iou_threshold, sigma, min_score, method, impl):
                           reference=lambda: reference_module("nms").soft_nms(*args)))
 
 
-for _fn in ("nms", "batched_nms", "multiclass_nms", "fast_nms", "soft_nms"):
+_PUBLIC = {"nms": nms, "batched_nms": batched_nms, "multiclass_nms": multiclass_nms, "fast_nms": fast_nms,
+           "soft_nms": soft_nms}
+for _fn in _PUBLIC:
     torch.fx.wrap(_fn)
