@@ -36,8 +36,8 @@ def _check_threshold(threshold) -> Optional[float]:
 
 
 def _check_output_bytes(name: str, shape, dtype: torch.dtype, value) -> None:
-    if any(isinstance(s, torch.SymInt) for s in shape):
-        return  # under torch.compile: the kernel's own check runs on the real sizes
+    if torch.compiler.is_compiling() or any(isinstance(s, torch.SymInt) for s in shape):
+        return  # under torch.compile (sizes may be unbacked): the kernel's own check runs on the real sizes
     numel = 1
     for s in shape:
         numel *= int(s)
@@ -214,6 +214,12 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
         threshold: ``None`` returns torchvision's float ``[N, 1, H, W]``; a float gives ``mask > threshold`` bool
             (``0 > threshold`` outside the boxes: all True there for a negative threshold).
         impl: ``"auto"``/``"cpp"``, ``"triton"`` or ``"reference"``.
+
+    Cost (CPU): the output is fresh zero pages and only the pages under the boxes are written. For 100 masks ->
+    800 x 1216 float (389 MB) that is ~19.3k first-touch 4 KB page faults (~79 MB), about 90% of the op's CPU time
+    (~48 ms of kernel time vs ~4 ms of blending, measured with getrusage); a bool output (``threshold``) touches
+    4x fewer bytes (~4.9k faults, ~18 ms CPU). Transparent huge pages make it slower (whole 2 MB pages zeroed
+    around each box: ~180 ms of kernel time), so the op does not ask for them.
 
     NaN/inf: a box with a non-finite coordinate (or one whose expanded corner is beyond 2^40 pixels) pastes
     nothing, where torchvision's int64 cast is undefined; NaN in ``masks`` propagates to the pixels that blend it.
