@@ -255,7 +255,7 @@ def _not_scriptable(*fns):
 
 @torch.no_grad()
 def test_scripted_patched_maskrcnn_saves_loads_and_runs_fastops(tmp_path):
-    missing = _not_scriptable(fastops.roi_align, fastops.batched_nms)
+    missing = _not_scriptable(fastops.roi_align, fastops.nms, fastops.batched_nms)
     if missing:
         pytest.xfail("Mask R-CNN scripts these public fastops ops (roi/nms families): " + "; ".join(missing))
     model = _model().eval()

@@ -130,6 +130,41 @@ class TestForwardAgainstTorchvision:
         assert_close(fastops.roi_align(xcl, rois, (ph, pw), scale, sr, aligned), expected, torch.float64)
 
 
+    # float32 NCHW runs the vectorised kernel (packed tables, dense x weights per 8 bins): cover its shape
+    # classes - wide RoIs (more than 4 row vectors or 4 taps per bin), maps narrower than a row vector, more than
+    # 8 bins per side, channel blocks with a remainder - and compare with torchvision in float32.
+    @settings(max_examples=40, deadline=None)
+    @given(c=st.integers(1, 37), h=st.integers(1, 70), w=st.integers(1, 70), k=st.integers(0, 12),
+           ph=st.integers(1, 17), pw=st.integers(1, 17), sr=st.integers(-1, 3), aligned=st.booleans(),
+           scale=st.sampled_from([1.0, 0.5, 0.25]), seed=st.integers(0, 1000))
+    def test_property_float32(self, c, h, w, k, ph, pw, sr, aligned, scale, seed):
+        x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
+        rois = make_rois(k, 2, h, w, scale, lo=0.0, outside=True, seed=seed)
+        expected = tv_roi_align(x, rois, (ph, pw), scale, sr, aligned)
+        assert_close(fastops.roi_align(x, rois, (ph, pw), scale, sr, aligned), expected, torch.float32)
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+    @pytest.mark.parametrize("out", [7, (5, 11)])
+    def test_non_finite_features(self, bad, out):
+        """A NaN/inf pixel makes exactly the bins whose samples give it a non-zero weight non-finite; the others
+        equal torchvision on the clean map (the vectorised kernel's zero weights must not leak it)."""
+        x = torch.randn(2, 20, 24, 40, generator=torch.Generator().manual_seed(1))
+        pix = [(0, 3, 10, 17), (1, 0, 5, 39), (0, 19, 23, 0), (1, 7, 12, 12)]
+        mark = torch.zeros_like(x)
+        for n, ch, i, j in pix:
+            mark[n, ch, i, j] = 1.0
+        xb = x.clone()
+        xb[mark > 0] = bad
+        rois = make_rois(60, 2, 24, 40, 1.0, lo=1.0, outside=True, seed=3)
+        got = fastops.roi_align(xb, rois, out, 1.0, 2, True)
+        hit = tv_roi_align(mark, rois, out, 1.0, 2, True) > 0
+        clean = tv_roi_align(x, rois, out, 1.0, 2, True)
+        assert hit.any() and (~hit).any()
+        assert not torch.isfinite(got[hit]).any()
+        torch.testing.assert_close(got[~hit], clean[~hit], atol=1e-5, rtol=1e-5)
+        if bad == bad:  # +-inf alone (no two opposite infinities meet): the bin is that infinity
+            assert torch.equal(got[hit], torch.full_like(got[hit], bad))
+
 class TestBackward:
     @pytest.mark.parametrize("channels_last", [False, True])
     @pytest.mark.parametrize("aligned,sr", [(False, -1), (True, 2), (True, 0)])

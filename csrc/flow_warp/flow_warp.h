@@ -129,10 +129,9 @@ FASTOPS_HD void sample_pixel(int64_t x, int64_t y, A u, A v, const Axis<A>& axx,
 }  // namespace flow_warp
 }  // namespace fastops
 
-// Host-side option parsing shared by the CPU and CUDA entry points.
-#include <string>
-
-#include <c10/util/Exception.h>
+// Host side: the argument checks both the CPU and the CUDA entry points call (defined in flow_warp.cpp).
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 namespace fastops {
 namespace flow_warp {
@@ -143,13 +142,12 @@ struct Options {
   bool normalized;
 };
 
-inline Options parse_options(const std::string& padding_mode, bool align_corners, const std::string& units) {
-  TORCH_CHECK(padding_mode == "zeros" || padding_mode == "border",
-              "flow_warp: padding_mode must be 'zeros' or 'border', got '", padding_mode, "'");
-  TORCH_CHECK(units == "pixel" || units == "normalized",
-              "flow_warp: units must be 'pixel' or 'normalized', got '", units, "'");
-  return {padding_mode == "border", align_corners, units == "normalized"};
-}
+// padding_mode / units strings -> Options (RuntimeError naming the argument otherwise).
+Options parse_options(c10::string_view padding_mode, bool align_corners, c10::string_view units);
+// input [B, C, H, W] floating point, flow [B, 2, H, W] of the same dtype and device.
+void check_inputs(const at::Tensor& input, const at::Tensor& flow);
+// The above, plus grad_output of the input's shape and dtype.
+void check_backward_inputs(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& flow);
 
 }  // namespace flow_warp
 }  // namespace fastops

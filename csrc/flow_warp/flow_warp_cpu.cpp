@@ -1,11 +1,8 @@
-// flow_warp: schemas and CPU kernels.
+// flow_warp CPU forward (the backward is flow_warp_backward_cpu.cpp; schemas and checks flow_warp.cpp).
 //
-// Forward: parallel over (batch, row) pairs (B = 1 video frames still use every thread). channels_last input
-// is read contiguously (one vector of C channels per tap); NCHW input is read plane by plane with the row's
-// taps precomputed once. Backward: the flow gradient is a per-pixel reduction over channels (parallel over
-// rows); the input gradient is a scatter, made deterministic by giving each thread its own channels (each
-// element of the gradient is accumulated in the same pixel order whatever the thread count), into a
-// channels_last float workspace so that the scatter is a vector add per tap.
+// Parallel over (batch, row) pairs (B = 1 video frames still use every thread). channels_last input is read
+// contiguously (one vector of C channels per tap); NCHW input is read plane by plane with a tile of rows' taps
+// precomputed once.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -13,68 +10,17 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
-#include <type_traits>
+#include <tuple>
 #include <vector>
 
-#include "flow_warp/flow_warp.h"
-
-TORCH_LIBRARY_FRAGMENT(fastops, m) {
-  m.def(
-      "flow_warp(Tensor input, Tensor flow, str padding_mode=\"zeros\", bool align_corners=True, "
-      "str units=\"pixel\", bool return_mask=False) -> (Tensor, Tensor)");
-  m.def(
-      "_flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, str padding_mode, bool align_corners, "
-      "str units, bool input_requires_grad, bool flow_requires_grad) -> (Tensor, Tensor)");
-}
+#include "flow_warp/flow_warp_cpu.h"
 
 namespace fastops {
 namespace flow_warp {
 namespace {
 
 using at::Tensor;
-
-void check_inputs(const Tensor& input, const Tensor& flow) {
-  TORCH_CHECK(input.dim() == 4, "flow_warp: input must be 4-D [B, C, H, W], got shape ", input.sizes());
-  TORCH_CHECK(flow.dim() == 4 && flow.size(1) == 2,
-              "flow_warp: flow must be [B, 2, H, W] (the op's layout), got shape ", flow.sizes());
-  TORCH_CHECK(flow.size(0) == input.size(0) && flow.size(2) == input.size(2) && flow.size(3) == input.size(3),
-              "flow_warp: flow must have the input's batch and spatial size ", input.size(0), "x", input.size(2),
-              "x", input.size(3), ", got shape ", flow.sizes());
-  TORCH_CHECK(flow.dtype() == input.dtype(), "flow_warp: flow must have the input's dtype ", input.dtype(),
-              ", got ", flow.dtype());
-  TORCH_CHECK(flow.device() == input.device(), "flow_warp: flow must be on the input's device");
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), "flow_warp: input must be floating point, got ",
-              input.dtype());
-}
-
-// Rows per tile in the NCHW paths: about 4096 pixels, so that the tile's taps (32 B/pixel) stay in L2.
-int64_t tile_rows(int64_t W) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(W, 1)); }
-
-// Taps of a tile of pixels, structure of arrays: offsets and weights (or weight derivatives) per tap.
-template <typename A>
-struct TapTable {
-  int64_t n;
-  std::vector<int64_t> off;  // [4][n]
-  std::vector<A> w;          // [4][n] weights (forward) or d/dix (flow gradient)
-  std::vector<A> d;          // [4][n] d/diy (flow gradient only)
-  explicit TapTable(int64_t n_, bool grads = false)
-      : n(n_), off(4 * n_), w(4 * n_), d(grads ? 4 * n_ : 0) {}
-  void set(int64_t p, const Sample<A>& s, int64_t sH, int64_t sW, bool grads) {
-    off[p] = s.y0 * sH + s.x0 * sW;
-    off[n + p] = s.y0 * sH + s.x1 * sW;
-    off[2 * n + p] = s.y1 * sH + s.x0 * sW;
-    off[3 * n + p] = s.y1 * sH + s.x1 * sW;
-    if (!grads) {
-      w[p] = s.w00; w[n + p] = s.w01; w[2 * n + p] = s.w10; w[3 * n + p] = s.w11;
-    } else {
-      w[p] = s.dx00; w[n + p] = s.dx01; w[2 * n + p] = s.dx10; w[3 * n + p] = s.dx11;
-      d[p] = s.dy00; d[n + p] = s.dy01; d[2 * n + p] = s.dy10; d[3 * n + p] = s.dy11;
-    }
-  }
-};
-
-int64_t row_grain(int64_t W, int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * std::max<int64_t>(C, 1))); }
+using namespace cpu;
 
 template <typename T>
 void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mask, const Options& o) {
@@ -101,6 +47,10 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
           sample_pixel<A>(x, y, A(flr[x * fW]), A(flr[x * fW + fC]), axx, axy, H, W, o.border, s);
           if (mask) mask[(b * H + y) * W + x] = T(s.valid ? 1 : 0);
           T* __restrict__ dst = op + b * oB + y * oH + x * oW;
+          if (!s.any) {  // entirely outside: exactly 0, nothing read (NaN/inf in the input cannot leak)
+            for (int64_t c = 0; c < C; ++c) dst[c] = T(0);
+            continue;
+          }
           const T* __restrict__ p00 = inb + s.y0 * sH + s.x0 * sW;
           const T* __restrict__ p01 = inb + s.y0 * sH + s.x1 * sW;
           const T* __restrict__ p10 = inb + s.y1 * sH + s.x0 * sW;
@@ -120,7 +70,9 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
   const int64_t tiles = (H + TR - 1) / TR;
   at::parallel_for(0, B * tiles, 1, [&](int64_t t0, int64_t t1) {
     TapTable<A> tab(TR * W);
+    std::vector<int64_t> outside;  // pixels of the tile whose sample is entirely outside the map
     for (int64_t t = t0; t < t1; ++t) {
+      outside.clear();
       const int64_t b = t / tiles, ya = (t % tiles) * TR, yb = std::min<int64_t>(H, ya + TR);
       const int64_t n = (yb - ya) * W;
       const T* inb = in + b * sB;
@@ -131,6 +83,7 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
           sample_pixel<A>(x, y, A(flr[x * fW]), A(flr[x * fW + fC]), axx, axy, H, W, o.border, s);
           if (mask) mask[(b * H + y) * W + x] = T(s.valid ? 1 : 0);
           tab.set(((y - ya) * W + x), s, sH, sW, false);
+          if (!s.any) outside.push_back(y * oH + x * oW);
         }
       }
       const int64_t* __restrict__ q00 = tab.off.data();
@@ -176,6 +129,10 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
           }
         }
       }
+      // Samples entirely outside the map read a clamped tap at weight 0 above: overwrite them with an exact 0.
+      for (const int64_t q : outside) {
+        for (int64_t c2 = 0; c2 < C; ++c2) op[b * oB + c2 * oC + q] = T(0);
+      }
     }
   });
 }
@@ -183,7 +140,7 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
 std::tuple<Tensor, Tensor> flow_warp_cpu(const Tensor& input, const Tensor& flow, c10::string_view padding_mode,
                                          bool align_corners, c10::string_view units, bool return_mask) {
   check_inputs(input, flow);
-  const Options o = parse_options(std::string(padding_mode), align_corners, std::string(units));
+  const Options o = parse_options(padding_mode, align_corners, units);
   Tensor out = at::empty_like(input, at::MemoryFormat::Preserve);
   Tensor mask = return_mask ? at::empty({input.size(0), 1, input.size(2), input.size(3)}, input.options())
                             : at::empty({0}, input.options());
@@ -194,328 +151,8 @@ std::tuple<Tensor, Tensor> flow_warp_cpu(const Tensor& input, const Tensor& flow
   return {out, mask};
 }
 
-// d loss / d flow: per pixel, sum over channels of grad * d out / d position.
-template <typename T>
-void grad_flow_kernel(const Tensor& grad, const Tensor& input, const Tensor& flow, Tensor& gflow,
-                      const Options& o) {
-  using A = acc_t<T>;
-  const int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  const int64_t sB = input.stride(0), sC = input.stride(1), sH = input.stride(2), sW = input.stride(3);
-  const int64_t gB = grad.stride(0), gC = grad.stride(1), gH = grad.stride(2), gW = grad.stride(3);
-  const int64_t fB = flow.stride(0), fC = flow.stride(1), fH = flow.stride(2), fW = flow.stride(3);
-  const int64_t rB = gflow.stride(0), rC = gflow.stride(1), rH = gflow.stride(2), rW = gflow.stride(3);
-  const T* in = input.const_data_ptr<T>();
-  const T* gp = grad.const_data_ptr<T>();
-  const T* fl = flow.const_data_ptr<T>();
-  T* res = gflow.data_ptr<T>();
-  const Axis<A> axx = make_axis<A>(W, o.align_corners, o.normalized);
-  const Axis<A> axy = make_axis<A>(H, o.align_corners, o.normalized);
-  const bool cl = C > 1 && sC == 1;
-  if (cl) {
-    constexpr int L = 16;  // independent partial sums: a vectorisable, deterministic channel reduction
-    at::parallel_for(0, B * H, row_grain(W, C), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / H, y = r % H;
-        const T* inb = in + b * sB;
-        const T* flr = fl + b * fB + y * fH;
-        const T* gr = gp + b * gB + y * gH;
-        for (int64_t x = 0; x < W; ++x) {
-          Sample<A> s;
-          sample_pixel<A>(x, y, A(flr[x * fW]), A(flr[x * fW + fC]), axx, axy, H, W, o.border, s);
-          A au[L], av[L];
-          for (int j = 0; j < L; ++j) au[j] = av[j] = A(0);
-          const T* __restrict__ p00 = inb + s.y0 * sH + s.x0 * sW;
-          const T* __restrict__ p01 = inb + s.y0 * sH + s.x1 * sW;
-          const T* __restrict__ p10 = inb + s.y1 * sH + s.x0 * sW;
-          const T* __restrict__ p11 = inb + s.y1 * sH + s.x1 * sW;
-          const T* __restrict__ g = gr + x * gW;
-          if (s.any) {
-            int64_t c = 0;
-            if (gC == 1) {
-              for (; c + L <= C; c += L) {
-                for (int j = 0; j < L; ++j) {
-                  const A i00 = A(p00[c + j]), i01 = A(p01[c + j]), i10 = A(p10[c + j]), i11 = A(p11[c + j]);
-                  const A gv = A(g[c + j]);
-                  au[j] += gv * (s.dx00 * i00 + s.dx01 * i01 + s.dx10 * i10 + s.dx11 * i11);
-                  av[j] += gv * (s.dy00 * i00 + s.dy01 * i01 + s.dy10 * i10 + s.dy11 * i11);
-                }
-              }
-            }
-            for (int64_t j = 0; c < C; ++c, j = (j + 1) % L) {
-              const A i00 = A(p00[c]), i01 = A(p01[c]), i10 = A(p10[c]), i11 = A(p11[c]);
-              const A gv = A(g[c * gC]);
-              au[j] += gv * (s.dx00 * i00 + s.dx01 * i01 + s.dx10 * i10 + s.dx11 * i11);
-              av[j] += gv * (s.dy00 * i00 + s.dy01 * i01 + s.dy10 * i10 + s.dy11 * i11);
-            }
-          }
-          A tu = A(0), tv = A(0);
-          for (int j = 0; j < L; ++j) {
-            tu += au[j];
-            tv += av[j];
-          }
-          T* dst = res + b * rB + y * rH + x * rW;
-          dst[0] = T(tu * s.gx);
-          dst[rC] = T(tv * s.gy);
-        }
-      }
-    });
-    return;
-  }
-  const int64_t TR = tile_rows(W);
-  const int64_t tiles = (H + TR - 1) / TR;
-  at::parallel_for(0, B * tiles, 1, [&](int64_t t0, int64_t t1) {
-    TapTable<A> tab(TR * W, true);
-    std::vector<A> su(TR * W), sv(TR * W), gxs(TR * W), gys(TR * W);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / tiles, ya = (t % tiles) * TR, yb = std::min<int64_t>(H, ya + TR);
-      const int64_t n = (yb - ya) * W;
-      const T* inb = in + b * sB;
-      for (int64_t y = ya; y < yb; ++y) {
-        const T* flr = fl + b * fB + y * fH;
-        for (int64_t x = 0; x < W; ++x) {
-          Sample<A> s;
-          sample_pixel<A>(x, y, A(flr[x * fW]), A(flr[x * fW + fC]), axx, axy, H, W, o.border, s);
-          const int64_t p = (y - ya) * W + x;
-          tab.set(p, s, sH, sW, true);
-          gxs[p] = s.gx;
-          gys[p] = s.gy;
-          su[p] = A(0);
-          sv[p] = A(0);
-        }
-      }
-      const int64_t N = tab.n;
-      const int64_t* __restrict__ q00 = tab.off.data();
-      const int64_t* __restrict__ q01 = q00 + N;
-      const int64_t* __restrict__ q10 = q00 + 2 * N;
-      const int64_t* __restrict__ q11 = q00 + 3 * N;
-      const A* __restrict__ dx00 = tab.w.data();
-      const A* __restrict__ dx01 = dx00 + N;
-      const A* __restrict__ dx10 = dx00 + 2 * N;
-      const A* __restrict__ dx11 = dx00 + 3 * N;
-      const A* __restrict__ dy00 = tab.d.data();
-      const A* __restrict__ dy01 = dy00 + N;
-      const A* __restrict__ dy10 = dy00 + 2 * N;
-      const A* __restrict__ dy11 = dy00 + 3 * N;
-      A* __restrict__ pu = su.data();
-      A* __restrict__ pv = sv.data();
-      int64_t c = 0;
-      for (; c < C; ++c) {
-        const T* __restrict__ pc = inb + c * sC;
-        for (int64_t y = ya; y < yb; ++y) {
-          const T* __restrict__ g = gp + b * gB + c * gC + y * gH;
-          const int64_t p0 = (y - ya) * W;
-          for (int64_t x = 0; x < W; ++x) {
-            const int64_t p = p0 + x;
-            const A i00 = A(pc[q00[p]]), i01 = A(pc[q01[p]]), i10 = A(pc[q10[p]]), i11 = A(pc[q11[p]]);
-            const A gv = A(g[x * gW]);
-            pu[p] += gv * (dx00[p] * i00 + dx01[p] * i01 + dx10[p] * i10 + dx11[p] * i11);
-            pv[p] += gv * (dy00[p] * i00 + dy01[p] * i01 + dy10[p] * i10 + dy11[p] * i11);
-          }
-        }
-      }
-      for (int64_t y = ya; y < yb; ++y) {
-        T* dst = res + b * rB + y * rH;
-        const int64_t p0 = (y - ya) * W;
-        for (int64_t x = 0; x < W; ++x) {
-          dst[x * rW] = T(pu[p0 + x] * gxs[p0 + x]);
-          dst[x * rW + rC] = T(pv[p0 + x] * gys[p0 + x]);
-        }
-      }
-      (void)n;
-    }
-  });
-}
-
-// d loss / d input: a scatter. Threads own disjoint (batch, channel) ranges, and every element is accumulated in
-// the same pixel order whatever the thread count: deterministic. `ws` is an accumulator with strides
-// (wB, wC, wH, wW): channels_last (a vector add per tap) or NCHW planes (a block of channels per pixel).
-template <typename T>
-void grad_input_kernel(const Tensor& grad, const Tensor& flow, acc_t<T>* ws, int64_t C, int64_t wB, int64_t wC,
-                       int64_t wH, int64_t wW, const Options& o) {
-  using A = acc_t<T>;
-  const int64_t B = grad.size(0), H = grad.size(2), W = grad.size(3);
-  const int64_t gB = grad.stride(0), gC = grad.stride(1), gH = grad.stride(2), gW = grad.stride(3);
-  const int64_t fB = flow.stride(0), fC = flow.stride(1), fH = flow.stride(2), fW = flow.stride(3);
-  const T* gp = grad.const_data_ptr<T>();
-  const T* fl = flow.const_data_ptr<T>();
-  const Axis<A> axx = make_axis<A>(W, o.align_corners, o.normalized);
-  const Axis<A> axy = make_axis<A>(H, o.align_corners, o.normalized);
-  // channels_last accumulator: big channel ranges (vector adds); NCHW: blocks of 16 planes per pass.
-  const int64_t block = wC == 1 ? C : 16;
-  const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(C, 16));
-  at::parallel_for(0, B * C, grain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1;) {
-      const int64_t b = i / C, c0 = i % C;
-      const int64_t n = std::min<int64_t>({C - c0, i1 - i, block});
-      i += n;
-      A* wsb = ws + b * wB + c0 * wC;
-      for (int64_t y = 0; y < H; ++y) {
-        const T* flr = fl + b * fB + y * fH;
-        const T* gr = gp + b * gB + y * gH + c0 * gC;
-        for (int64_t x = 0; x < W; ++x) {
-          Sample<A> s;
-          sample_pixel<A>(x, y, A(flr[x * fW]), A(flr[x * fW + fC]), axx, axy, H, W, o.border, s);
-          if (!s.any) continue;
-          A* t00 = wsb + s.y0 * wH + s.x0 * wW;
-          A* t01 = wsb + s.y0 * wH + s.x1 * wW;
-          A* t10 = wsb + s.y1 * wH + s.x0 * wW;
-          A* t11 = wsb + s.y1 * wH + s.x1 * wW;
-          const T* g = gr + x * gW;
-          const A w00 = s.w00, w01 = s.w01, w10 = s.w10, w11 = s.w11;
-          if (gC == 1 && wC == 1) {
-            for (int64_t c = 0; c < n; ++c) {
-              const A gv = A(g[c]);
-              t00[c] += w00 * gv;
-              t01[c] += w01 * gv;
-              t10[c] += w10 * gv;
-              t11[c] += w11 * gv;
-            }
-          } else {
-            for (int64_t c = 0; c < n; ++c) {
-              const A gv = A(g[c * gC]);
-              t00[c * wC] += w00 * gv;
-              t01[c * wC] += w01 * gv;
-              t10[c * wC] += w10 * gv;
-              t11[c * wC] += w11 * gv;
-            }
-          }
-        }
-      }
-    }
-  });
-}
-
-// dst(b, c, p) = src(b, c, p) for [B, C, P] views with any strides, in 16 x 16 (channel x pixel) tiles so that
-// both a channel-major and a pixel-major side are read/written in contiguous runs (NCHW <-> channels_last).
-// PyTorch's own layout conversions are several times slower than a copy on this kind of machine.
-template <typename S, typename D>
-void transpose_copy(const S* src, int64_t sB, int64_t sC, int64_t sP, D* dst, int64_t dB, int64_t dC, int64_t dP,
-                    int64_t B, int64_t C, int64_t P) {
-  constexpr int64_t TP = 64, TC = 16;  // 64 pixels x 16 channels: 256 B runs along pixels, 64 B along channels
-  const int64_t pblocks = (P + TP - 1) / TP;
-  const bool read_p = sP <= sC, write_c = dC <= dP;
-  at::parallel_for(0, B * pblocks, 16, [&](int64_t i0, int64_t i1) {
-    D tile[TP][TC];
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / pblocks, p0 = (i % pblocks) * TP;
-      const int64_t np = std::min<int64_t>(TP, P - p0);
-      for (int64_t c0 = 0; c0 < C; c0 += TC) {
-        const int64_t nc = std::min<int64_t>(TC, C - c0);
-        // Read along the source's contiguous dim, write along the destination's.
-        if (read_p) {
-          for (int64_t c = 0; c < nc; ++c) {
-            const S* s = src + b * sB + (c0 + c) * sC + p0 * sP;
-            for (int64_t p = 0; p < np; ++p) tile[p][c] = D(s[p * sP]);
-          }
-        } else {
-          for (int64_t p = 0; p < np; ++p) {
-            const S* s = src + b * sB + c0 * sC + (p0 + p) * sP;
-            for (int64_t c = 0; c < nc; ++c) tile[p][c] = D(s[c * sC]);
-          }
-        }
-        if (write_c) {
-          for (int64_t p = 0; p < np; ++p) {
-            D* d = dst + b * dB + (p0 + p) * dP + c0 * dC;
-            for (int64_t c = 0; c < nc; ++c) d[c * dC] = tile[p][c];
-          }
-        } else {
-          for (int64_t c = 0; c < nc; ++c) {
-            D* d = dst + b * dB + (c0 + c) * dC + p0 * dP;
-            for (int64_t p = 0; p < np; ++p) d[p * dP] = tile[p][c];
-          }
-        }
-      }
-    }
-  });
-}
-
-// A channels_last copy (as a logical [B, C, H, W] tensor) of an NCHW-flattenable tensor, in dtype `dt`.
-Tensor to_channels_last(const Tensor& t, at::ScalarType dt) {
-  const int64_t B = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
-  Tensor out = at::empty({B, H, W, C}, t.options().dtype(dt)).permute({0, 3, 1, 2});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "flow_warp_to_cl", [&] {
-    using S = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "flow_warp_to_cl2", [&] {
-      transpose_copy<S, scalar_t>(t.const_data_ptr<S>(), t.stride(0), t.stride(1), t.stride(3),
-                                  out.data_ptr<scalar_t>(), out.stride(0), out.stride(1), out.stride(3), B, C, H * W);
-    });
-  });
-  return out;
-}
-
-// Whether the H and W dims of t flatten into one pixel dim (stride of H = W * stride of W).
-bool pixels_flat(const Tensor& t) { return t.size(2) <= 1 || t.stride(2) == t.size(3) * t.stride(3); }
-
-std::tuple<Tensor, Tensor> flow_warp_backward_cpu(const Tensor& grad_output, const Tensor& input,
-                                                  const Tensor& flow, c10::string_view padding_mode,
-                                                  bool align_corners, c10::string_view units, bool need_input,
-                                                  bool need_flow) {
-  check_inputs(input, flow);
-  TORCH_CHECK(grad_output.sizes() == input.sizes() && grad_output.dtype() == input.dtype(),
-              "flow_warp backward: grad_output must match the input's shape and dtype, got ", grad_output.sizes(),
-              " ", grad_output.dtype());
-  const Options o = parse_options(std::string(padding_mode), align_corners, std::string(units));
-  const int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  Tensor gin = need_input ? at::empty_like(input, at::MemoryFormat::Preserve) : at::empty({0}, input.options());
-  Tensor gflow = need_flow ? at::empty_like(flow, at::MemoryFormat::Preserve) : at::empty({0}, flow.options());
-  if (B * H * W == 0 || C == 0) {
-    if (need_flow) gflow.zero_();
-    return {gin, gflow};
-  }
-  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const bool in_cl = C > 1 && input.stride(1) == 1;
-  // Channel-planar (NCHW) inputs are processed in channels_last: the flow gradient's channel reduction and the
-  // input gradient's scatter then work on contiguous vectors of channels instead of scalar gathers/RMWs into
-  // C separate planes. The layout changes are tiled copies (a few ms); the scatter accumulates straight into
-  // a channels_last float workspace, copied into the NCHW gradient at the end.
-  const bool via_cl = !in_cl && C > 1 && pixels_flat(input) && pixels_flat(grad_output);
-  Tensor g = grad_output;
-  if (via_cl && (grad_output.stride(1) != 1 || C == 1)) g = to_channels_last(grad_output, grad_output.scalar_type());
-  if (need_flow) {
-    const Tensor x = via_cl ? to_channels_last(input, input.scalar_type()) : input;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_grad_flow", [&] {
-      grad_flow_kernel<scalar_t>(via_cl ? g : grad_output, x, flow, gflow, o);
-    });
-  }
-  if (need_input) {
-    const bool cl = in_cl || via_cl;
-    Tensor ws;
-    if (gin.scalar_type() == acc && in_cl && gin.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-      ws = gin;
-      ws.zero_();
-    } else if (gin.scalar_type() == acc && !cl && gin.is_contiguous()) {
-      ws = gin;
-      ws.zero_();
-    } else {
-      ws = cl ? at::empty({B, H, W, C}, input.options().dtype(acc)).permute({0, 3, 1, 2})
-              : at::empty({B, C, H, W}, input.options().dtype(acc));
-      ws.zero_();
-    }
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_grad_input", [&] {
-      grad_input_kernel<scalar_t>(via_cl ? g : grad_output, flow, ws.data_ptr<acc_t<scalar_t>>(), C, ws.stride(0),
-                                  ws.stride(1), ws.stride(2), ws.stride(3), o);
-    });
-    if (!ws.is_same(gin)) {
-      if (via_cl && pixels_flat(gin) && gin.stride(3) == 1) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_from_cl", [&] {
-          using S = acc_t<scalar_t>;
-          transpose_copy<S, scalar_t>(ws.const_data_ptr<S>(), ws.stride(0), ws.stride(1), ws.stride(3),
-                                      gin.data_ptr<scalar_t>(), gin.stride(0), gin.stride(1), gin.stride(3), B, C,
-                                      H * W);
-        });
-      } else {
-        gin.copy_(ws);
-      }
-    }
-  }
-  return {gin, gflow};
-}
-
 }  // namespace
 }  // namespace flow_warp
 }  // namespace fastops
 
-TORCH_LIBRARY_IMPL(fastops, CPU, m) {
-  m.impl("flow_warp", &fastops::flow_warp::flow_warp_cpu);
-  m.impl("_flow_warp_backward", &fastops::flow_warp::flow_warp_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(fastops, CPU, m) { m.impl("flow_warp", &fastops::flow_warp::flow_warp_cpu); }

@@ -16,13 +16,14 @@
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include "common.h"
 
 namespace fastops {
 namespace panoptic {
 
-constexpr int32_t kVoidId = 255;
+constexpr int32_t kVoidId = 255;  // mirrored as VOID_ID in fastops/registrations/panoptic.py (tested)
 
 // One output index of a half-pixel (align_corners=False) bilinear resize, as PyTorch's upsample_bilinear2d.
 template <typename A>
@@ -102,6 +103,24 @@ FASTOPS_HD Inst make_inst(double x1, double y1, double x2, double y2, int64_t la
   }
   return r;
 }
+
+// Inst is 13 int64 fields: the Triton kernel reads the same table (INST_FIELDS in registrations/panoptic.py).
+constexpr int64_t kInstFields = 13;
+static_assert(sizeof(Inst) == kInstFields * sizeof(int64_t), "Inst layout");
+
+}  // namespace panoptic
+}  // namespace fastops
+
+// Host side: the argument checks both the CPU and the CUDA entry points call (defined in panoptic.cpp).
+#include <ATen/core/Tensor.h>
+
+namespace fastops {
+namespace panoptic {
+
+// Shapes, dtypes, devices and num_stuff / output_size ranges; returns the output size (H, W).
+std::pair<int64_t, int64_t> check_args(const at::Tensor& sem, const at::Tensor& masks, const at::Tensor& boxes,
+                                       const at::Tensor& labels, int64_t num_stuff,
+                                       at::OptionalIntArrayRef output_size, bool with_void);
 
 }  // namespace panoptic
 }  // namespace fastops

@@ -1,4 +1,4 @@
-// panoptic_fuse: schema and CPU kernel.
+// panoptic_fuse: CPU kernel (schema and argument checks in panoptic.cpp).
 //
 // Parallel over output rows. Per row: the semantic logits are upsampled on the fly (vertical lerp of the two
 // source rows for every channel into a small buffer, then a horizontal lerp per channel and pixel), the stuff
@@ -16,45 +16,11 @@
 
 #include "panoptic/panoptic.h"
 
-TORCH_LIBRARY_FRAGMENT(fastops, m) {
-  m.def(
-      "panoptic_fuse(Tensor semantic_logits, Tensor mask_logits, Tensor boxes, Tensor labels, int num_stuff, "
-      "int[]? output_size=None, bool void=True) -> Tensor");
-}
-
 namespace fastops {
 namespace panoptic {
 namespace {
 
 using at::Tensor;
-
-void check_args(const Tensor& sem, const Tensor& masks, const Tensor& boxes, const Tensor& labels, int64_t S,
-                at::OptionalIntArrayRef output_size) {
-  TORCH_CHECK(sem.dim() == 3, "panoptic_fuse: semantic_logits must be [S+T, h, w], got shape ", sem.sizes());
-  TORCH_CHECK(at::isFloatingType(sem.scalar_type()), "panoptic_fuse: semantic_logits must be floating point");
-  TORCH_CHECK(masks.dim() == 3, "panoptic_fuse: mask_logits must be [N, M, M], got shape ", masks.sizes());
-  TORCH_CHECK(masks.scalar_type() == sem.scalar_type(),
-              "panoptic_fuse: mask_logits must have semantic_logits' dtype ", sem.dtype(), ", got ", masks.dtype());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "panoptic_fuse: boxes must be [N, 4], got shape ",
-              boxes.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), "panoptic_fuse: boxes must be floating point");
-  TORCH_CHECK(labels.dim() == 1, "panoptic_fuse: labels must be [N], got shape ", labels.sizes());
-  TORCH_CHECK(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
-              "panoptic_fuse: labels must be int64 or int32, got ", labels.dtype());
-  const int64_t N = masks.size(0);
-  TORCH_CHECK(boxes.size(0) == N && labels.size(0) == N, "panoptic_fuse: mask_logits, boxes and labels must ",
-              "have the same N, got ", N, ", ", boxes.size(0), ", ", labels.size(0));
-  TORCH_CHECK(N == 0 || (masks.size(1) > 0 && masks.size(2) > 0), "panoptic_fuse: mask_logits must be non-empty");
-  TORCH_CHECK(S >= 0 && S <= sem.size(0), "panoptic_fuse: num_stuff must be in [0, ", sem.size(0), "], got ", S);
-  TORCH_CHECK(sem.device() == masks.device() && sem.device() == boxes.device() && sem.device() == labels.device(),
-              "panoptic_fuse: all tensors must be on the same device");
-  if (output_size.has_value()) {
-    TORCH_CHECK(output_size->size() == 2 && (*output_size)[0] >= 0 && (*output_size)[1] >= 0,
-                "panoptic_fuse: output_size must be (H, W), got ", *output_size);
-    TORCH_CHECK(((*output_size)[0] == 0 || sem.size(1) > 0) && ((*output_size)[1] == 0 || sem.size(2) > 0),
-                "panoptic_fuse: cannot upsample empty semantic_logits to ", *output_size);
-  }
-}
 
 template <typename T, bool UP>
 void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>& insts, int64_t S, bool with_void,
@@ -95,7 +61,6 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
       ml1[k] = l.l1;
     }
   }
-  const int64_t T_ = C - S;
   const A neg_inf = -std::numeric_limits<A>::infinity();
   at::parallel_for(0, H, 1, [&](int64_t y0r, int64_t y1r) {
     std::vector<A> best(W), tmax(W), smax(W), mrow(MW), vals(W);
@@ -291,17 +256,15 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
       } else {
         for (int64_t x = 0; x < W; ++x) dst[x] = pa[x];
       }
-      (void)T_;
     }
   });
 }
 
 Tensor panoptic_fuse_cpu(const Tensor& sem, const Tensor& masks, const Tensor& boxes, const Tensor& labels,
                          int64_t num_stuff, at::OptionalIntArrayRef output_size, bool with_void) {
-  check_args(sem, masks, boxes, labels, num_stuff, output_size);
+  const auto hw = check_args(sem, masks, boxes, labels, num_stuff, output_size, with_void);
+  const int64_t H = hw.first, W = hw.second;
   const int64_t C = sem.size(0);
-  const int64_t H = output_size.has_value() ? (*output_size)[0] : sem.size(1);
-  const int64_t W = output_size.has_value() ? (*output_size)[1] : sem.size(2);
   Tensor out = at::empty({H, W}, sem.options().dtype(at::kInt));
   const int64_t N = boxes.size(0);
   // Data-dependent checks before the parallel region.
@@ -319,10 +282,7 @@ Tensor panoptic_fuse_cpu(const Tensor& sem, const Tensor& masks, const Tensor& b
     }
     insts[i] = make_inst(bp[4 * i], bp[4 * i + 1], bp[4 * i + 2], bp[4 * i + 3], lp[i], num_stuff, H, W);
   }
-  TORCH_CHECK(num_stuff > 0 || N > 0 || with_void,
-              "panoptic_fuse: nothing to fuse: num_stuff is 0, there are no instances and void is False");
   if (H * W == 0) return out;
-  TORCH_CHECK(C > 0, "panoptic_fuse: semantic_logits must have at least one channel");
   const bool up = sem.size(1) != H || sem.size(2) != W;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sem.scalar_type(), "panoptic_fuse_cpu", [&] {
     if (up) {

@@ -17,6 +17,12 @@
 #include <type_traits>
 #include <vector>
 
+#include <sys/mman.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include "roi_align/roi_align.h"
 
 namespace fastops {
@@ -45,6 +51,10 @@ struct RoiTable {
   std::vector<T> xd; // dense x weights [pw][ld] over the span (NCHW backward: vectorised AXPYs)
   std::vector<int> yo, xo, yi, xi;
   std::vector<T> yw, xw;
+  // Packed float32 NCHW forward (pack_table): nt taps per output row (padded with zero weights), rows read as
+  // nvec whole vectors from column xs, then dense x weights [ns columns from xs + slo][8 bins] per bin block.
+  int nt = 0, nvec = 0, xs = 0, slo = 0, ns = 0, tail = 8;  // tail: valid lanes of the last row vector
+  std::vector<float> pk;  // [ph][nt] row offsets (int32 bits), [ph][nt] weights, [nqb][ns][8] x weights
 };
 
 // Appends the taps of all samples of each bin along one axis, merging repeated pixels.
@@ -85,10 +95,54 @@ void build_axis(T start, T bin, int pooled, int grid, int size, std::vector<int>
 // Dense x-weight rows are padded to whole vectors of this many lanes (one AVX-512 register of float).
 constexpr int kLanes = 16;
 
+// Packs a float32 table for the vectorised NCHW forward (fast_plane): fixed taps per row and whole-vector row
+// reads let the kernel run without data-dependent branches. Returns false (table left unpacked) when a row
+// offset would not fit an int.
+constexpr int kVec = 8;  // floats per AVX2 register
+
+inline bool pack_table(RoiTable<float>& t, int ph, int pw, int W, int H, int64_t sH) {
+  t.nvec = 0;
+  if (t.span <= 0 || static_cast<int64_t>(H) * sH >= (int64_t(1) << 31)) return false;
+  t.nvec = (t.span + kVec - 1) / kVec;
+  const int win = t.nvec * kVec;
+  // Shift the window left so whole vectors stay inside the row; a map narrower than the window masks the tail.
+  t.xs = std::max(0, std::min(t.x0, W - win));
+  t.tail = std::min(kVec, W - t.xs - (t.nvec - 1) * kVec);
+  int nt = 1;
+  for (int p = 0; p < ph; ++p) nt = std::max(nt, t.yo[p + 1] - t.yo[p]);
+  t.nt = nt;
+  int lo = INT32_MAX, hi = -1;
+  for (int x : t.xi) {
+    lo = std::min(lo, x + t.x0 - t.xs);
+    hi = std::max(hi, x + t.x0 - t.xs + 1);
+  }
+  t.slo = lo;
+  t.ns = hi - lo;
+  const int nqb = (pw + kVec - 1) / kVec;
+  const size_t ytab = static_cast<size_t>(ph) * nt;
+  const size_t xoff = (2 * ytab + kVec - 1) / kVec * kVec;
+  t.pk.assign(xoff + static_cast<size_t>(nqb) * t.ns * kVec, 0.f);
+  int32_t* rows = reinterpret_cast<int32_t*>(t.pk.data());
+  float* w = t.pk.data() + ytab;
+  for (int p = 0; p < ph; ++p) {
+    const int a0 = t.yo[p], n = t.yo[p + 1] - a0;
+    for (int j = 0; j < nt; ++j) {
+      // Padding taps repeat the bin's first row (or row 0 for a bin without taps) with weight 0.
+      rows[p * nt + j] = static_cast<int32_t>((n > 0 ? t.yi[a0 + (j < n ? j : 0)] : 0) * sH);
+      w[p * nt + j] = j < n ? t.yw[a0 + j] : 0.f;
+    }
+  }
+  float* X = t.pk.data() + xoff;
+  for (int q = 0; q < pw; ++q)
+    for (int b = t.xo[q]; b < t.xo[q + 1]; ++b)
+      X[(static_cast<size_t>(q / kVec) * t.ns + (t.xi[b] + t.x0 - t.xs - t.slo)) * kVec + q % kVec] += t.xw[b];
+  return true;
+}
+
 template <typename T, typename scalar_t, typename level_t>
 void build_table(RoiTable<T>& t, const scalar_t* roi, const std::vector<Level<level_t>>& levels, int ph, int pw,
                  int sampling_ratio, bool aligned, int canonical_scale, int canonical_level, int k_min, int k_max,
-                 bool dense_x) {
+                 bool dense_x, bool pack) {
   t.batch = static_cast<int64_t>(static_cast<T>(roi[0]));
   t.level = levels.size() == 1 ? 0 : fpn_level<T>(roi + 1, canonical_scale, canonical_level, k_min, k_max);
   t.span = 0;
@@ -106,12 +160,16 @@ void build_table(RoiTable<T>& t, const scalar_t* roi, const std::vector<Level<le
     t.y_first = t.yi.empty() ? 0 : *std::min_element(t.yi.begin(), t.yi.end());
     t.ld = (t.span_pad + kLanes - 1) / kLanes * kLanes;
     for (int& x : t.xi) x -= t.x0;
+    if constexpr (std::is_same_v<T, float>) {
+      if (pack && L.sW == 1) pack_table(t, ph, pw, L.W, L.H, L.sH);
+    }
     if (!dense_x) return;  // (the forward pass reads the sparse taps: keep its tables small and cache-resident)
     t.xd.assign(static_cast<size_t>(pw) * t.ld, T(0));
     for (int q = 0; q < pw; ++q)
       for (int b = t.xo[q]; b < t.xo[q + 1]; ++b) t.xd[q * t.ld + t.xi[b]] += t.xw[b];
   }
 }
+
 
 // Rejects what would otherwise index out of bounds or loop on garbage: non-finite boxes, bad batch indices.
 template <typename scalar_t>
@@ -137,12 +195,12 @@ template <typename T, typename scalar_t, typename level_t>
 void build_tables(std::vector<RoiTable<T>>& tables, std::vector<int64_t>& order, int& max_span,
                   const scalar_t* rois, int64_t K, const std::vector<Level<level_t>>& levels, int ph, int pw,
                   int sampling_ratio, bool aligned, int canonical_scale, int canonical_level, int k_min, int k_max,
-                  bool dense_x) {
+                  bool dense_x, bool pack = false) {
   tables.resize(K);
   at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k)
       build_table<T>(tables[k], rois + k * 5, levels, ph, pw, sampling_ratio, aligned, canonical_scale,
-                     canonical_level, k_min, k_max, dense_x);
+                     canonical_level, k_min, k_max, dense_x, pack);
   });
   order.clear();
   max_span = 0;
@@ -220,6 +278,129 @@ inline void forward_planes(const RoiTable<T>& t, const scalar_t* __restrict__ pl
     }
   }
 }
+
+#if defined(__AVX2__) && defined(__FMA__)
+// Vectorised float32 NCHW forward of one RoI on one plane, from its packed table (pack_table):
+//   y step: V[p] = sum_j w[p][j] * F[row[p][j], xs : xs + 8 nvec], nt taps and nvec vectors fixed per RoI
+//   (templates unroll the common sizes, so no branch depends on the data);
+//   x step: out[p][8 bins] = sum_s V[p][slo + s] * X[s][8 bins], the dense x weights of 8 bins per register.
+// Padding taps and x weights are zeros: a NaN/inf read by them (outside the bin's pixels) would leak as 0 * inf,
+// so any non-finite result is reported and the caller recomputes the plane with the exact sparse walk.
+template <int NV, int NT>
+inline void fast_ystep(const float* __restrict__ base, const int32_t* __restrict__ rows,
+                       const float* __restrict__ w, int ph, float* __restrict__ V, int ldv) {
+  for (int p = 0; p < ph; ++p) {
+    const int32_t* r = rows + p * NT;
+    const float* wp = w + p * NT;
+    __m256 acc[NV];
+    const __m256 w0 = _mm256_broadcast_ss(wp);
+    for (int j = 0; j < NV; ++j) acc[j] = _mm256_mul_ps(w0, _mm256_loadu_ps(base + r[0] + kVec * j));
+    for (int a = 1; a < NT; ++a) {
+      const __m256 wa = _mm256_broadcast_ss(wp + a);
+      const float* row = base + r[a];
+      for (int j = 0; j < NV; ++j) acc[j] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(row + kVec * j), acc[j]);
+    }
+    for (int j = 0; j < NV; ++j) _mm256_storeu_ps(V + p * ldv + kVec * j, acc[j]);
+  }
+}
+
+// Any nvec / nt, and maps narrower than the window (the last vector is a masked load).
+inline void fast_ystep_any(const float* __restrict__ base, const int32_t* __restrict__ rows,
+                           const float* __restrict__ w, int ph, int nt, int nvec, int tail, float* __restrict__ V,
+                           int ldv) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i tmask = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), lane);
+  for (int p = 0; p < ph; ++p) {
+    for (int j = 0; j < nvec; ++j) {
+      __m256 acc = _mm256_setzero_ps();
+      const bool masked = j == nvec - 1 && tail < kVec;
+      for (int a = 0; a < nt; ++a) {
+        const float* src = base + rows[p * nt + a] + kVec * j;
+        const __m256 v = masked ? _mm256_maskload_ps(src, tmask) : _mm256_loadu_ps(src);
+        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p * nt + a), v, acc);
+      }
+      _mm256_storeu_ps(V + p * ldv + kVec * j, acc);
+    }
+  }
+}
+
+// x step for PB output rows and one block of up to 8 bins. A row's full 8-lane store may run past its last
+// valid bin onto later rows of the same output plane, which are written afterwards: allowed while it stays
+// within the `room` floats left from the chunk's first row (0 when there are several bin blocks per row).
+// Returns acc * 0 summed over the rows (NaN if any result is not finite).
+template <int PB>
+inline __m256 fast_xstep(const float* __restrict__ V, int ldv, const float* __restrict__ X, int ns,
+                         float* __restrict__ out, int pw, int nvalid, int room) {
+  __m256 acc[PB];
+  for (int r = 0; r < PB; ++r) acc[r] = _mm256_setzero_ps();
+  for (int s = 0; s < ns; ++s) {
+    const __m256 x = _mm256_loadu_ps(X + s * kVec);
+    for (int r = 0; r < PB; ++r) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(V + r * ldv + s), x, acc[r]);
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 chk = zero;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(nvalid), lane);
+  for (int r = 0; r < PB; ++r) {
+    chk = _mm256_add_ps(chk, _mm256_mul_ps(acc[r], zero));
+    if (nvalid == kVec || r * pw + kVec <= room)
+      _mm256_storeu_ps(out + r * pw, acc[r]);
+    else
+      _mm256_maskstore_ps(out + r * pw, m, acc[r]);
+  }
+  return chk;
+}
+
+// One RoI, one plane (unit column stride), contiguous [ph][pw] output. Returns false when a result is not
+// finite (the caller then recomputes the plane exactly). V holds ph rows of ldv >= 8 * nvec floats.
+inline bool fast_plane(const RoiTable<float>& t, const float* __restrict__ plane, float* __restrict__ out, int ph,
+                       int pw, float* __restrict__ V, int ldv) {
+  const int nt = t.nt, nvec = t.nvec;
+  const size_t ytab = static_cast<size_t>(ph) * nt;
+  const int32_t* rows = reinterpret_cast<const int32_t*>(t.pk.data());
+  const float* w = t.pk.data() + ytab;
+  const float* X = t.pk.data() + (2 * ytab + kVec - 1) / kVec * kVec;
+  const float* base = plane + t.xs;
+  if (t.tail == kVec && nvec <= 4 && nt >= 1 && nt <= 4) {
+    switch (nvec * 8 + nt) {
+#define FASTOPS_YSTEP(NV, NT) \
+  case NV * 8 + NT:           \
+    fast_ystep<NV, NT>(base, rows, w, ph, V, ldv); \
+    break;
+      FASTOPS_YSTEP(1, 1) FASTOPS_YSTEP(1, 2) FASTOPS_YSTEP(1, 3) FASTOPS_YSTEP(1, 4)
+      FASTOPS_YSTEP(2, 1) FASTOPS_YSTEP(2, 2) FASTOPS_YSTEP(2, 3) FASTOPS_YSTEP(2, 4)
+      FASTOPS_YSTEP(3, 1) FASTOPS_YSTEP(3, 2) FASTOPS_YSTEP(3, 3) FASTOPS_YSTEP(3, 4)
+      FASTOPS_YSTEP(4, 1) FASTOPS_YSTEP(4, 2) FASTOPS_YSTEP(4, 3) FASTOPS_YSTEP(4, 4)
+#undef FASTOPS_YSTEP
+    }
+  } else {
+    fast_ystep_any(base, rows, w, ph, nt, nvec, t.tail, V, ldv);
+  }
+  const float* Vs = V + t.slo;
+  __m256 chk = _mm256_setzero_ps();
+  const int nqb = (pw + kVec - 1) / kVec;
+  for (int qb = 0; qb < nqb; ++qb) {
+    const float* Xq = X + static_cast<size_t>(qb) * t.ns * kVec;
+    const int nvalid = std::min(kVec, pw - qb * kVec);
+    for (int p0 = 0; p0 < ph; p0 += 8) {
+      const int pb = std::min(8, ph - p0);
+      const int room = nqb == 1 ? (ph - p0) * pw : 0;
+      float* o = out + p0 * pw + qb * kVec;
+      const float* Vp = Vs + p0 * ldv;
+      switch (pb) {
+#define FASTOPS_XSTEP(PB) \
+  case PB:                \
+    chk = _mm256_add_ps(chk, fast_xstep<PB>(Vp, ldv, Xq, t.ns, o, pw, nvalid, room)); \
+    break;
+        FASTOPS_XSTEP(1) FASTOPS_XSTEP(2) FASTOPS_XSTEP(3) FASTOPS_XSTEP(4)
+        FASTOPS_XSTEP(5) FASTOPS_XSTEP(6) FASTOPS_XSTEP(7) FASTOPS_XSTEP(8)
+#undef FASTOPS_XSTEP
+      }
+    }
+  }
+  return _mm256_movemask_ps(_mm256_cmp_ps(chk, chk, _CMP_UNORD_Q)) == 0;
+}
+#endif
 
 // One RoI, nc contiguous channels of a channels_last map: the same two steps, vectorised over channels
 // (V is [span][nc]; a row segment of a channels_last map is one contiguous run).
@@ -333,6 +514,81 @@ std::vector<Level<scalar_t>> make_levels(const std::vector<at::Tensor>& feats, c
   return levels;
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+#define FASTOPS_ROI_FAST 1
+#else
+#define FASTOPS_ROI_FAST 0
+#endif
+
+// A fresh output of several MB: ask for transparent huge pages before its first touch, so the kernel faults it
+// in 2 MB at a time (first-touch faults of 4 KB pages cost about as much as the whole kernel here).
+void advise_huge_pages(const at::Tensor& t) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const size_t n = t.nbytes();
+  if (n < 4 * kHuge) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t lo = (a + kHuge - 1) & ~(kHuge - 1), hi = (a + n) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice only: errors ignored
+#else
+  (void)t;
+#endif
+}
+
+#if FASTOPS_ROI_FAST
+// float32 forward, NCHW levels, contiguous output. Blocks of kFastCB channels run in parallel (each output
+// element is written by one thread); within a block the RoIs are visited grouped by (level, image, row), and
+// each RoI's packed table serves all the block's planes while it sits in L1. The output of a RoI's block is
+// one contiguous run. Every output element is written here (the output is not zero-filled beforehand).
+constexpr int64_t kFastCB = 16;
+
+bool forward_fast(const std::vector<RoiTable<float>>& tables, const std::vector<int64_t>& order,
+                  const std::vector<Level<float>>& levels, float* o, int64_t K, int64_t C, int ph, int pw,
+                  int max_span) {
+  const int64_t plane_out = static_cast<int64_t>(ph) * pw;
+  int ldv = kVec;
+  for (int64_t k : order) ldv = std::max(ldv, tables[k].nvec * kVec);
+  at::parallel_for(0, (C + kFastCB - 1) / kFastCB, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> V(static_cast<size_t>(ph) * ldv), Vx(static_cast<size_t>(max_span) + kLanes);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t c0 = blk * kFastCB;
+      const int nc = static_cast<int>(std::min<int64_t>(kFastCB, C - c0));
+      for (int64_t k : order) {
+        const RoiTable<float>& t = tables[k];
+        const Level<float>& L = levels[t.level];
+        const float* plane = L.data + t.batch * L.sN + c0 * L.sC;
+        float* dst = o + (k * C + c0) * plane_out;
+        for (int j = 0; j < nc; ++j) {
+          float* oj = dst + j * plane_out;
+          if (t.nvec > 0 && fast_plane(t, plane + j * L.sC, oj, ph, pw, V.data(), ldv)) continue;
+          // Unpacked table, or a non-finite value read: the exact sparse walk (it skips empty rows).
+          std::fill(oj, oj + plane_out, 0.f);
+          if (L.sW == 1)
+            forward_plane<true>(t, plane + j * L.sC, L.sH, L.sW, oj, pw, 1, ph, pw, Vx.data());
+          else
+            forward_plane<false>(t, plane + j * L.sC, L.sH, L.sW, oj, pw, 1, ph, pw, Vx.data());
+        }
+      }
+    }
+  });
+  // RoIs without a level or without any pixel to read: zeros.
+  std::vector<char> seen(K, 0);
+  for (int64_t k : order) seen[k] = 1;
+  at::parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      if (!seen[k]) std::fill(o + k * C * plane_out, o + (k + 1) * C * plane_out, 0.f);
+  });
+  return true;
+}
+#endif
+
+// Other dtypes (and builds without AVX2/FMA) take the generic kernels.
+template <typename T, typename S>
+bool forward_fast(const std::vector<RoiTable<T>>&, const std::vector<int64_t>&, const std::vector<Level<S>>&, S*,
+                  int64_t, int64_t, int, int, int) {
+  return false;
+}
+
 // Forward: channel blocks in parallel (each output element is computed by exactly one thread, so the result
 // does not depend on the thread count); within a block the RoIs are visited grouped by (level, image).
 at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& rois_in,
@@ -343,9 +599,14 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& 
   const at::Tensor rois = rois_in.contiguous();
   const int64_t K = rois.size(0), C = f0.size(1), N = f0.size(0);
   // at::zeros ignores the memory format in its options: allocate with it, then zero.
+  // The vectorised float32 path (NCHW levels only) writes every output element itself: no zero fill first.
+  bool fast = FASTOPS_ROI_FAST && f0.scalar_type() == at::kFloat;
+  for (const auto& f : feats) fast = fast && !(f.stride(1) == 1 && C > 1);
   at::Tensor out = at::empty({K, C, ph, pw}, f0.options().memory_format(
                                                  is_channels_last(f0) ? at::MemoryFormat::ChannelsLast
-                                                                      : at::MemoryFormat::Contiguous)).zero_();
+                                                                      : at::MemoryFormat::Contiguous));
+  advise_huge_pages(out);
+  if (!fast || K == 0 || C == 0) out.zero_();
   if (K == 0 || C == 0) return out;
   int k_min = 0, k_max = 0;
   fpn_level_range(scales.front(), scales.back(), k_min, k_max);
@@ -358,9 +619,10 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& 
     std::vector<int64_t> order;
     int max_span = 0;
     build_tables<T>(tables, order, max_span, rois.data_ptr<scalar_t>(), K, levels, ph, pw, sampling_ratio, aligned,
-                    canonical_scale, canonical_level, k_min, k_max, /*dense_x=*/false);
+                    canonical_scale, canonical_level, k_min, k_max, /*dense_x=*/false, /*pack=*/fast);
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t oK = out.stride(0), oC = out.stride(1), oH = out.stride(2), oW = out.stride(3);
+    if (fast && forward_fast(tables, order, levels, o, K, C, ph, pw, max_span)) return;
     bool any_cl = false, any_plane = false;
     for (const auto& L : levels) (L.sC == 1 && C > 1 ? any_cl : any_plane) = true;
     if (any_plane) {
@@ -426,12 +688,17 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
   const auto dtype = grad.scalar_type();
   // half/bfloat16 gradients accumulate in float32 and are cast once at the end.
   const auto acc_dtype = (dtype == at::kHalf || dtype == at::kBFloat16) ? at::kFloat : dtype;
+  // With NCHW gradients each channel block zeroes its own planes right before accumulating into them (in
+  // parallel, and they are then in cache); channels_last gradients are zeroed here.
+  bool zero_in_blocks = K > 0 && C > 0;
+  for (size_t l = 0; l < L; ++l) zero_in_blocks = zero_in_blocks && !channels_last[l];
   std::vector<at::Tensor> grads;
   for (size_t l = 0; l < L; ++l) {
     grads.push_back(at::empty({N, C, sizes[2 * l], sizes[2 * l + 1]},
                               grad.options().dtype(acc_dtype).memory_format(
-                                  channels_last[l] ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous))
-                        .zero_());
+                                  channels_last[l] ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)));
+    advise_huge_pages(grads.back());
+    if (!zero_in_blocks) grads.back().zero_();
   }
   if (K > 0 && C > 0) {
     int k_min = 0, k_max = 0;
@@ -464,11 +731,20 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
         for (int64_t blk = b0; blk < b1; ++blk) {
           const int64_t c0 = blk * chunk;
           const int nc = static_cast<int>(std::min<int64_t>(chunk, C - c0));
-          for (int c = 0; c < nc; ++c) {
-            for (int64_t k : order) {
-              const RoiTable<T>& t = tables[k];
-              const Level<G>& lv = levels[t.level];
-              if (lv.sC == 1 && C > 1) continue;
+          if (zero_in_blocks) {
+            for (const auto& lv : levels)
+              for (int64_t n = 0; n < N; ++n) {
+                G* p0 = lv.data + n * lv.sN + c0 * lv.sC;
+                std::fill(p0, p0 + nc * lv.sC, G(0));
+              }
+          }
+          // Each gradient element is accumulated over the RoIs in `order` by this thread alone: the same
+          // order whatever the thread count. A RoI's table serves all the block's planes while in L1.
+          for (int64_t k : order) {
+            const RoiTable<T>& t = tables[k];
+            const Level<G>& lv = levels[t.level];
+            if (lv.sC == 1 && C > 1) continue;
+            for (int c = 0; c < nc; ++c) {
               G* plane = lv.data + t.batch * lv.sN + (c0 + c) * lv.sC;
               const scalar_t* g = gp + k * gK + (c0 + c) * gC;
               if (lv.sW == 1)

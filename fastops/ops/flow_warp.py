@@ -1,31 +1,21 @@
 """flow_warp: backward warping of features by a dense optical flow (FlowNet2, RAFT, VPSNet, YolactEdge).
 
 The compiled kernels are `torch.ops.fastops.flow_warp` / `_flow_warp_backward` (schemas in
-csrc/flow_warp/flow_warp_cpu.cpp); see docs/flow_panoptic.md for the conventions.
+csrc/flow_warp/flow_warp.cpp); fakes, autograd, autocast and ONNX in fastops/registrations/flow_warp.py; the
+conventions in docs/flow_panoptic.md.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from fastops._library import FLOAT_DTYPES, check_impl, check_tensor, cuda_compiled
-
-PADDING_MODES = ("zeros", "border")
-UNITS = ("pixel", "normalized")
-FLOW_LAYOUTS = ("B2HW", "BHW2")
+from fastops import _library
+from fastops._library import FLOAT_DTYPES, check_tensor
+from fastops.registrations.flow_warp import FLOW_LAYOUTS, PADDING_MODES, UNITS
 
 
-def flow_warp(
-    input: Tensor,
-    flow: Tensor,
-    *,
-    padding_mode: str = "zeros",
-    align_corners: bool = True,
-    units: str = "pixel",
-    flow_layout: str = "B2HW",
-    return_mask: bool = False,
-    impl: str = "auto",
-):
+def flow_warp(input: Tensor, flow: Tensor, padding_mode: str = "zeros", align_corners: bool = True,
+              units: str = "pixel", flow_layout: str = "B2HW", return_mask: bool = False, impl: str = "auto"):
     """Backward-warp ``input`` by ``flow``: ``out[b, :, y, x] = input[b, :, y + v, x + u]`` (bilinear).
 
     Args:
@@ -45,16 +35,36 @@ def flow_warp(
               grid_sample's ``align_corners`` rule (YolactEdge: pass ``flow / 8``).
 
             ``W - 1`` (``H - 1``) is taken as 1 when the size is 1.
+        flow_layout: ``"B2HW"`` or ``"BHW2"`` (read in place through the strides, no copy).
         return_mask: also return ``mask[B, 1, H, W]`` (input dtype): 1 where every tap with non-zero weight of the
             unclamped position lies inside the map (NaN/inf flow: 0).
         impl: ``"auto"``/``"cpp"`` (compiled kernel), ``"triton"`` or ``"reference"`` (the grid_sample recipe).
 
     Returns:
         ``out[B, C, H, W]`` in the input's dtype and memory format (channels_last stays channels_last), and
-        ``mask`` when ``return_mask``. NaN/inf flow gives 0 there. Differentiable w.r.t. ``input`` (deterministic)
-        and ``flow``; each gradient is computed only when required.
+        ``mask`` when ``return_mask``. Differentiable w.r.t. ``input`` (deterministic on CPU, and on CUDA in
+        deterministic mode) and ``flow``; each gradient is computed only when required.
+
+    NaN/inf: a non-finite flow value (or a position past the map in ``"zeros"`` mode) gives output 0, mask 0 and
+    zero gradients at that pixel. NaN/inf in ``input`` reach every output pixel whose four bilinear taps inside
+    the map include them, even at weight 0 (as ``grid_sample``: ``0 * inf = NaN``); taps outside the map are never
+    read, so a sample entirely outside the map is exactly 0.
+
+    ONNX: exports to ``GridSample`` (see fastops/registrations/flow_warp.py).
     """
-    check_impl(impl)
+    if torch.jit.is_scripting():
+        f = flow if flow_layout == "B2HW" else flow.permute(0, 3, 1, 2)
+        out, mask = torch.ops.fastops.flow_warp(input, f, padding_mode, align_corners, units, return_mask)
+        return (out, mask) if return_mask else out
+    if torch.overrides.has_torch_function((input, flow)):  # torch.fx Proxies (a leaf call), tensor subclasses
+        return torch.overrides.handle_torch_function(
+            flow_warp, (input, flow), input, flow, padding_mode, align_corners, units, flow_layout, return_mask,
+            impl)
+    return _flow_warp(input, flow, padding_mode, align_corners, units, flow_layout, return_mask, impl)
+
+
+def _flow_warp(input, flow, padding_mode, align_corners, units, flow_layout, return_mask, impl):
+    _library.check_impl(impl)
     check_tensor("input", input, dim=4, dtypes=FLOAT_DTYPES)
     check_tensor("flow", flow, dim=4, dtypes=FLOAT_DTYPES, device=input.device)
     if padding_mode not in PADDING_MODES:
@@ -63,6 +73,10 @@ def flow_warp(
         raise ValueError(f"units must be one of {UNITS}, got {units!r}")
     if flow_layout not in FLOW_LAYOUTS:
         raise ValueError(f"flow_layout must be one of {FLOW_LAYOUTS}, got {flow_layout!r}")
+    if not isinstance(align_corners, bool):
+        raise ValueError(f"align_corners must be a bool, got {align_corners!r}")
+    if not isinstance(return_mask, bool):
+        raise ValueError(f"return_mask must be a bool, got {return_mask!r}")
     if flow.dtype != input.dtype:
         raise ValueError(f"flow must have the same dtype as input ({input.dtype}), got {flow.dtype}")
     f = flow if flow_layout == "B2HW" else flow.permute(0, 3, 1, 2)
@@ -71,58 +85,18 @@ def flow_warp(
         want = f"[{b}, 2, {h}, {w}]" if flow_layout == "B2HW" else f"[{b}, {h}, {w}, 2]"
         raise ValueError(f"flow must have shape {want} (flow_layout={flow_layout!r}) to match input "
                          f"{tuple(input.shape)}, got {tuple(flow.shape)}")
-    align_corners = bool(align_corners)
-    if impl == "reference":
-        from fastops.reference.flow_warp import flow_warp as ref
+    args = (input, f, padding_mode, align_corners, units, return_mask)
 
-        return ref(input, f, padding_mode, align_corners, units, return_mask)
-    if impl == "triton" or (impl == "auto" and input.is_cuda and not cuda_compiled()):
-        import fastops.triton.flow_warp  # noqa: F401  (registers fastops::flow_warp_triton)
+    def triton():
+        _library.triton_module("flow_warp")
+        return torch.ops.fastops.flow_warp_triton(*args)
 
-        out, mask = torch.ops.fastops.flow_warp_triton(input, f, padding_mode, align_corners, units, return_mask)
-    else:
-        out, mask = torch.ops.fastops.flow_warp(input, f, padding_mode, align_corners, units, return_mask)
+    out, mask = _library.dispatch(
+        "flow_warp", impl, input.device,
+        cpp=lambda: torch.ops.fastops.flow_warp(*args),
+        reference=lambda: _library.reference_module("flow_warp").flow_warp(*args),
+        triton=triton)
     return (out, mask) if return_mask else out
 
 
-# ---- fake kernels and autograd for the compiled op -------------------------------------------------------------
-
-@torch.library.register_fake("fastops::flow_warp")
-def _flow_warp_fake(input, flow, padding_mode="zeros", align_corners=True, units="pixel", return_mask=False):
-    torch._check(flow.dim() == 4 and flow.size(1) == 2)
-    out = torch.empty_like(input, memory_format=torch.preserve_format)
-    if return_mask:
-        mask = input.new_empty((input.size(0), 1, input.size(2), input.size(3)))
-    else:
-        mask = input.new_empty((0,))
-    return out, mask
-
-
-@torch.library.register_fake("fastops::_flow_warp_backward")
-def _flow_warp_backward_fake(grad_output, input, flow, padding_mode, align_corners, units, input_requires_grad,
-                             flow_requires_grad):
-    gi = torch.empty_like(input, memory_format=torch.preserve_format) if input_requires_grad \
-        else input.new_empty((0,))
-    gf = torch.empty_like(flow, memory_format=torch.preserve_format) if flow_requires_grad \
-        else flow.new_empty((0,))
-    return gi, gf
-
-
-def _setup_context(ctx, inputs, output):
-    input, flow, padding_mode, align_corners, units, return_mask = inputs
-    ctx.args = (padding_mode, align_corners, units)
-    ctx.save_for_backward(input, flow)
-    ctx.mark_non_differentiable(output[1])
-
-
-def _backward(ctx, grad_out, grad_mask):
-    input, flow = ctx.saved_tensors
-    need_input, need_flow = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-    padding_mode, align_corners, units = ctx.args
-    # grad_out is read through its strides (expanded or channels_last gradients need no copy).
-    gi, gf = torch.ops.fastops._flow_warp_backward(grad_out, input, flow, padding_mode, align_corners, units,
-                                                   need_input, need_flow)
-    return (gi if need_input else None), (gf if need_flow else None), None, None, None, None
-
-
-torch.library.register_autograd("fastops::flow_warp", _backward, setup_context=_setup_context)
+torch.fx.wrap("flow_warp")

@@ -1,29 +1,24 @@
 """panoptic_fuse: UPSNet's test-time panoptic head fused into one op, straight to an int32 id map.
 
-The compiled kernel is `torch.ops.fastops.panoptic_fuse` (schema in csrc/panoptic/panoptic_cpu.cpp); see
-docs/flow_panoptic.md for the conventions.
+The compiled kernel is `torch.ops.fastops.panoptic_fuse` (schema in csrc/panoptic/panoptic.cpp); fake, autocast
+and ONNX in fastops/registrations/panoptic.py; the conventions in docs/flow_panoptic.md.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-from fastops._library import FLOAT_DTYPES, check_impl, check_tensor, cuda_compiled
+from fastops import _library
+from fastops._library import FLOAT_DTYPES, check_int, check_tensor
+from fastops.registrations import panoptic as _registrations  # noqa: F401  (fake kernel, autocast, ONNX)
+
+_MAX_SIZE = 2 ** 31 - 1
 
 
-def panoptic_fuse(
-    semantic_logits: Tensor,
-    mask_logits: Tensor,
-    boxes: Tensor,
-    labels: Tensor,
-    *,
-    num_stuff: int,
-    output_size: Optional[Sequence[int]] = None,
-    void: bool = True,
-    impl: str = "auto",
-) -> Tensor:
+def panoptic_fuse(semantic_logits: Tensor, mask_logits: Tensor, boxes: Tensor, labels: Tensor, num_stuff: int,
+                  output_size: Optional[List[int]] = None, void: bool = True, impl: str = "auto") -> Tensor:
     """UPSNet panoptic fusion (inference): semantic + instance logits -> panoptic id map ``[H, W]`` int32.
 
     Args:
@@ -44,7 +39,20 @@ def panoptic_fuse(
         is ``X[S + k_i - 1] + resized mask logits`` inside its box and ``0`` outside; argmax ties go to the lower
         channel. Never builds the ``[S + N + 1, H, W]`` logit tensor.
     """
-    check_impl(impl)
+    if torch.jit.is_scripting():
+        if mask_logits.dim() == 4:
+            mask_logits = mask_logits[:, 0]
+        return torch.ops.fastops.panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, output_size,
+                                               void)
+    if torch.overrides.has_torch_function((semantic_logits, mask_logits, boxes, labels)):  # torch.fx Proxies
+        return torch.overrides.handle_torch_function(
+            panoptic_fuse, (semantic_logits, mask_logits, boxes, labels), semantic_logits, mask_logits, boxes,
+            labels, num_stuff, output_size, void, impl)
+    return _panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, output_size, void, impl)
+
+
+def _panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, output_size, void, impl):
+    _library.check_impl(impl)
     check_tensor("semantic_logits", semantic_logits, dim=3, dtypes=FLOAT_DTYPES)
     dev = semantic_logits.device
     check_tensor("mask_logits", mask_logits, dim=(3, 4), dtypes=FLOAT_DTYPES, device=dev)
@@ -64,37 +72,32 @@ def panoptic_fuse(
         raise ValueError(f"labels must have shape [N] with N = {n} (mask_logits), got {tuple(labels.shape)}")
     if n > 0 and (mask_logits.shape[1] == 0 or mask_logits.shape[2] == 0):
         raise ValueError(f"mask_logits must have a non-empty M x M map, got {tuple(mask_logits.shape)}")
-    if not isinstance(num_stuff, int) or not 0 <= num_stuff <= semantic_logits.shape[0]:
-        raise ValueError(f"num_stuff must be an int in [0, {semantic_logits.shape[0]}] (the semantic channels), "
-                         f"got {num_stuff!r}")
+    num_stuff = check_int("num_stuff", num_stuff, low=0, high=semantic_logits.shape[0])
+    if not isinstance(void, bool):
+        raise ValueError(f"void must be a bool, got {void!r}")
     if output_size is not None:
-        output_size = [int(v) for v in output_size]
-        if len(output_size) != 2 or min(output_size) < 0:
-            raise ValueError(f"output_size must be (H, W) with non-negative sizes, got {output_size}")
+        if isinstance(output_size, torch.Size):
+            output_size = list(output_size)
+        if not isinstance(output_size, (list, tuple)) or len(output_size) != 2:
+            raise ValueError(f"output_size must be (H, W), got {output_size!r}")
+        output_size = [check_int(f"output_size[{k}]", v, low=0, high=_MAX_SIZE) for k, v in enumerate(output_size)]
         if min(output_size) > 0 and min(semantic_logits.shape[1:]) == 0:
             raise ValueError("semantic_logits must be non-empty to upsample them to output_size")
     if semantic_logits.shape[0] == 0:
         raise ValueError("semantic_logits must have at least one channel")
     if num_stuff == 0 and n == 0 and not void:
         raise ValueError("nothing to fuse: num_stuff is 0, there are no instances and void is False")
-    if impl == "reference":
-        from fastops.reference.panoptic import panoptic_fuse as ref
+    args = (semantic_logits, mask_logits, boxes, labels, num_stuff, output_size, void)
 
-        return ref(semantic_logits, mask_logits, boxes, labels, num_stuff, output_size, bool(void))
-    if impl == "triton" or (impl == "auto" and semantic_logits.is_cuda and not cuda_compiled()):
-        import fastops.triton.panoptic  # noqa: F401  (registers fastops::panoptic_fuse_triton)
+    def triton():
+        _library.triton_module("panoptic")
+        return torch.ops.fastops.panoptic_fuse_triton(*args)
 
-        return torch.ops.fastops.panoptic_fuse_triton(semantic_logits, mask_logits, boxes, labels, num_stuff,
-                                                      output_size, bool(void))
-    return torch.ops.fastops.panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, output_size,
-                                           bool(void))
+    return _library.dispatch(
+        "panoptic_fuse", impl, dev,
+        cpp=lambda: torch.ops.fastops.panoptic_fuse(*args),
+        reference=lambda: _library.reference_module("panoptic").panoptic_fuse(*args),
+        triton=triton)
 
 
-@torch.library.register_fake("fastops::panoptic_fuse")
-def _panoptic_fuse_fake(semantic_logits, mask_logits, boxes, labels, num_stuff, output_size=None, void=True):
-    torch._check(boxes.size(0) == mask_logits.size(0))
-    if output_size is None:
-        h, w = semantic_logits.shape[1], semantic_logits.shape[2]
-    else:
-        h, w = output_size
-    return semantic_logits.new_empty((h, w), dtype=torch.int32)
+torch.fx.wrap("panoptic_fuse")

@@ -103,14 +103,16 @@ def flow_warp_pixel_formula(input: Tensor, flow: Tensor, padding_mode: str = "ze
         inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h) & finite
         idx = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).reshape(b, 1, h * w).expand(b, c, h * w)
         vals = torch.gather(flat, 2, idx).reshape(b, c, h, w)
-        out = out + vals * (wgt * inside).unsqueeze(1)
+        # Taps outside the map are never read (a NaN at the clamped index must not leak through a 0 weight).
+        out = out + torch.where(inside.unsqueeze(1), vals * wgt.unsqueeze(1), 0.0)
     return out, mask
 
 
 def flow_warp(input: Tensor, flow: Tensor, padding_mode: str = "zeros", align_corners: bool = True,
               units: str = "pixel", return_mask: bool = False):
     """`impl="reference"`: the grid_sample recipe (pixel units with align_corners=True: the exact formula,
-    which the recipe matches up to fp32 rounding), plus the mask from the pixel formula."""
+    which the recipe matches up to fp32 rounding), plus the mask from the pixel formula. Returns (out, mask) like
+    the op (mask empty unless `return_mask`); `flow` is `[B, 2, H, W]`."""
     if units == "pixel" and align_corners:
         out = flow_warp_pixel_formula(input, flow, padding_mode, align_corners, units)[0].to(input.dtype)
     else:
@@ -120,4 +122,4 @@ def flow_warp(input: Tensor, flow: Tensor, padding_mode: str = "zeros", align_co
     if return_mask:
         mask = flow_warp_pixel_formula(input[:, :0], flow, padding_mode, align_corners, units)[1].to(input.dtype)
         return out, mask
-    return out
+    return out, input.new_empty((0,))

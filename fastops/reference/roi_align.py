@@ -93,8 +93,8 @@ def roi_align(input: Tensor, rois: Tensor, output_size: Tuple[int, int], spatial
             gh = gw = 0
         iy, wy = _axis_taps(sh, rh / ph, ph, gh, h)
         ix, wx = _axis_taps(sw, rw / pw, pw, gw, w)
-        if iy.size(1) == 0 or ix.size(1) == 0:
-            outs.append(x.new_zeros((c, ph, pw)))
+        if iy.size(1) == 0 or ix.size(1) == 0:  # nothing sampled: zeros that still belong to the graph
+            outs.append(x[int(b), :, :0, :0].sum(dim=(1, 2))[:, None, None].expand(c, ph, pw))
             continue
         wgt = wy[:, :, None, None] * wx[None, None, :, :]  # [ph, A, pw, B]
         chunk = max(1, (1 << 22) // wgt.numel())  # channels per gather: bounded memory for large grids
@@ -105,7 +105,7 @@ def roi_align(input: Tensor, rois: Tensor, output_size: Tuple[int, int], spatial
             pooled.append(torch.where(wgt != 0, wgt * g, torch.zeros_like(g)).sum(dim=(2, 4)))
         outs.append(torch.cat(pooled) / max(gh * gw, 1) if pooled else x.new_zeros((0, ph, pw)))
     if not outs:
-        return input.new_zeros((0, c, ph, pw))
+        return x[:0].sum(dim=(2, 3))[:, :, None, None].expand(0, c, ph, pw).to(input.dtype)
     return torch.stack(outs).to(input.dtype)
 
 

@@ -13,16 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastops.triton._registry import check_triton_device, launch, triton_custom_op
-
-try:  # added to the registry by the RoIAlign work; fall back to the same rule here
-    from fastops.triton._registry import register_fake
-except ImportError:  # pragma: no cover
-    from fastops.triton._registry import INTERPRET
-
-    def register_fake(op, fake):
-        if INTERPRET:
-            op.register_fake(fake)
+from fastops.registrations import flow_warp as _reg
+from fastops.triton._registry import check_triton_device, launch, register_fake, triton_custom_op
 
 
 @triton.jit
@@ -119,10 +111,14 @@ def _fwd_kernel(inp, flow, out, mask_out, C, H, W, sB, sC, sH, sW, fB, fC, fH, f
     cm = offs_c < C
     m2 = pmask[:, None] & cm[None, :]
     base = inp + b * sB + offs_c[None, :] * sC
-    v00 = tl.load(base + (y0 * sH + x0 * sW)[:, None], mask=m2, other=0.0).to(ACC)
-    v01 = tl.load(base + (y0 * sH + x1 * sW)[:, None], mask=m2, other=0.0).to(ACC)
-    v10 = tl.load(base + (y1 * sH + x0 * sW)[:, None], mask=m2, other=0.0).to(ACC)
-    v11 = tl.load(base + (y1 * sH + x1 * sW)[:, None], mask=m2, other=0.0).to(ACC)
+    v00 = tl.load(base + (y0 * sH + x0 * sW)[:, None], mask=m2 & (m00 > 0)[:, None],
+                  other=0.0).to(ACC)
+    v01 = tl.load(base + (y0 * sH + x1 * sW)[:, None], mask=m2 & (m01 > 0)[:, None],
+                  other=0.0).to(ACC)
+    v10 = tl.load(base + (y1 * sH + x0 * sW)[:, None], mask=m2 & (m10 > 0)[:, None],
+                  other=0.0).to(ACC)
+    v11 = tl.load(base + (y1 * sH + x1 * sW)[:, None], mask=m2 & (m11 > 0)[:, None],
+                  other=0.0).to(ACC)
     res = w00[:, None] * v00 + w01[:, None] * v01 + w10[:, None] * v10 + w11[:, None] * v11
     optr = out + b * oB + offs_c[None, :] * oC + (y * oH + x * oW)[:, None]
     tl.store(optr, res.to(out.dtype.element_ty), mask=m2)
@@ -152,10 +148,14 @@ def _grad_flow_kernel(grad, inp, flow, gflow, C, H, W, gB, gC, gH, gW, sB, sC, s
         cm = offs_c < C
         m2 = pmask[:, None] & cm[None, :]
         base = inp + b * sB + offs_c[None, :] * sC
-        v00 = tl.load(base + (y0 * sH + x0 * sW)[:, None], mask=m2, other=0.0).to(ACC)
-        v01 = tl.load(base + (y0 * sH + x1 * sW)[:, None], mask=m2, other=0.0).to(ACC)
-        v10 = tl.load(base + (y1 * sH + x0 * sW)[:, None], mask=m2, other=0.0).to(ACC)
-        v11 = tl.load(base + (y1 * sH + x1 * sW)[:, None], mask=m2, other=0.0).to(ACC)
+        v00 = tl.load(base + (y0 * sH + x0 * sW)[:, None], mask=m2 & (m00 > 0)[:, None],
+                      other=0.0).to(ACC)
+        v01 = tl.load(base + (y0 * sH + x1 * sW)[:, None], mask=m2 & (m01 > 0)[:, None],
+                      other=0.0).to(ACC)
+        v10 = tl.load(base + (y1 * sH + x0 * sW)[:, None], mask=m2 & (m10 > 0)[:, None],
+                      other=0.0).to(ACC)
+        v11 = tl.load(base + (y1 * sH + x1 * sW)[:, None], mask=m2 & (m11 > 0)[:, None],
+                      other=0.0).to(ACC)
         g = tl.load(grad + b * gB + offs_c[None, :] * gC + (y * gH + x * gW)[:, None], mask=m2,
                     other=0.0).to(ACC)
         du = dx00[:, None] * v00 + dx01[:, None] * v01 + dx10[:, None] * v10 + dx11[:, None] * v11
@@ -205,10 +205,10 @@ def _flags(padding_mode, align_corners, units):
 
 
 def _check(padding_mode, units):
-    if padding_mode not in ("zeros", "border"):
-        raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
-    if units not in ("pixel", "normalized"):
-        raise ValueError(f"units must be 'pixel' or 'normalized', got {units!r}")
+    if padding_mode not in _reg.PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {_reg.PADDING_MODES}, got {padding_mode!r}")
+    if units not in _reg.UNITS:
+        raise ValueError(f"units must be one of {_reg.UNITS}, got {units!r}")
 
 
 @triton_custom_op("fastops::flow_warp_triton", mutates_args=())
@@ -259,20 +259,6 @@ def flow_warp_backward_triton(grad_output: Tensor, input: Tensor, flow: Tensor, 
     return gin, gflow
 
 
-# ---- fakes and autograd (shared with the compiled op's Python side) -------------------------------------------
-from fastops.ops import flow_warp as _ops  # noqa: E402
-
-register_fake(flow_warp_triton, _ops._flow_warp_fake)
-register_fake(flow_warp_backward_triton, _ops._flow_warp_backward_fake)
-
-
-def _bwd(ctx, grad_out, grad_mask):
-    input, flow = ctx.saved_tensors
-    need_input, need_flow = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-    padding_mode, align_corners, units = ctx.args
-    gi, gf = torch.ops.fastops._flow_warp_backward_triton(grad_out, input, flow, padding_mode, align_corners, units,
-                                                          need_input, need_flow)
-    return (gi if need_input else None), (gf if need_flow else None), None, None, None, None
-
-
-flow_warp_triton.register_autograd(_bwd, setup_context=_ops._setup_context)
+register_fake(flow_warp_triton, _reg.fake_forward)
+register_fake(flow_warp_backward_triton, _reg.fake_backward)
+flow_warp_triton.register_autograd(_reg.make_backward(flow_warp_backward_triton), setup_context=_reg.setup_context)

@@ -14,18 +14,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastops.triton._registry import check_triton_device, launch, triton_custom_op
-
-try:
-    from fastops.triton._registry import register_fake
-except ImportError:  # pragma: no cover
-    from fastops.triton._registry import INTERPRET
-
-    def register_fake(op, fake):
-        if INTERPRET:
-            op.register_fake(fake)
-
-_NFIELDS = 13  # sy0, sy1, sx0, sx1, my0, my1, mx0, mx1, by0, bx0, mh, mw, ch (panoptic.h Inst)
+from fastops.registrations import panoptic as _reg
+from fastops.triton._registry import check_triton_device, launch, register_fake, triton_custom_op
 
 
 def instance_regions(boxes: Tensor, labels: Tensor, num_stuff: int, num_things: int, H: int, W: int) -> Tensor:
@@ -77,7 +67,8 @@ def _sem(X, c, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, pmask, ACC: t
 
 @triton.jit
 def _fuse_kernel(X, M, insts, out, C, h, w, cS, hS, wS, MH, MW, mN, mHs, mWs, N, S, H, W,
-                 VOID: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                 NFIELDS: tl.constexpr, VOID_ID: tl.constexpr, VOID: tl.constexpr, ACC: tl.constexpr,
+                 BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     pmask = offs < H * W
     y = offs // W
@@ -100,7 +91,7 @@ def _fuse_kernel(X, M, insts, out, C, h, w, cS, hS, wS, MH, MW, mN, mHs, mWs, N,
             v = _sem(X, c, cS, hS, wS, yi0, yi1, yl0, yl1, xi0, xi1, xl0, xl1, pmask, ACC)
             tmax = tl.maximum(tmax, v)
     for i in range(0, N):
-        r = insts + i * 13
+        r = insts + i * NFIELDS
         sy0 = tl.load(r + 0)
         sy1 = tl.load(r + 1)
         sx0 = tl.load(r + 2)
@@ -133,7 +124,7 @@ def _fuse_kernel(X, M, insts, out, C, h, w, cS, hS, wS, MH, MW, mN, mHs, mWs, N,
         best = tl.where(gt, v, best)
         arg = tl.where(gt, S + i, arg)
     if VOID:
-        arg = tl.where(tmax - smax > best, 255, arg)
+        arg = tl.where(tmax - smax > best, VOID_ID, arg)
     tl.store(out + offs, arg, mask=pmask)
 
 
@@ -149,17 +140,16 @@ def panoptic_fuse_triton(semantic_logits: Tensor, mask_logits: Tensor, boxes: Te
         return out
     insts = instance_regions(boxes, labels, num_stuff, C - num_stuff, H, W)
     if N == 0:
-        insts = torch.zeros((1, _NFIELDS), dtype=torch.int64, device=semantic_logits.device)
+        insts = torch.zeros((1, _reg.INST_FIELDS), dtype=torch.int64, device=semantic_logits.device)
         mask_logits = semantic_logits.new_zeros((1, 1, 1))
     acc = tl.float64 if semantic_logits.dtype == torch.float64 else tl.float32
     BLOCK = 128
     grid = (triton.cdiv(H * W, BLOCK),)
     launch(_fuse_kernel)[grid](semantic_logits, mask_logits, insts, out, C, h, w, *semantic_logits.stride(),
                                mask_logits.shape[1], mask_logits.shape[2], *mask_logits.stride(), N, num_stuff, H, W,
-                               VOID=bool(void), ACC=acc, BLOCK=BLOCK)
+                               NFIELDS=_reg.INST_FIELDS, VOID_ID=_reg.VOID_ID, VOID=bool(void), ACC=acc,
+                               BLOCK=BLOCK)
     return out
 
 
-from fastops.ops import panoptic as _ops  # noqa: E402
-
-register_fake(panoptic_fuse_triton, _ops._panoptic_fuse_fake)
+register_fake(panoptic_fuse_triton, _reg.fake_panoptic_fuse)
