@@ -80,15 +80,18 @@ def run_tests(pytest_args):
     env["PYTHONPATH"] = SITE + os.pathsep + env.get("PYTHONPATH", "")
     env["FASTOPS_SANITIZED"] = "1"
     # The tests' fresh interpreters (tests/isolated.py) inherit all of the above.
+    # Run from the overlay: `python -c` / `python -m` put the working directory first on sys.path, and from the
+    # source root that would be the in-place package.
     probe = subprocess.run([sys.executable, "-c", "import fastops, fastops._C as c; print(c.__file__)"],
-                           cwd=ROOT, env=env, capture_output=True, text=True)
+                           cwd=SITE, env=env, capture_output=True, text=True)
     if probe.returncode or not probe.stdout.strip().startswith(SITE):
         sys.exit(f"sanitize: the overlay is not what gets imported:\n{probe.stdout}\n{probe.stderr}")
     print(f"sanitize: fastops._C = {probe.stdout.strip()}")
-    args = list(pytest_args)
+    args = [os.path.join(ROOT, a) if not a.startswith("-") and os.path.exists(os.path.join(ROOT, a.split("::")[0]))
+            else a for a in pytest_args]
     t0 = time.time()
-    rc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=ROOT,
-                        env=env).returncode
+    rc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", ROOT, *args],
+                        cwd=SITE, env=env).returncode
     reports = sorted(glob.glob(os.path.join(REPORTS, "*")))
     print(f"sanitize: pytest exit {rc} in {time.time() - t0:.0f} s; {len(reports)} sanitizer report file(s)")
     for r in reports:

@@ -259,7 +259,8 @@ def _label(v):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("record", nargs="?", default=DEFAULT_RECORD, help="launches recorded by the pytest plugin")
+    ap.add_argument("record", nargs="*", default=[DEFAULT_RECORD], help="launches recorded by the pytest plugin "
+                    "(several files: their union)")
     ap.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities (default 80 90)")
     ap.add_argument("--cache", default=None, help="results cache (default: beside the record)")
     ap.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("MAX_JOBS", "2")), help="parallel compiles")
@@ -268,14 +269,22 @@ def main(argv=None):
 
     os.environ.pop("TRITON_INTERPRET", None)
     sys.path.insert(0, os.getcwd())
-    if not os.path.exists(args.record):
-        print(f"triton_ptxas: no record at {args.record}; run the tests with {ENV}={args.record} "
-              f"PYTHONPATH=tools python -m pytest tests -p triton_ptxas", file=sys.stderr)
-        return 2
-    with open(args.record) as f:
-        data = json.load(f)
+    data, seen = {"variants": [], "problems": []}, set()
+    for path in args.record:
+        if not os.path.exists(path):
+            print(f"triton_ptxas: no record at {path}; run the tests with {ENV}={path} "
+                  f"PYTHONPATH=tools python -m pytest tests -p triton_ptxas", file=sys.stderr)
+            return 2
+        with open(path) as f:
+            part = json.load(f)
+        for v in part["variants"]:
+            key = json.dumps({k: x for k, x in v.items() if k != "launches"}, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                data["variants"].append(v)
+        data["problems"] += part.get("problems", [])
     variants = data["variants"]
-    cache_path = args.cache or os.path.join(os.path.dirname(args.record) or ".", "triton_ptxas_cache.json")
+    cache_path = args.cache or os.path.join(os.path.dirname(args.record[0]) or ".", "triton_ptxas_cache.json")
     cache = {}
     if os.path.exists(cache_path):
         with open(cache_path) as f:

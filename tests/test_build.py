@@ -1,0 +1,144 @@
+"""The build: portable CPU code with per-ISA kernels chosen at load time, packaging metadata, unbuilt-tree errors.
+
+A portable build (the default; FASTOPS_MARCH unset) compiles everything for baseline x86-64 and each
+csrc/<family>/<family>_cpu.cpp once more per wider ISA (csrc/cpu_isa.h); `torch.ops.fastops._cpu_isa()` names the
+variant registered at load time ("native" for a FASTOPS_MARCH build, which has no dispatch).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SO = (glob.glob(os.path.join(os.path.dirname(fastops.__file__), "_C*.so")) or [None])[0]
+ISA = torch.ops.fastops._cpu_isa() if hasattr(torch.ops.fastops, "_cpu_isa") else "native"  # stale build
+portable = pytest.mark.skipif(ISA == "native", reason="this build was made with FASTOPS_MARCH (no ISA dispatch)")
+
+
+@portable
+def test_cpu_isa_follows_torch():
+    cap = torch.backends.cpu.get_cpu_capability()
+    allowed = {"DEFAULT": {"default"}, "AVX2": {"default", "avx2"}, "AVX512": {"default", "avx2", "avx512"}}
+    assert ISA in allowed.get(cap, {"default"}), f"fastops chose {ISA} while torch runs {cap}"
+    if cap in ("AVX2", "AVX512"):
+        assert ISA != "default", "an AVX2 machine runs the baseline kernels: the avx2 variant is missing"
+
+
+def _run(code, cwd=ROOT, **env):
+    e = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, cwd=cwd,
+                          timeout=600)
+
+
+_CASES = r"""
+import sys, torch, fastops
+torch.manual_seed(0)
+out = {}
+x = torch.randn(2, 16, 40, 56)
+rois = torch.tensor([[0, 3.0, 4, 50, 30], [1, 10, 2, 30, 38], [0, 0, 0, 55, 39]])
+out["roi_align"] = fastops.roi_align(x, rois, 7, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+out["roi_align_cl"] = fastops.roi_align(x.contiguous(memory_format=torch.channels_last), rois, 7, sampling_ratio=2)
+flow = torch.randn(2, 2, 40, 56) * 3
+out["flow_warp"] = fastops.flow_warp(x, flow)
+out["corner_pool"] = fastops.corner_pool(x, "left")
+out["heatmaps"] = fastops.render_gaussian_heatmaps(torch.rand(4, 17, 2) * 40, heatmap_size=(64, 48), sigma=2.0)[0]
+out["argmax"] = fastops.heatmap_argmax(torch.randn(4, 17, 64, 48), refine="dark")[0]
+xy = torch.rand(30, 2) * 200
+boxes = torch.cat([xy, xy + torch.rand(30, 2) * 80 + 4], 1)
+out["paste"] = fastops.paste_masks(torch.rand(30, 1, 28, 28), boxes, (300, 320)).float()
+out["nms"] = fastops.nms(boxes, torch.rand(30), 0.5).float()
+out["isa"] = torch.ops.fastops._cpu_isa()
+torch.save(out, sys.argv[1] if len(sys.argv) > 1 else "/dev/null")
+"""
+
+
+@portable
+def test_isa_variants_agree(tmp_path):
+    """The baseline kernels (ATEN_CPU_CAPABILITY=default, as on a CPU without AVX2) give the same results."""
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("this CPU runs the baseline variant only")
+    results = {}
+    for cap in ("default", None):
+        path = str(tmp_path / f"{cap}.pt")
+        env = {"ATEN_CPU_CAPABILITY": cap} if cap else {}
+        r = subprocess.run([sys.executable, "-c", _CASES, path], capture_output=True, text=True, cwd=ROOT,
+                           env=dict({k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}, **env),
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        results[cap] = torch.load(path)
+    assert results["default"]["isa"] == "default"
+    assert results[None]["isa"] == ISA
+    for name, want in results[None].items():
+        if name == "isa":
+            continue
+        got = results["default"][name]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def _functions_using_avx(path, bindings):
+    """Names of functions (with an nm type in `bindings`) whose code uses AVX (VEX/EVEX: v* on xmm, ymm, zmm)."""
+    nm = subprocess.run(["nm", "--defined-only", path], capture_output=True, text=True, check=True).stdout
+    wanted = {line.split()[-1] for line in nm.splitlines() if len(line.split()) == 3 and line.split()[1] in bindings}
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True, text=True,
+                         check=True).stdout
+    head = re.compile(r"^[0-9a-f]+ <(.+)>:$")
+    avx = re.compile(r"\s(v[a-z0-9]+)\s.*%[xyz]mm|%[yz]mm")
+    bad, current = set(), None
+    for line in dis.splitlines():
+        m = head.match(line)
+        if m:
+            current = m.group(1) if m.group(1) in wanted else None
+        elif current and avx.search(line):
+            bad.add(current)
+    return sorted(bad)
+
+
+@portable
+@pytest.mark.skipif(shutil.which("objdump") is None or SO is None, reason="needs objdump and the in-place build")
+def test_shared_code_is_baseline():
+    """Every function the linker can share between objects (global or weak: inline functions emitted out of line,
+    templates) is free of AVX: a wider-ISA copy must never serve the baseline kernels or the neutral code."""
+    bad = _functions_using_avx(SO, {"T", "W"})
+    demangled = subprocess.run(["c++filt"], input="\n".join(bad[:20]), capture_output=True, text=True).stdout
+    assert not bad, f"{len(bad)} global/weak functions in {SO} use AVX, e.g.:\n{demangled}"
+
+
+@portable
+def test_baseline_objects_have_no_avx():
+    """The baseline objects of the last in-place build (neutral files and the default kernel variants)."""
+    objs = [o for o in glob.glob(os.path.join(ROOT, "build", "temp.*", "**", "*.o"), recursive=True)
+            if "/isa/" not in o or "/isa/default/" in o]
+    if not objs:
+        pytest.skip("no objects of an in-place build under build/temp.*")
+    bad = {os.path.relpath(o, ROOT): f for o in objs if (f := _functions_using_avx(o, {"T", "W", "t"}))}
+    assert not bad, "baseline objects with AVX code: " + ", ".join(f"{o} ({fs[:3]})" for o, fs in bad.items())
+
+
+def test_pyproject_pins_the_torch_it_builds_against():
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        text = f.read()
+    m = re.search(r"requires\s*=\s*\[([^\]]*)\]", text)
+    assert m, "pyproject.toml has no [build-system] requires"
+    pins = re.findall(r'"torch==([^"]+)"', m.group(1))
+    assert pins == [torch.__version__.split("+")[0]], f"build requires torch {pins}, runtime is {torch.__version__}"
+
+
+def test_unbuilt_tree_names_its_path(tmp_path):
+    """Importing fastops from a source tree without a build says which tree and what to run."""
+    pkg = tmp_path / "fastops"
+    shutil.copytree(os.path.dirname(fastops.__file__), pkg,
+                    ignore=shutil.ignore_patterns("_C*.so", "__pycache__", "models"))
+    # Drop an editable install's finder (it would serve fastops._C from the tree it maps): a fresh clone.
+    r = _run("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+             "import fastops", cwd=str(tmp_path), PYTHONPATH=str(tmp_path))
+    assert r.returncode != 0
+    assert str(pkg) in r.stderr and "make build" in r.stderr, r.stderr[-2000:]
