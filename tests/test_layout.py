@@ -26,7 +26,7 @@ PKG = os.path.join(ROOT, "fastops")
 
 # Families whose move to the layout had not landed when this test was written: their per-family file checks are
 # expected to fail until then (xfail, not strict: they pass, and count as XPASS, once the family lands).
-NOT_YET_MOVED: set = {"flow_warp", "heatmaps", "masks", "nms", "panoptic", "roi_align"}
+NOT_YET_MOVED: set = set()  # every family follows the layout rule now
 
 
 def _families():
