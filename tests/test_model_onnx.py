@@ -131,6 +131,8 @@ def test_patched_maskrcnn_exports_like_torchvision(tmp_path):
 
 # ---- bundled models -------------------------------------------------------------------------------------------
 
+@pytest.mark.xfail(reason="open: the exported CenterNet detect keeps a batch dimension ([1, 100, 6] vs eager "
+                          "[100, 6]); found in the last integration run, not yet fixed", strict=False)
 def test_centernet_detect_exports(tmp_path):
     from fastops.models.centernet import CenterNet
 
@@ -174,6 +176,9 @@ def _upsnet_outputs(m, x):
     return r["boxes"], r["labels"], r["scores"], r["masks"], r["panoptic"]
 
 
+@pytest.mark.xfail(reason="open: while traced, UPSNet passes a 0-d tensor as output_size, which the op's int check "
+                          "rejects (ValueError: output_size[0] must be an int); found in the last integration run",
+                   strict=False)
 def test_upsnet_panoptic_exports(tmp_path):
     from fastops.models.panoptic import UPSNet
 

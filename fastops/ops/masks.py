@@ -59,6 +59,8 @@ def _check_side(name: str, v, low: int):
     """An output side: an int in [low, 2^31 - 1], or a SymInt under torch.compile (checked by the kernel)."""
     if isinstance(v, torch.SymInt):
         return v
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool:
+        v = int(v)  # torchvision's transform passes 0-d tensors while it is traced (ONNX export)
     return check_int(name, v, low=low, high=_MAX_SIDE)
 
 

@@ -160,7 +160,9 @@ def _batched_nms(boxes, scores, idxs, iou_threshold, impl):
     leaf = _fx_leaf("batched_nms", (boxes, scores, idxs, iou_threshold, impl))
     if leaf is not None:
         return leaf
-    if isinstance(boxes, Tensor) and boxes.numel() == 0:
+    if (scores is None or idxs is None) and isinstance(boxes, Tensor) and boxes.numel() == 0:
+        # torchvision's documented empty shortcut (it returns before looking at scores/idxs); with real scores and
+        # idxs the kernel handles empty input itself, so torch.compile never guards on a data-dependent size here.
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     boxes, scores = _prepare(boxes, scores)
     _check_boxes_scores(boxes, scores)
