@@ -149,6 +149,10 @@ void build_table(RoiTable<T>& t, const scalar_t* roi, const std::vector<Level<le
   if (t.level >= static_cast<int>(levels.size())) t.level = -1;  // non-consecutive levels: no map, output 0
   if (t.level < 0) return;
   const auto& L = levels[t.level];
+  if (L.H <= 0 || L.W <= 0) {  // an empty map has no pixel to read (and its strides say nothing): output 0
+    t.level = -1;
+    return;
+  }
   const RoiBox<T> b = roi_box<T>(roi + 1, static_cast<T>(L.scale), ph, pw, sampling_ratio, aligned);
   build_axis<T>(b.start_h, b.bin_h, ph, b.grid_h, L.H, t.yo, t.yi, t.yw);
   build_axis<T>(b.start_w, b.bin_w, pw, b.grid_w, L.W, t.xo, t.xi, t.xw);
@@ -751,7 +755,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
           const int nc = static_cast<int>(std::min<int64_t>(chunk, C - c0));
           if (zero_in_blocks) {
             for (const auto& lv : levels)
-              for (int64_t n = 0; n < N; ++n) {
+              for (int64_t n = 0; n < N && lv.H > 0 && lv.W > 0; ++n) {
                 G* p0 = lv.data + n * lv.sN + c0 * lv.sC;
                 std::fill(p0, p0 + nc * lv.sC, G(0));
               }
