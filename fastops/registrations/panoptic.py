@@ -3,8 +3,6 @@ same), autocast, ONNX, and the constants mirrored from csrc/panoptic/panoptic.h.
 
 Imports neither `fastops.ops`, `fastops.triton` nor `fastops.reference`.
 """
-from __future__ import annotations
-
 import torch
 
 import fastops._library  # noqa: F401  (loads fastops._C: the schema must exist before registering)

@@ -3,8 +3,6 @@
 Fake kernels for the compiled ops and their `_triton` twins, and the enum values mirrored from
 csrc/render/render.h (tests/test_render.py compares them with the header).
 """
-from __future__ import annotations
-
 import math
 
 import torch
