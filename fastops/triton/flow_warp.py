@@ -22,7 +22,7 @@ from fastops.triton._registry import check_triton_device, launch, register_fake,
 @triton.jit
 def _axis(idx, f, size, ALIGN: tl.constexpr, NORM: tl.constexpr, ACC: tl.constexpr):
     # position = a * idx + b * f + c (flow_warp.h make_axis); returns (position, d position / d f)
-    s = size.to(ACC)
+    s = tl.cast(size, ACC)  # not size.to: on a GPU, Triton passes a size of 1 as a constexpr int
     d = tl.maximum(s - 1.0, 1.0)
     i = idx.to(ACC)
     if NORM:
@@ -46,7 +46,7 @@ def _axis(idx, f, size, ALIGN: tl.constexpr, NORM: tl.constexpr, ACC: tl.constex
 def _taps(p, size, BORDER: tl.constexpr):
     """Along one axis: (lo, hi) tap indices (always in bounds), their inside flags, the fraction, the clamp
     factor for the gradient, validity (mask), and whether the sample contributes at all."""
-    s = size.to(p.dtype)
+    s = tl.cast(size, p.dtype)
     fin = (p == p) & (tl.abs(p) < float("inf"))
     inr = fin & (p >= -1.0) & (p <= s)
     pf = tl.where(inr, p, 0.0)
