@@ -364,6 +364,20 @@ class TestTriton:
                           backend="aot_eager")
         torch.testing.assert_close(f(x, rois), tv_roi_align(x, rois, 2, 1.0, 2, False))
 
+    def test_compile_when_the_backend_is_not_imported_yet(self):
+        # A fresh interpreter: the compiled function's first call imports fastops.triton.roi_align
+        # (_library's lazy import under dynamo), with fullgraph=True.
+        from isolated import expect_ok
+
+        expect_ok("""
+            import sys, torch, torchvision, fastops
+            assert "fastops.triton.roi_align" not in sys.modules
+            x, rois = torch.randn(1, 2, 6, 5), torch.tensor([[0, 0.5, 0.5, 4.0, 3.0]])
+            f = torch.compile(lambda x, r: fastops.roi_align(x, r, 2, 1.0, 2, False, impl="triton"), fullgraph=True,
+                              backend="aot_eager")
+            torch.testing.assert_close(f(x, rois), torchvision.ops.roi_align(x, rois, 2, 1.0, 2, False))
+        """, timeout=300)
+
 
 class TestErrors:
     def test_bad_ranks_and_shapes(self):
