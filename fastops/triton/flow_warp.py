@@ -94,6 +94,16 @@ def _sample(flow, b, offs_p, H, W, fB, fC, fH, fW, pmask, ALIGN: tl.constexpr, N
 
 
 @triton.jit
+def _gather4(base, x0, x1, y0, y1, sH, sW, m2, m00, m01, m10, m11, ACC: tl.constexpr):
+    """The four bilinear taps of each (pixel, channel) of a [BLOCK_P, BLOCK_C] tile (0 where a tap is out)."""
+    v00 = tl.load(base + (y0 * sH + x0 * sW)[:, None], mask=m2 & (m00 > 0)[:, None], other=0.0).to(ACC)
+    v01 = tl.load(base + (y0 * sH + x1 * sW)[:, None], mask=m2 & (m01 > 0)[:, None], other=0.0).to(ACC)
+    v10 = tl.load(base + (y1 * sH + x0 * sW)[:, None], mask=m2 & (m10 > 0)[:, None], other=0.0).to(ACC)
+    v11 = tl.load(base + (y1 * sH + x1 * sW)[:, None], mask=m2 & (m11 > 0)[:, None], other=0.0).to(ACC)
+    return v00, v01, v10, v11
+
+
+@triton.jit
 def _fwd_kernel(inp, flow, out, mask_out, C, H, W, sB, sC, sH, sW, fB, fC, fH, fW, oB, oC, oH, oW,
                 ALIGN: tl.constexpr, NORM: tl.constexpr, BORDER: tl.constexpr, HAS_MASK: tl.constexpr,
                 ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -113,14 +123,7 @@ def _fwd_kernel(inp, flow, out, mask_out, C, H, W, sB, sC, sH, sW, fB, fC, fH, f
     cm = offs_c < C
     m2 = pmask[:, None] & cm[None, :]
     base = inp + b * sB + offs_c[None, :] * sC
-    v00 = tl.load(base + (y0 * sH + x0 * sW)[:, None], mask=m2 & (m00 > 0)[:, None],
-                  other=0.0).to(ACC)
-    v01 = tl.load(base + (y0 * sH + x1 * sW)[:, None], mask=m2 & (m01 > 0)[:, None],
-                  other=0.0).to(ACC)
-    v10 = tl.load(base + (y1 * sH + x0 * sW)[:, None], mask=m2 & (m10 > 0)[:, None],
-                  other=0.0).to(ACC)
-    v11 = tl.load(base + (y1 * sH + x1 * sW)[:, None], mask=m2 & (m11 > 0)[:, None],
-                  other=0.0).to(ACC)
+    v00, v01, v10, v11 = _gather4(base, x0, x1, y0, y1, sH, sW, m2, m00, m01, m10, m11, ACC)
     res = w00[:, None] * v00 + w01[:, None] * v01 + w10[:, None] * v10 + w11[:, None] * v11
     optr = out + b * oB + offs_c[None, :] * oC + (y * oH + x * oW)[:, None]
     tl.store(optr, res.to(out.dtype.element_ty), mask=m2)
@@ -150,14 +153,7 @@ def _grad_flow_kernel(grad, inp, flow, gflow, C, H, W, gB, gC, gH, gW, sB, sC, s
         cm = offs_c < C
         m2 = pmask[:, None] & cm[None, :]
         base = inp + b * sB + offs_c[None, :] * sC
-        v00 = tl.load(base + (y0 * sH + x0 * sW)[:, None], mask=m2 & (m00 > 0)[:, None],
-                      other=0.0).to(ACC)
-        v01 = tl.load(base + (y0 * sH + x1 * sW)[:, None], mask=m2 & (m01 > 0)[:, None],
-                      other=0.0).to(ACC)
-        v10 = tl.load(base + (y1 * sH + x0 * sW)[:, None], mask=m2 & (m10 > 0)[:, None],
-                      other=0.0).to(ACC)
-        v11 = tl.load(base + (y1 * sH + x1 * sW)[:, None], mask=m2 & (m11 > 0)[:, None],
-                      other=0.0).to(ACC)
+        v00, v01, v10, v11 = _gather4(base, x0, x1, y0, y1, sH, sW, m2, m00, m01, m10, m11, ACC)
         g = tl.load(grad + b * gB + offs_c[None, :] * gC + (y * gH + x * gW)[:, None], mask=m2,
                     other=0.0).to(ACC)
         du = dx00[:, None] * v00 + dx01[:, None] * v01 + dx10[:, None] * v10 + dx11[:, None] * v11
