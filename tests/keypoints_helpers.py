@@ -60,3 +60,43 @@ def onnx_roundtrip(module, args, dynamo, dynamic_batch=True):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     outs = sess.run(None, {n: a.numpy() for n, a in zip(names, args)})
     return [torch.from_numpy(o) for o in outs]
+
+
+def onnx_session(module, args, dynamo, dynamic=None, opset=18):
+    """Export `module` once with one exporter (`dynamic`: {input index: {axis: name}} for the sizes that stay
+    symbolic), check the file (onnx.checker, no node or opset import of a fastops domain) and return a function
+    that runs it in onnxruntime (CPUExecutionProvider) on any inputs (a list of tensors out)."""
+    import io
+
+    import onnx
+    import onnxruntime as ort
+
+    import fastops.onnx
+
+    names = [f"in{i}" for i in range(len(args))]
+    dynamic = dynamic or {}
+    if dynamo:
+        dims = {}
+        shapes = tuple({ax: dims.setdefault(n, torch.export.Dim(n, min=1, max=4096))
+                        for ax, n in dynamic.get(i, {}).items()} or None for i in range(len(args)))
+        prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=shapes if dynamic else None,
+                                 custom_translation_table=fastops.onnx.translations(), input_names=names,
+                                 opset_version=opset)
+        model = prog.model_proto
+    else:
+        f = io.BytesIO()
+        axes = {names[i]: dict(a) for i, a in dynamic.items()}
+        torch.onnx.export(module, args, f, dynamo=False, input_names=names, dynamic_axes=axes or None,
+                          opset_version=opset)
+        model = onnx.load_from_string(f.getvalue())
+    onnx.checker.check_model(model, full_check=True)
+    assert not [n.op_type for n in model.graph.node if "fastops" in n.domain]
+    assert not [o.domain for o in model.opset_import if "fastops" in o.domain]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed_names = {i.name for i in sess.get_inputs()}  # an input the graph does not read is dropped
+
+    def run(*inputs):
+        outs = sess.run(None, {n: a.numpy() for n, a in zip(names, inputs) if n in feed_names})
+        return [torch.from_numpy(o) for o in outs]
+
+    return run

@@ -330,12 +330,49 @@ def test_heatmap_argmax_onnx(dynamo):
         assert torch.equal(a, b)
 
 
-def test_heatmap_argmax_dark_onnx_raises():
-    import io
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("refine,blur", [("dark", 11), ("dark", 3), ("dark_udp", 11), ("dark_udp", 5)])
+def test_heatmap_argmax_dark_onnx(dynamo, refine, blur):
+    """DARK / DARK-UDP: the blur (Pad + Slice taps), the clamp branches and the Taylor step in onnxruntime; one
+    export per exporter, run at other batch / keypoint / map sizes (all dynamic)."""
+    from keypoints_helpers import onnx_session
 
     class M(torch.nn.Module):
         def forward(self, h):
-            return fastops.heatmap_argmax(h, refine="dark")
+            return fastops.heatmap_argmax(h, refine=refine, blur_kernel=blur)
 
-    with pytest.raises(Exception, match="heatmap_argmax"):
-        torch.onnx.export(M(), (realistic_maps(1, 2, 8, 8),), io.BytesIO(), dynamo=False, opset_version=18)
+    def maps(B, K, H, W, seed):
+        torch.manual_seed(seed)
+        hm = realistic_maps(B, K, H, W)
+        hm[0, 0] = -1.0  # score <= 0: -1, no refinement
+        hm[0, 1].zero_()
+        hm[0, 1, 1, 2] = 1.0  # a maximum next to the border (dark leaves it, dark_udp pads by the edge)
+        hm[-1, -1] *= 60.0  # maximum above dark_udp's clip at 50: the rescale branch
+        hm[-1, 0] = torch.rand(H, W) * 1e-12  # values below the log clamps: the rescale branch
+        hm[-1, 0, H // 2, W // 2] = 1e-11
+        return hm
+
+    hm = maps(2, 4, 16, 12, 0)
+    run = onnx_session(M(), (hm,), dynamo, dynamic={0: {0: "B", 1: "K", 2: "H", 3: "W"}})
+    for shape, seed in (((2, 4, 16, 12), 0), ((3, 5, 9, 13), 1), ((1, 6, 24, 20), 2)):
+        hm = maps(*shape, seed)
+        coords, score = run(hm)
+        ec, es = M()(hm)
+        assert torch.equal(score, es)
+        close(coords, ec, rtol=0, atol=1e-4)
+        moved = (ec - ec.round()).abs().amax()
+        assert moved > 0.01  # the refinement moved some keypoints (the test is not about integer maxima)
+
+
+def test_heatmap_argmax_dark_onnx_float64():
+    from keypoints_helpers import onnx_session
+
+    class M(torch.nn.Module):
+        def forward(self, h):
+            return fastops.heatmap_argmax(h, refine="dark_udp", blur_kernel=7)
+
+    hm = realistic_maps(2, 3, 12, 10, dtype=torch.float64)
+    (coords, score) = onnx_session(M(), (hm,), False)(hm)
+    ec, es = M()(hm)
+    assert coords.dtype == torch.float64 and torch.equal(score, es)
+    close(coords, ec, torch.float64, rtol=0, atol=1e-9)

@@ -37,8 +37,8 @@ void scan_fwd_rows(const T* in, T* out, int L, int n, int64_t ld, bool rev) {
     int x = 0;
     if constexpr (std::is_same<T, float>::value) {
       for (; x + kLanes <= n; x += kLanes) {
-        const vf16 a = vload(r + x), b = vload(pr + x);
-        const vf16 v = ((a > b) | ((a != a) & (b == b))) ? a : b;
+        const vfloat a = vload(r + x), b = vload(pr + x);
+        const vfloat v = ((a > b) | ((a != a) & (b == b))) ? a : b;
         std::memcpy(o + x, &v, sizeof(v));
       }
     }
@@ -64,11 +64,11 @@ void scan_bwd_rows(const T* g, const T* in, const T* out, T* gin, int L, int n, 
       int x = 0;
       if constexpr (std::is_same<T, float>::value) {
         for (; x + kLanes <= n; x += kLanes) {
-          const vf16 sv = vload(acc + x) + vload(gr + x);
-          const vf16 a = vload(ar + x), p = vload(pr + x);
-          const vi16 rec = (a > p) | ((a != a) & (p == p));
-          const vf16 gv = rec ? sv : vf16{};
-          const vf16 av = rec ? vf16{} : sv;
+          const vfloat sv = vload(acc + x) + vload(gr + x);
+          const vfloat a = vload(ar + x), p = vload(pr + x);
+          const vint rec = (a > p) | ((a != a) & (p == p));
+          const vfloat gv = rec ? sv : vfloat{};
+          const vfloat av = rec ? vfloat{} : sv;
           std::memcpy(rr + x, &gv, sizeof(gv));
           std::memcpy(acc + x, &av, sizeof(av));
         }

@@ -108,16 +108,16 @@ A map_max_scaled(const A* q, int64_t n, A beta) {
 
 inline void softmax_sums(const float* q, int H, int W, float beta, float* e, float& S, float& Sx, float& Sy) {
   const float mx = map_max_scaled(q, (int64_t)H * W, beta);
-  vf16 s = vf16{}, sx = vf16{}, sy = vf16{};
-  const vf16 vb = vsplat(beta), vm = vsplat(mx);
+  vfloat s = vfloat{}, sx = vfloat{}, sy = vfloat{};
+  const vfloat vb = vsplat(beta), vm = vsplat(mx);
   float tail[kLanes];
   for (int y = 0; y < H; ++y) {
     const float* r = q + (int64_t)y * W;
     float* er = e ? e + (int64_t)y * W : nullptr;
-    const vf16 fy = vsplat((float)y);
+    const vfloat fy = vsplat((float)y);
     for (int x = 0; x < W; x += kLanes) {
       const int n = std::min(kLanes, W - x);
-      vf16 v;
+      vfloat v;
       if (n == kLanes) {
         v = vexp(vb * vload(r + x) - vm);
       } else {

@@ -25,13 +25,13 @@ struct Cand {
   int64_t i;
 };
 
-// Row kernels of CenterNet's _nms (NaN-propagating maxima, as max_pool2d). float runs 16 lanes at a time.
+// Row kernels of CenterNet's _nms (NaN-propagating maxima, as max_pool2d). float runs kLanes (one native vector) at a time.
 template <typename A>
 void rows_max3(const A* r0, const A* r1, const A* r2, A* out, int W) {
   int x = 0;
   if constexpr (std::is_same<A, float>::value) {
     for (; x + kLanes <= W; x += kLanes) {
-      const vf16 v = vnanmax(vnanmax(vload(r0 + x), vload(r1 + x)), vload(r2 + x));
+      const vfloat v = vnanmax(vnanmax(vload(r0 + x), vload(r1 + x)), vload(r2 + x));
       std::memcpy(out + x, &v, sizeof(v));
     }
   }
@@ -49,9 +49,9 @@ void row_keep3(const A* vm, const A* cur, A* sc, int W) {
   int x = 1;
   if constexpr (std::is_same<A, float>::value) {
     for (; x + kLanes <= W - 1; x += kLanes) {
-      const vf16 c = vload(cur + x);
-      const vf16 m = vnanmax(vnanmax(vload(vm + x - 1), vload(vm + x)), vload(vm + x + 1));
-      const vf16 r = (m == c) ? c : vf16{};
+      const vfloat c = vload(cur + x);
+      const vfloat m = vnanmax(vnanmax(vload(vm + x - 1), vload(vm + x)), vload(vm + x + 1));
+      const vfloat r = (m == c) ? c : vfloat{};
       std::memcpy(sc + x, &r, sizeof(r));
     }
   }

@@ -110,7 +110,8 @@ def yolact_masks(protos: Tensor, coeffs: Tensor, boxes: Tensor, output_size: Opt
     +-inf is 1/0, NaN compares False with the threshold).
 
     ONNX: exports (both exporters) to ``MatMul`` + ``Sigmoid``, the crop as comparisons of ``Range`` grids with
-    the box bounds (``Where``), ``Resize`` (linear, ``pytorch_half_pixel``) and ``Greater``.
+    the box bounds (``Where``), the bilinear resize as two ``MatMul`` with interpolation matrices built from
+    PyTorch's ``align_corners=False`` taps (fastops/registrations/masks_onnx.py), and ``Greater``.
     """
     if torch.jit.is_scripting():
         if output_size is None:
@@ -226,9 +227,10 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
     NaN/inf: a box with a non-finite coordinate (or one whose expanded corner is beyond 2^40 pixels) pastes
     nothing, where torchvision's int64 cast is undefined; NaN in ``masks`` propagates to the pixels that blend it.
 
-    ONNX: exports (both exporters) to the box arithmetic, per-pixel source coordinates from ``Range`` grids, two
-    ``GatherElements`` blends per axis (the separable bilinear taps, torchvision's ``align_corners=False``) and
-    the window test as comparisons (``Where``); ``Greater`` for a threshold.
+    ONNX: exports (both exporters) to torchvision's box arithmetic (expand, int64 truncation), ``Pad``, per-box
+    interpolation matrices from ``Range`` grids (torchvision's ``align_corners=False`` taps) applied as two batched
+    ``MatMul``, the window test as comparisons (``Where``); ``Greater`` for a threshold
+    (fastops/registrations/masks_onnx.py).
     """
     if torch.jit.is_scripting():
         m3 = masks[:, 0] if masks.dim() == 4 else masks

@@ -46,7 +46,12 @@ def panoptic_fuse(semantic_logits: Tensor, mask_logits: Tensor, boxes: Tensor, l
     outside ``1..T`` and non-finite boxes raise ``RuntimeError`` on the CPU (and in the reference); the CUDA and
     Triton kernels do not sync to check them: such an instance gets no semantic term, a NaN box is empty.
 
-    ONNX: exports to a decomposition into standard ops (see fastops/registrations/panoptic.py).
+    ONNX (both exporters, opset 18): UPSNet's own formulation, built in the graph: the semantic logits upsampled
+    with the kernels' bilinear taps (Gather + lerp), per instance its semantic channel inside the seg region plus
+    its mask logits resized to the truncated box (per-instance taps, GatherElements), the void channel (ReduceMax),
+    ``ArgMax`` (first index on ties), ``Where`` for 255; memory ``O((S + N) * H * W)``. Dynamic N and semantic
+    size; ``output_size`` is static. Ids equal eager's in onnxruntime (NaN logits and an ``output_size`` equal to
+    the logits' size with ``+-inf`` logits follow ONNX's arithmetic instead: 0 * inf).
     """
     if torch.jit.is_scripting():
         if mask_logits.dim() == 4:
@@ -98,6 +103,9 @@ def _panoptic_fuse(semantic_logits, mask_logits, boxes, labels, num_stuff, outpu
             output_size = list(output_size)
         if not isinstance(output_size, (list, tuple)) or len(output_size) != 2:
             raise ValueError(f"output_size must be (H, W), got {output_size!r}")
+        # a traced model (the TorchScript ONNX exporter) passes sizes as 0-d integer tensors: taken as their value
+        output_size = [int(v) if isinstance(v, Tensor) and v.dim() == 0 and not v.is_floating_point()
+                       and v.dtype != torch.bool else v for v in output_size]
         output_size = [check_int(f"output_size[{k}]", v, low=0, high=_MAX_SIZE) for k, v in enumerate(output_size)]
         if min(output_size) > 0 and min(semantic_logits.shape[1:]) == 0:
             raise ValueError("semantic_logits must be non-empty to upsample them to output_size")

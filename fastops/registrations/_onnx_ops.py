@@ -6,6 +6,32 @@ from __future__ import annotations
 import torch
 
 
+FLOAT, DOUBLE, INT64, BOOL = 1, 11, 7, 9  # onnx.TensorProto data types
+
+
+def onnx_dtype(v) -> int:
+    """ONNX element type of a value of either exporter (onnxscript value or TorchScript graph value)."""
+    dtype = getattr(v, "dtype", None)  # onnxscript (dynamo exporter)
+    if dtype is not None:
+        return int(dtype)
+    return {"Float": FLOAT, "Double": DOUBLE, "Half": 10, "BFloat16": 16, "Long": INT64}.get(v.type().scalarType(),
+                                                                                            FLOAT)
+
+
+def compute(o, x):
+    """`x` in the kernels' accumulation type (acc_t): float64 stays, float16/bfloat16 become float32."""
+    return x if onnx_dtype(x) in (FLOAT, DOUBLE) else o.Cast(x, to=FLOAT)
+
+
+def trunc(o, v):
+    """Rounding toward zero (C's trunc / int()) for a float tensor."""
+    return o.Where(o.Less(v, o.CastLike(o.const(0.0, torch.float32), v)), o.Ceil(v), o.Floor(v))
+
+
+def is_finite(o, v):
+    return o.Not(o.Or(o.IsNaN(v), o.IsInf(v)))
+
+
 class OnnxscriptOps:
     """For the dynamo exporter's translation functions (onnxscript's traced evaluator)."""
 
@@ -17,7 +43,8 @@ class OnnxscriptOps:
     def const(self, values, dtype=torch.int64):
         import numpy as np
 
-        arr = np.asarray(values, dtype={torch.int64: np.int64, torch.float32: np.float32}[dtype])
+        arr = np.asarray(values, dtype={torch.int64: np.int64, torch.float32: np.float32,
+                                        torch.float64: np.float64}[dtype])
         from onnxscript import ir
 
         return self._op.Constant(value=ir.tensor(arr))
