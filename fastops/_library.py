@@ -25,6 +25,12 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Same rule as fastops::is_channels_last (csrc/common.h): NHWC storage that is not also plain contiguous."""
+    return t.dim() == 4 and t.size(1) > 1 and t.is_contiguous(memory_format=torch.channels_last) \
+        and not t.is_contiguous()
+
 T = TypeVar("T")
 
 
@@ -73,10 +79,21 @@ def check_int(name: str, value, *, low: Optional[int] = None, high: Optional[int
     return value
 
 
+@torch._dynamo.assume_constant_result
+def _import(name: str) -> bool:
+    # torch.compile (dynamo) traces neither importlib nor __import__: it runs this at trace time instead (a
+    # constant result), then reads sys.modules, so the first call of an impl may be inside a compiled function.
+    importlib.import_module(name)
+    return True
+
+
 def _module(name: str):
-    # sys.modules first: torch.compile (dynamo) traces a dict lookup but refuses importlib.import_module
-    mod = sys.modules.get(name)
-    return mod if mod is not None else importlib.import_module(name)
+    if not torch.compiler.is_compiling():  # the eager fast path (under dynamo, sys.modules is read after _import)
+        mod = sys.modules.get(name)
+        if mod is not None:
+            return mod
+    _import(name)
+    return sys.modules[name]
 
 
 def reference_module(family: str):
@@ -86,14 +103,14 @@ def reference_module(family: str):
 
 def triton_module(family: str):
     """`fastops.triton.<family>`, importing it registers its `fastops::<op>_triton` ops."""
-    module = sys.modules.get(f"fastops.triton.{family}")
-    if module is not None:  # (already imported: no importlib call, which torch.compile cannot trace)
-        return module
+    name = f"fastops.triton.{family}"
+    if not torch.compiler.is_compiling() and name in sys.modules:
+        return sys.modules[name]
     from fastops.triton._registry import HAVE_TRITON
 
     if not HAVE_TRITON:
         raise RuntimeError("impl='triton' needs the triton package")
-    return _module(f"fastops.triton.{family}")
+    return _module(name)
 
 
 def dispatch(op: str, impl: str, device: torch.device, *, cpp: Callable[[], T], reference: Callable[[], T],

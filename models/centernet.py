@@ -236,31 +236,9 @@ def reg_l1_loss(output: Tensor, mask: Tensor, ind: Tensor, target: Tensor) -> Te
 # CornerNet corner pooling
 # ------------------------------------------------------------------------------------------------------------------
 
-class _ReferenceCornerPool(torch.autograd.Function):
-    """CornerNet's pooling as its extension runs it: the reference forward (running max) and the reference backward
-    (gradient to the element the running max came from, first met on ties) from fastops.reference.corner_pool."""
-
-    @staticmethod
-    def forward(ctx, x, mode):
-        from fastops.reference.corner_pool import cornernet_pool_forward
-
-        ctx.save_for_backward(x)
-        ctx.mode = mode
-        return cornernet_pool_forward(x, mode)
-
-    @staticmethod
-    def backward(ctx, grad):
-        from fastops.reference.corner_pool import cornernet_pool_backward
-
-        (x,) = ctx.saved_tensors
-        return cornernet_pool_backward(x, grad.contiguous(), ctx.mode), None
-
-
 def corner_pool(x: Tensor, mode: str, impl: str = "auto") -> Tensor:
-    """Differentiable corner pooling: :func:`fastops.corner_pool`, or CornerNet's forward/backward for
-    ``impl="reference"``."""
-    if impl == "reference":
-        return _ReferenceCornerPool.apply(x, mode)
+    """Differentiable corner pooling: :func:`fastops.corner_pool` (``impl="reference"`` is CornerNet's forward and
+    its own backward, fastops.reference.corner_pool)."""
     return fastops.corner_pool(x, mode, impl=impl)
 
 

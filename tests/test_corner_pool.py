@@ -10,6 +10,17 @@ from fastops.reference import corner_pool as R
 from keypoints_helpers import LOW, POOL_MODES, REFINES, close, realistic_maps, special_keypoints  # noqa: F401
 
 
+def _check_against_cornernet(x, g, mode, impl="auto"):
+    """corner_pool(x) equals CornerNet's forward exactly, and its gradient for grad_output g CornerNet's backward.
+    Returns the output."""
+    xr = x.clone().requires_grad_(True)
+    out = fastops.corner_pool(xr, mode, impl=impl)
+    assert torch.equal(out, R.cornernet_pool_forward(x, mode))
+    (gi,) = torch.autograd.grad(out, xr, g)
+    close(gi, R.cornernet_pool_backward(x, g, mode), rtol=1e-6, atol=1e-6)
+    return out
+
+
 @pytest.mark.parametrize("mode", POOL_MODES)
 def test_corner_pool_forward_backward(mode):
     x = torch.randint(0, 5, (2, 3, 7, 9)).float()  # many ties: CornerNet's tie rule matters
@@ -44,24 +55,13 @@ def test_corner_pool_dtypes_noncontiguous_empty():
 def test_corner_pool_property(h, w, mode, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 3, (1, 2, h, w), generator=g).float()
-    gr = torch.randn(1, 2, h, w, generator=g)
-    xr = x.clone().requires_grad_(True)
-    out = fastops.corner_pool(xr, mode)
-    assert torch.equal(out, R.cornernet_pool_forward(x, mode))
-    (gi,) = torch.autograd.grad(out, xr, gr)
-    close(gi, R.cornernet_pool_backward(x, gr, mode), rtol=1e-6, atol=1e-6)
+    _check_against_cornernet(x, torch.randn(1, 2, h, w, generator=g), mode)
 
 
 @pytest.mark.parametrize("mode", POOL_MODES)
 def test_corner_pool_row_blocks(mode):
     # 33 rows: four full 8-row blocks of the interleaved left/right scans and a 1-row tail
-    x = torch.randint(0, 6, (1, 2, 33, 21)).float()
-    g = torch.randn(1, 2, 33, 21)
-    xr = x.clone().requires_grad_(True)
-    out = fastops.corner_pool(xr, mode)
-    assert torch.equal(out, R.cornernet_pool_forward(x, mode))
-    (gi,) = torch.autograd.grad(out, xr, g)
-    close(gi, R.cornernet_pool_backward(x, g, mode), rtol=1e-6, atol=1e-6)
+    _check_against_cornernet(torch.randint(0, 6, (1, 2, 33, 21)).float(), torch.randn(1, 2, 33, 21), mode)
 
 
 # ---- Triton (TRITON_INTERPRET=1 on CPU tensors; small cases: the interpreter is slow) ---------------------------
@@ -69,12 +69,7 @@ def test_corner_pool_row_blocks(mode):
 @pytest.mark.parametrize("mode", POOL_MODES)
 def test_triton_corner_pool(mode):
     x = torch.randint(0, 4, (1, 2, 5, 6)).float()
-    g = torch.randn(1, 2, 5, 6)
-    xr = x.clone().requires_grad_(True)
-    out = fastops.corner_pool(xr, mode, impl="triton")
-    assert torch.equal(out, R.cornernet_pool_forward(x, mode))
-    (gi,) = torch.autograd.grad(out, xr, g)
-    close(gi, R.cornernet_pool_backward(x, g, mode), rtol=1e-6, atol=1e-6)
+    out = _check_against_cornernet(x, torch.randn(1, 2, 5, 6), mode, impl="triton")
     if mode == "top":
         xd = torch.randn(1, 1, 4, 3, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda t: fastops.corner_pool(t, mode, impl="triton"), (xd,))

@@ -150,9 +150,11 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
     assert not bad, f"{len(bad)} of {len(mods)} modules fail to import alone:\n" + "\n".join(bad)
 
 
-BACKEND_RULES = {
+BACKEND_RULES = {  # folder: what its files never import (at any level: function-level imports count too)
     "triton": ("fastops.ops", "fastops.reference"),
     "registrations": ("fastops.ops", "fastops.reference", "fastops.triton"),
+    "ops": ("fastops.triton", "fastops.reference"),  # (through _library.triton_module/reference_module only)
+    "reference": ("fastops.ops", "fastops.triton"),
 }
 
 
@@ -181,6 +183,20 @@ def test_shared_backend_files_import_no_public_module_or_reference():
 def test_backends_do_not_import_public_modules_or_the_reference(family):
     bad = _backend_violations([p for p in _backend_files() if os.path.basename(p) == f"{family}.py"])
     assert not bad, "\n".join(bad)
+
+
+def test_backends_load_no_reference_at_run_time():
+    """Importing every Triton and registrations module (one fresh interpreter) loads no fastops.reference module,
+    whatever way it imports (an importlib call is invisible to the checks above)."""
+    mods = [f"fastops.{folder}.{f}" for f in _families() for folder in ("registrations", "triton")
+            if os.path.exists(os.path.join(PKG, folder, f"{f}.py"))]
+    code = ("import importlib, sys\n"
+            f"for m in {mods!r}:\n    importlib.import_module(m)\n"
+            "print([m for m in sys.modules if m.startswith('fastops.reference')])")
+    env = dict(os.environ, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
 
 
 def test_csrc_imports_no_python_module():

@@ -571,46 +571,6 @@ def test_registration_paste_geometry_matches_reference():
             assert (xa, xb, ya, yb) == (max(ex0, 0), min(ex1 + 1, W), max(ey0, 0), min(ey1 + 1, H))
 
 
-def _imported_modules(path):
-    import ast
-
-    tree = ast.parse(open(path).read())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module)
-            out.update(f"{node.module}.{a.name}" for a in node.names)
-    return out
-
-
-def test_layout_imports():
-    """registrations imports no backend, ops or reference; triton imports registrations, never ops/reference;
-    and in a fresh interpreter importing the Triton module loads no reference module."""
-    import fastops.registrations.masks as reg_mod
-    import fastops.ops.masks as ops_mod
-
-    reg_imports = _imported_modules(reg_mod.__file__)
-    assert not {m for m in reg_imports if m.startswith(("fastops.ops", "fastops.triton", "fastops.reference"))}
-    ops_imports = _imported_modules(ops_mod.__file__)
-    assert not {m for m in ops_imports if m.startswith(("fastops.triton", "fastops.reference"))}
-    if TRITON_INTERPRET:
-        import fastops.triton.masks as tri_mod
-
-        tri_imports = _imported_modules(tri_mod.__file__)
-        assert not {m for m in tri_imports if m.startswith(("fastops.ops", "fastops.reference"))}
-        assert "fastops.registrations" in tri_imports
-    from isolated import expect_ok
-
-    expect_ok("""
-import sys
-import fastops.triton.masks
-import fastops.registrations.masks
-assert not [m for m in sys.modules if m.startswith("fastops.reference")], sorted(sys.modules)
-""")
-
-
 # ---- opcheck, compile, export ---------------------------------------------------------------------------------
 
 def test_opcheck_all_ops():

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from model_helpers import random_images, run_both
 
 from fastops.models.centernet import CenterNet, CornerNetHead, CornerPool, build_centernet
 
@@ -32,8 +33,7 @@ def model():
 
 
 def _images(b=2, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 3, IMG, IMG, generator=g)
+    return random_images(b, IMG, seed)
 
 
 def _boxes(b=2, n=6, seed=2):
@@ -46,18 +46,6 @@ def _boxes(b=2, n=6, seed=2):
     labels[1, -2:] = -1
     boxes[1, 0, 2] = boxes[1, 0, 0]  # zero width: skipped like CenterNet
     return boxes, labels
-
-
-def _both(model, fn):
-    old = model.impl
-    try:
-        model.impl = "auto"
-        a = fn(model)
-        model.impl = "reference"
-        r = fn(model)
-    finally:
-        model.impl = old
-    return a, r
 
 
 def test_parameter_names_follow_msra_resnet(model):
@@ -78,7 +66,7 @@ def test_eval_outputs_match_reference(model, k):
     x = _images()
     with torch.no_grad():
         out = model(x)
-    dets, ref = _both(model, lambda m: m.postprocess(out, k))
+    dets, ref = run_both(model, lambda m: m.postprocess(out, k))
     assert dets.shape == ref.shape == (2, k, 6)
     torch.testing.assert_close(dets, ref, rtol=1e-5, atol=1e-5)
     # a real spread of scores and classes was decoded (not just ties at the prior)
@@ -88,7 +76,7 @@ def test_eval_outputs_match_reference(model, k):
 
 def test_detect_full_inference_matches_reference(model):
     x = _images(b=1, seed=5)
-    dets, ref = _both(model, lambda m: m.detect(x))
+    dets, ref = run_both(model, lambda m: m.detect(x))
     assert dets.shape == (1, 100, 6)
     torch.testing.assert_close(dets, ref, rtol=1e-5, atol=1e-5)
 
@@ -100,13 +88,13 @@ def test_postprocess_without_reg_head():
         torch.nn.init.normal_(m.hm.weight, std=0.3)
         out = m(_images(b=1))
     assert "reg" not in out
-    dets, ref = _both(m, lambda mm: mm.postprocess(out, 30))
+    dets, ref = run_both(m, lambda mm: mm.postprocess(out, 30))
     torch.testing.assert_close(dets, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_targets_match_reference(model):
     boxes, labels = _boxes()
-    t, r = _both(model, lambda m: m.build_targets(boxes, labels, (IMG // 4, IMG // 4)))
+    t, r = run_both(model, lambda m: m.build_targets(boxes, labels, (IMG // 4, IMG // 4)))
     assert set(t) == set(r) == {"hm", "wh", "reg", "ind", "reg_mask"}
     for key in t:
         torch.testing.assert_close(t[key], r[key], rtol=1e-6, atol=1e-6)
@@ -220,7 +208,7 @@ def test_cornernet_head_matches_reference():
     head = CornerNetHead(num_classes=2, dim=16, curr_dim=8).eval()
     head.tl_cnv.p1_conv1.conv.weight.data.normal_(std=0.5)
     x = torch.randn(1, 16, 12, 12)
-    out, ref = _both(head, lambda h: h(x))
+    out, ref = run_both(head, lambda h: h(x))
     assert set(out) == {"tl_heat", "br_heat", "tl_tag", "br_tag", "tl_regr", "br_regr"}
     for k in out:
         torch.testing.assert_close(out[k], ref[k], rtol=1e-5, atol=1e-6)

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from model_helpers import random_images, run_both
 
 from fastops.models.hourglass import StackedHourglass, build_hourglass
 
@@ -24,8 +25,7 @@ def model():
 
 
 def _images(b=2, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 3, IMG, IMG, generator=g)
+    return random_images(b, IMG, seed)
 
 
 def _keypoints(b=2, n=None, seed=2):
@@ -34,18 +34,6 @@ def _keypoints(b=2, n=None, seed=2):
     kp = torch.rand(shape, generator=g) * (IMG + 8) - 4  # a few just outside the image
     vis = (torch.rand(shape[:-1], generator=g) > 0.2).float()
     return kp, vis
-
-
-def _both(model, fn):
-    old = model.impl
-    try:
-        model.impl = "auto"
-        a = fn(model)
-        model.impl = "reference"
-        r = fn(model)
-    finally:
-        model.impl = old
-    return a, r
 
 
 def test_parameter_names_follow_original(model):
@@ -63,12 +51,12 @@ def test_eval_outputs_match_reference(model):
     with torch.no_grad():
         preds = model(x)
     assert preds.shape == (2, 2, K, IMG // 4, IMG // 4)
-    (kp, sc), (kr, sr) = _both(model, lambda m: m.decode(preds))
+    (kp, sc), (kr, sr) = run_both(model, lambda m: m.decode(preds))
     assert kp.shape == (2, K, 2) and sc.shape == (2, K)
     torch.testing.assert_close(sc, sr, rtol=0, atol=0)
     torch.testing.assert_close(kp, kr, rtol=0, atol=0)
     # one stack's maps decode the same way
-    (kp1, _), (kr1, _) = _both(model, lambda m: m.decode(preds[:, 0]))
+    (kp1, _), (kr1, _) = run_both(model, lambda m: m.decode(preds[:, 0]))
     torch.testing.assert_close(kp1, kr1, rtol=0, atol=0)
 
 
@@ -78,7 +66,7 @@ def test_decode_on_known_heatmaps_matches_reference(model):
     kp = kp.clamp(4, IMG - 5)
     hm, w = model.build_targets(kp, (IMG // 4, IMG // 4))
     hm = hm + 0.01 * torch.rand(hm.shape, generator=torch.Generator().manual_seed(0))
-    (dk, ds), (rk, rs) = _both(model, lambda m: m.decode(hm))
+    (dk, ds), (rk, rs) = run_both(model, lambda m: m.decode(hm))
     torch.testing.assert_close(dk, rk, rtol=0, atol=0)
     torch.testing.assert_close(ds, rs, rtol=0, atol=0)
     assert (dk - kp).abs().max() <= model.stride * 0.75 + 1e-4
@@ -86,7 +74,7 @@ def test_decode_on_known_heatmaps_matches_reference(model):
 
 def test_predict_full_inference_matches_reference(model):
     x = _images(b=1, seed=4)
-    (kp, sc), (kr, sr) = _both(model, lambda m: m.predict(x))
+    (kp, sc), (kr, sr) = run_both(model, lambda m: m.predict(x))
     torch.testing.assert_close(kp, kr, rtol=0, atol=0)
     torch.testing.assert_close(sc, sr, rtol=0, atol=0)
 
@@ -94,7 +82,7 @@ def test_predict_full_inference_matches_reference(model):
 @pytest.mark.parametrize("people", [None, 3])
 def test_targets_match_reference(model, people):
     kp, vis = _keypoints(n=people, seed=5)
-    (hm, w), (hr, wr) = _both(model, lambda m: m.build_targets(kp, (IMG // 4, IMG // 4), vis))
+    (hm, w), (hr, wr) = run_both(model, lambda m: m.build_targets(kp, (IMG // 4, IMG // 4), vis))
     assert hm.shape == (2, K, IMG // 4, IMG // 4) and w.shape == (2, K)
     torch.testing.assert_close(hm, hr, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(w, wr, rtol=0, atol=0)

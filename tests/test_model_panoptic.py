@@ -9,6 +9,8 @@ import pytest
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
+from model_helpers import assert_grads_close
+
 import fastops
 from fastops.models.panoptic import UPSNet, load_panoptic_checkpoint
 
@@ -68,12 +70,7 @@ def _targets(seed=2, n=2):
 
 
 def _assert_grads_close(got, want, rtol=2e-3):
-    """Deep float32 backward: compare per tensor relative to its scale (summation order differs in the ops)."""
-    assert set(got) == set(want)
-    for k in want:
-        scale = want[k].abs().max().item()
-        torch.testing.assert_close(got[k], want[k], rtol=rtol, atol=rtol * scale + 1e-12, msg=k)
-        assert (got[k] - want[k]).norm() <= rtol * want[k].norm() + 1e-12, k
+    assert_grads_close(got, want, rtol)
 
 
 def _assert_results_equal(got, want, max_pan_mismatch=1e-3):

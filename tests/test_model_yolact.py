@@ -9,6 +9,8 @@ from itertools import product
 import pytest
 import torch
 
+from model_helpers import assert_grads_close
+
 import fastops
 from fastops.models.yolact import (Yolact, YolactEdge, decode_boxes, encode_boxes, load_yolact_checkpoint,
                                    make_priors, point_form)
@@ -71,12 +73,7 @@ def _targets(n_img=2, seed=3):
 
 
 def _assert_grads_close(got, want, rtol=1e-3):
-    """Deep float32 backward: compare per tensor relative to its scale (summation order differs in the ops)."""
-    assert set(got) == set(want)
-    for k in want:
-        scale = want[k].abs().max().item()
-        torch.testing.assert_close(got[k], want[k], rtol=rtol, atol=rtol * scale + 1e-12, msg=k)
-        assert (got[k] - want[k]).norm() <= rtol * want[k].norm() + 1e-12, k
+    assert_grads_close(got, want, rtol)
 
 
 def _assert_dets_equal(got, want, max_mask_mismatch=1e-3, rtol=None, atol=None):

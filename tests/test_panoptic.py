@@ -281,27 +281,6 @@ def test_constants_match_cpp():
     assert list(torch.ops.fastops._panoptic_constants()) == [reg.VOID_ID, reg.INST_FIELDS]
 
 
-@pytest.mark.parametrize("module", ("fastops.registrations.panoptic", "fastops.ops.panoptic",
-                                    "fastops.triton.panoptic", "fastops.reference.panoptic"))
-def test_modules_import_alone_without_cycles(module):
-    import ast
-    import importlib
-    import inspect
-
-    from isolated import run_isolated
-
-    proc = run_isolated(f"import importlib\nimportlib.import_module({module!r})\n")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    tree = ast.parse(inspect.getsource(importlib.import_module(module)))
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
-        {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    forbidden = {"registrations": ("fastops.ops", "fastops.triton", "fastops.reference"),
-                 "triton": ("fastops.ops", "fastops.reference"),
-                 "ops": ("fastops.triton", "fastops.reference"),
-                 "reference": ("fastops.ops", "fastops.triton")}[module.split(".")[1]]
-    assert not [m for m in imported if m.startswith(forbidden)], f"{module} imports {sorted(imported)}"
-
-
 # ---- NaN/inf rule (issue 11) and drop-in conventions (issue 12) ------------------------------------------------------
 
 @pytest.mark.parametrize("impl", ("cpp", "triton"))

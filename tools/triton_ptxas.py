@@ -11,8 +11,11 @@ register spill) goes unnoticed. This tool closes the gap in two steps:
    The specialisation is computed by Triton's own binder (`create_function_from_signature`), as the GPU JIT does.
 2. compile: `python tools/triton_ptxas.py [build/triton_launches.json] [--arch 80 90]` compiles each variant
    with `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` (TTIR -> TTGIR -> LLVM -> PTX ->
-   cubin; ptxas runs here) and prints registers / spills per kernel and architecture. Exit status 1 on any
-   compile error, any spill, or any recorded kernel that cannot be located. Results are cached by Triton's
+   cubin; ptxas runs here) and prints registers / spills per kernel and architecture. Each variant is also run
+   through the front end (Python -> TTIR) with every integer argument equal to 1: on a GPU the JIT passes such an
+   argument as a constexpr, so a size or stride of 1 compiles a different kernel (`n.to(...)` on it fails there;
+   `tl.cast(n, ...)` does not). Exit status 1 on any compile error, any spill, or any recorded kernel that
+   cannot be located. Results are cached by Triton's
    source hash (build/triton_ptxas_cache.json), so a re-run compiles only what changed.
 """
 from __future__ import annotations
@@ -207,10 +210,8 @@ def _ptxas_on(ptx, arch):
     return r.stderr
 
 
-def compile_variant(variant, arch):
-    """Compile one recorded variant for sm_<arch>; returns {registers, spill_stores, spill_loads, ...}."""
-    import triton
-    from triton import knobs
+def _source(variant, arch):
+    """(ASTSource, target, backend, parsed options) of one recorded variant for sm_<arch>."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource, make_backend
 
@@ -225,7 +226,15 @@ def compile_variant(variant, arch):
     constexprs = {(names.index(n),): _decode(v) for n, v in variant["constexprs"].items()}
     attrs = {(names.index(n),): backend.parse_attr(a) for n, a in variant["attrs"].items()}
     options = backend.parse_options({k: _decode(v) for k, v in variant["options"].items()})
-    src = ASTSource(jit, signature, constexprs, attrs)
+    return ASTSource(jit, signature, constexprs, attrs), target, backend, options
+
+
+def compile_variant(variant, arch):
+    """Compile one recorded variant for sm_<arch>; returns {registers, spill_stores, spill_loads, ...}."""
+    import triton
+    from triton import knobs
+
+    src, target, _, options = _source(variant, arch)
     knobs.nvidia.dump_ptxas_log = True
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -236,13 +245,67 @@ def compile_variant(variant, arch):
     return dict(_parse_ptxas(log), key=_cache_key(src, target, options))
 
 
+_INT_RE = re.compile(r"[iu](8|16|32|64)")
+
+
+def ones_variant(variant, fixed=()):
+    """The variant with every integer argument (but those named in `fixed`, the kernel's do_not_specialize) equal
+    to 1, or None if it has no such argument.
+
+    On a GPU, Triton's JIT turns an integer argument equal to 1 into a constexpr (`native_specialize_impl`), so
+    a size or stride of 1 compiles a different kernel, in which e.g. `n.to(tl.float32)` on that argument fails
+    (a Python int has no `.to`; `tl.cast(n, ...)` works for both). The tests rarely pass 1 for every argument
+    that can be 1, so each recorded variant is also checked with all of them at 1."""
+    ints = [n for n, t in variant["signature"].items() if _INT_RE.fullmatch(t) and n not in fixed]
+    if not ints:
+        return None
+    out = json.loads(json.dumps(variant))
+    for n in ints:
+        out["signature"][n] = "constexpr"
+        out["constexprs"][n] = 1
+        out["attrs"].pop(n, None)
+    return out
+
+
+def frontend_check(variant, arch=90):
+    """Run only Triton's front end (Python AST -> TTIR) on a variant: where a constexpr specialisation breaks the
+    kernel's code. Much cheaper than a full compile."""
+    from triton._C.libtriton import ir
+
+    src, target, backend, options = _source(variant, arch)
+    context = ir.context()
+    ir.load_dialects(context)
+    backend.load_dialects(context)
+    src.make_ir(target, options, backend.get_codegen_implementation(options), backend.get_module_map(), context)
+
+
+def describe_error(exc):
+    """One line for a compile error: the innermost Triton source line that failed and the root cause (Triton's
+    CompilationError chains one error per inlined function; the outermost names only the kernel's call site)."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 50:
+        chain.append(chain[-1].__cause__)
+    where = ""
+    for e in chain:
+        node, src = getattr(e, "node", None), getattr(e, "src", None)
+        if src and hasattr(node, "lineno"):
+            lines = src.split("\n")
+            fn = next((ln.split("(")[0][4:] for ln in lines if ln.startswith("def ")), "?")
+            where = f"{fn}:{node.lineno}: `{lines[node.lineno - 1].strip()}`: "
+    root = chain[-1]
+    msg = " | ".join(str(getattr(root, "error_message", None) or root).strip().splitlines()[-3:])
+    return f"{where}{type(root).__name__}: {msg}"
+
+
 def _compile_job(job):
-    v, arch = job
+    v, arch, kind, key = job
     try:
+        if kind == "ones":
+            frontend_check(v, arch)
+            return {"key": key, "frontend": "ok"}, None
         return compile_variant(v, arch), None
     except Exception as exc:
-        msg = str(exc).strip().splitlines()
-        return None, f"{type(exc).__name__}: {' | '.join(msg[:8])}"
+        return None, describe_error(exc)
 
 
 def _cache_key(src, target, options):
@@ -291,41 +354,50 @@ def main(argv=None):
             cache = json.load(f)
 
     import torch  # noqa: F401  (fastops' kernel modules import it; load it before triton's backends)
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler.compiler import ASTSource, make_backend
+
+    # Every recorded variant compiled for every arch, and each variant's "all integer arguments = 1" twin through
+    # the front end only (what a size or stride of 1 changes is constexpr folding in the Python-to-TTIR step).
+    jobs = [(v, arch, "compile") for v in variants for arch in args.arch]
+    ones = {}
+    for v in variants:
+        try:
+            o = ones_variant(v, {p.name for p in _jit_function(v["kernel"]).params if p.do_not_specialize})
+        except Exception:
+            o = None  # the kernel cannot be located: reported below by its compile job
+        if o is not None:
+            o.pop("launches", None)
+            ones.setdefault(json.dumps(o, sort_keys=True), o)
+    jobs += [(o, max(args.arch), "ones") for o in ones.values()]
 
     results, failures, todo, t0 = [], [], [], time.time()
-    for v in variants:
-        for arch in args.arch:
-            try:
-                # Cheap cache probe: Triton's source hash covers the kernel's code and its callees.
-                target = GPUTarget("cuda", arch, 32)
-                backend = make_backend(target)
-                jit = _jit_function(v["kernel"])
-                names = [p.name for p in jit.params]
-                src = ASTSource(jit, {n: v["signature"].get(n, "") for n in names},
-                                {(names.index(n),): _decode(c) for n, c in v["constexprs"].items()},
-                                {(names.index(n),): backend.parse_attr(a) for n, a in v["attrs"].items()})
-                options = backend.parse_options({k: _decode(o) for k, o in v["options"].items()})
-                key = _cache_key(src, target, options)
-            except Exception as exc:
-                failures.append(f"{v['kernel']} sm_{arch} [{_label(v)}]: {type(exc).__name__}: {exc}")
-                continue
-            if key in cache:
+    for v, arch, kind in jobs:
+        what = f"{v['kernel']} sm_{arch} [{_label(v)}]" if kind == "compile" else \
+            f"{v['kernel']} with its integer arguments equal to 1 [{_label(v)}]"
+        try:
+            # Cheap cache probe: Triton's source hash covers the kernel's code and its callees.
+            src, target, _, options = _source(v, arch)
+            key = _cache_key(src, target, options) + ("|ones" if kind == "ones" else "")
+        except Exception as exc:
+            failures.append(f"{what}: {type(exc).__name__}: {exc}")
+            continue
+        if key in cache:
+            if kind == "compile":
                 results.append((v, arch, cache[key]))
-            else:
-                todo.append((v, arch))
+        else:
+            todo.append(((v, arch, kind, key), what))
     if todo:
-        print(f"triton_ptxas: compiling {len(todo)} kernel variants ({len(results)} cached), {args.jobs} jobs")
+        print(f"triton_ptxas: {len(todo)} kernel variants to compile or check ({len(jobs) - len(todo)} cached), "
+              f"{args.jobs} jobs")
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-            for (v, arch), (r, err) in zip(todo, pool.imap(_compile_job, todo)):
+            for (job, what), (r, err) in zip(todo, pool.imap(_compile_job, [j for j, _ in todo])):
                 if err is not None:  # a compile error on the GPU path: the point of this check
-                    failures.append(f"{v['kernel']} sm_{arch} [{_label(v)}]: {err}")
+                    failures.append(f"{what}: {err}")
                     continue
                 cache[r["key"]] = r
-                results.append((v, arch, r))
+                if job[2] == "compile":
+                    results.append((job[0], job[1], r))
     with open(cache_path, "w") as f:
         json.dump(cache, f, indent=1, sort_keys=True)
 
@@ -350,7 +422,8 @@ def main(argv=None):
         failures.append(f"not recorded: {p}")
     kernels = len({v["kernel"] for v in variants})
     print(f"triton_ptxas: {len(variants)} variants of {kernels} kernels x sm_{'/sm_'.join(map(str, args.arch))}: "
-          f"{len(results)} compiled, {len(failures)} problem(s), {time.time() - t0:.0f} s")
+          f"{len(results)} compiled, {len(ones)} checked with integer arguments = 1, {len(failures)} problem(s), "
+          f"{time.time() - t0:.0f} s")
     for f_ in failures:
         print(f"triton_ptxas: FAIL {f_}", file=sys.stderr)
     return 1 if failures else 0

@@ -16,6 +16,22 @@ namespace {
 
 using at::Tensor;
 
+// Scan line l of a contiguous [planes, H, W] map: its first element (in memory order), stride and length.
+// top/bottom scan columns (lines = planes * W), left/right scan rows (lines = planes * H).
+struct ScanLine {
+  int64_t base, step;
+  int len;
+};
+
+__device__ inline ScanLine scan_line(int64_t l, int H, int W, int mode) {
+  if (mode == kTop || mode == kBottom) return {(l / W) * (int64_t)H * W + (l % W), W, H};
+  return {l * (int64_t)W, 1, W};
+}
+
+int64_t scan_lines(const Tensor& in, int mode) {
+  return in.size(0) * in.size(1) * ((mode == kTop || mode == kBottom) ? in.size(3) : in.size(2));
+}
+
 // Forward: one thread per scan line (scan_max: NaN propagates from the first NaN on). top/bottom: a thread per
 // (plane, column), consecutive threads read consecutive columns (coalesced); left/right: a thread per (plane,
 // row), strided by W between threads (each thread walks its own row; L1 absorbs the sector waste for W >= 32).
@@ -25,19 +41,9 @@ __global__ void corner_pool_kernel(int64_t lines, const T* __restrict__ in, T* _
                                    int mode) {
   using A = acc_t<T>;
   FASTOPS_KERNEL_LOOP(l, lines) {
-    int64_t base, step;
-    int len;
-    bool vertical = mode == kTop || mode == kBottom;
-    if (vertical) {
-      const int64_t plane = l / W;
-      base = plane * (int64_t)H * W + (l % W);
-      step = W;
-      len = H;
-    } else {
-      base = l * (int64_t)W;
-      step = 1;
-      len = W;
-    }
+    const ScanLine sl = scan_line(l, H, W, mode);
+    const int64_t base = sl.base, step = sl.step;
+    const int len = sl.len;
     const bool rev = mode == kTop || mode == kLeft;
     int64_t pos = base + (rev ? (int64_t)(len - 1) * step : 0);
     const int64_t d = rev ? -step : step;
@@ -60,19 +66,9 @@ __global__ void corner_pool_backward_kernel(int64_t lines, const T* __restrict__
                                             const T* __restrict__ out, T* __restrict__ gin, int H, int W, int mode) {
   using A = acc_t<T>;
   FASTOPS_KERNEL_LOOP(l, lines) {
-    int64_t base, step;
-    int len;
-    const bool vertical = mode == kTop || mode == kBottom;
-    if (vertical) {
-      const int64_t plane = l / W;
-      base = plane * (int64_t)H * W + (l % W);
-      step = W;
-      len = H;
-    } else {
-      base = l * (int64_t)W;
-      step = 1;
-      len = W;
-    }
+    const ScanLine sl = scan_line(l, H, W, mode);
+    const int64_t base = sl.base, step = sl.step;
+    const int len = sl.len;
     const bool rev = mode == kTop || mode == kLeft;  // scan starts at the far end
     // scan position t (0 = first of the scan) lives at base + idx(t) * step
     A acc = A(0);
@@ -99,7 +95,7 @@ Tensor corner_pool_cuda(const Tensor& input, c10::string_view mode_s) {
   Tensor out = at::empty_like(in, at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
   const int H = (int)in.size(2), W = (int)in.size(3);
-  const int64_t lines = in.size(0) * in.size(1) * ((mode == kTop || mode == kBottom) ? W : H);
+  const int64_t lines = scan_lines(in, mode);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "corner_pool_cuda", [&] {
     fastops::cuda::launch_1d(corner_pool_kernel<scalar_t>, lines, c10::cuda::getCurrentCUDAStream(),
         lines, in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), H, W, mode);
@@ -117,7 +113,7 @@ Tensor corner_pool_backward_cuda(const Tensor& grad, const Tensor& input, const 
   Tensor gin = at::empty_like(in, at::MemoryFormat::Contiguous);
   if (gin.numel() == 0) return gin;
   const int H = (int)in.size(2), W = (int)in.size(3);
-  const int64_t lines = in.size(0) * in.size(1) * ((mode == kTop || mode == kBottom) ? W : H);
+  const int64_t lines = scan_lines(in, mode);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "corner_pool_backward_cuda", [&] {
     fastops::cuda::launch_1d(corner_pool_backward_kernel<scalar_t>, lines, c10::cuda::getCurrentCUDAStream(),
         lines, g.data_ptr<scalar_t>(), in.data_ptr<scalar_t>(), ou.data_ptr<scalar_t>(), gin.data_ptr<scalar_t>(), H,

@@ -85,14 +85,6 @@ def _check_common(input: Tensor, rois: Tensor, name: str = "input") -> None:
         raise ValueError(f"boxes must have the same dtype as {name} ({input.dtype}), got {rois.dtype}")
 
 
-def _triton_ops():
-    if torch.compiler.is_compiling():  # dynamo traces an import statement, not importlib (triton_module)
-        import fastops.triton.roi_align  # noqa: F401
-    else:
-        triton_module("roi_align")  # registers fastops::*_triton; a clear error without triton
-    return torch.ops.fastops
-
-
 def _check_sampling_ratio(sampling_ratio) -> int:
     # > 0: samples per bin side (the kernels loop sampling_ratio^2 times per bin); <= 0: adaptive.
     return check_int("sampling_ratio", sampling_ratio, low=-_INT32_MAX, high=MAX_SAMPLING_RATIO)
@@ -180,7 +172,7 @@ def _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned
         cpp=lambda: torch.ops.fastops.roi_align(input, rois, scale, ph, pw, sampling_ratio, aligned),
         reference=lambda: reference_module("roi_align").roi_align(input, rois, (ph, pw), scale, sampling_ratio,
                                                                   aligned),
-        triton=lambda: _triton_ops().roi_align_triton(input, rois, scale, ph, pw, sampling_ratio, aligned))
+        triton=lambda: triton_module("roi_align").roi_align_triton(input, rois, scale, ph, pw, sampling_ratio, aligned))
     return out.to(out_dtype)
 
 
@@ -271,7 +263,7 @@ def _multi_scale_roi_align(features, boxes, output_size, spatial_scales, samplin
                                                             canonical_scale, canonical_level),
         reference=lambda: reference_module("roi_align").multi_scale_roi_align(
             feats, rois, (ph, pw), scales, sampling_ratio, aligned, canonical_scale, canonical_level),
-        triton=lambda: _triton_ops().multi_scale_roi_align_triton(
+        triton=lambda: triton_module("roi_align").multi_scale_roi_align_triton(
             feats, rois, scales, ph, pw, sampling_ratio, aligned, canonical_scale, canonical_level))
     return out.to(out_dtype)
 

@@ -23,8 +23,35 @@ from torch import Tensor
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def mmpose_msra_heatmaps(heatmap_size, keypoints, keypoints_visible, sigma, kernel="gaussian"):
-    """MSRAHeatmap(unbiased=False): integer centre, (2*3sigma+1) patch, element-wise max over instances."""
+def _profile(d2, sigma, kernel):
+    """The unnormalised kernel at squared distance d2: Gaussian, or the 'cauchy' sigma / (d2 + sigma^2)^1.5."""
+    if kernel == "gaussian":
+        return np.exp(-d2 / (2 * sigma ** 2))
+    return sigma / ((d2 + sigma ** 2) ** 1.5)
+
+
+def _paste_patch(heatmap, patch, left, top, right, bottom):
+    """mmpose's window paste: the part of the window [left, right) x [top, bottom) inside `heatmap` takes the
+    element-wise max with `patch` (whose top-left is the window's). False when no pixel of the window is inside
+    (fastops' rule: that keypoint's weight is 0). The window's size is not the patch's for a fractional 3 sigma
+    (each bound is truncated on its own), hence both bounds."""
+    H, W = heatmap.shape
+    gx1, gx2 = max(0, -left), min(W, right) - left
+    gy1, gy2 = max(0, -top), min(H, bottom) - top
+    hx1, hx2 = max(0, left), min(W, right)
+    hy1, hy2 = max(0, top), min(H, bottom)
+    if hx2 <= hx1 or hy2 <= hy1:
+        # mmpose's outside test (right < 0 instead of right <= 0) is off by one and keeps the weight of this
+        # undrawn keypoint
+        return False
+    region = heatmap[hy1:hy2, hx1:hx2]
+    np.maximum(region, patch[gy1:gy2, gx1:gx2], out=region)
+    return True
+
+
+def _mmpose_window_heatmaps(heatmap_size, keypoints, keypoints_visible, sigma, kernel, subpixel):
+    # The loop MSRAHeatmap(unbiased=False) and UDPHeatmap share: a (2*3sigma+1) window around the rounded
+    # keypoint; the patch is centred on the window's centre pixel (msra) or on the sub-pixel keypoint (udp).
     N, K, _ = keypoints.shape
     W, H = heatmap_size
     heatmaps = np.zeros((K, H, W), dtype=np.float32)
@@ -33,7 +60,6 @@ def mmpose_msra_heatmaps(heatmap_size, keypoints, keypoints_visible, sigma, kern
     size = 2 * radius + 1
     gx = np.arange(0, size, 1, dtype=np.float32)
     gy = gx[:, None]
-    c0 = size // 2
     for n, k in product(range(N), range(K)):
         if not keypoints_visible[n, k] >= 0.5:
             weights[n, k] = 0  # fastops' rule (mmpose keeps the visibility value there)
@@ -47,67 +73,24 @@ def mmpose_msra_heatmaps(heatmap_size, keypoints, keypoints_visible, sigma, kern
         if left >= W or top >= H or right < 0 or bottom < 0:
             weights[n, k] = 0
             continue
-        d2 = (gx - c0) ** 2 + (gy - c0) ** 2
-        if kernel == "gaussian":
-            patch = np.exp(-d2 / (2 * sigma ** 2))
-        else:
-            patch = sigma / ((d2 + sigma ** 2) ** 1.5)
-        gx1, gx2 = max(0, -left), min(W, right) - left
-        gy1, gy2 = max(0, -top), min(H, bottom) - top
-        hx1, hx2 = max(0, left), min(W, right)
-        hy1, hy2 = max(0, top), min(H, bottom)
-        if hx2 <= hx1 or hy2 <= hy1:
-            # fastops' rule (spec): a window entirely outside the map gets weight 0; mmpose's test above is off by
-            # one (right < 0 instead of right <= 0) and keeps the weight of this undrawn keypoint
+        x0, y0 = size // 2, size // 2
+        if subpixel:
+            x0 = x0 + (keypoints[n, k, 0] - mu[0])
+            y0 = y0 + (keypoints[n, k, 1] - mu[1])
+        patch = _profile((gx - x0) ** 2 + (gy - y0) ** 2, sigma, kernel)
+        if not _paste_patch(heatmaps[k], patch, left, top, right, bottom):
             weights[n, k] = 0
-            continue
-        region = heatmaps[k, hy1:hy2, hx1:hx2]
-        np.maximum(region, patch[gy1:gy2, gx1:gx2], out=region)
     return heatmaps, weights
+
+
+def mmpose_msra_heatmaps(heatmap_size, keypoints, keypoints_visible, sigma, kernel="gaussian"):
+    """MSRAHeatmap(unbiased=False): integer centre, (2*3sigma+1) patch, element-wise max over instances."""
+    return _mmpose_window_heatmaps(heatmap_size, keypoints, keypoints_visible, sigma, kernel, subpixel=False)
 
 
 def mmpose_udp_heatmaps(heatmap_size, keypoints, keypoints_visible, sigma, kernel="gaussian"):
     """UDPHeatmap (gaussian): MSRA's window, Gaussian centred at the sub-pixel keypoint."""
-    N, K, _ = keypoints.shape
-    W, H = heatmap_size
-    heatmaps = np.zeros((K, H, W), dtype=np.float32)
-    weights = keypoints_visible.astype(np.float32).copy()
-    radius = sigma * 3
-    size = 2 * radius + 1
-    gx = np.arange(0, size, 1, dtype=np.float32)
-    gy = gx[:, None]
-    for n, k in product(range(N), range(K)):
-        if not keypoints_visible[n, k] >= 0.5:
-            weights[n, k] = 0
-            continue
-        if not np.all(np.isfinite(keypoints[n, k])):
-            weights[n, k] = 0
-            continue
-        mu = (keypoints[n, k] + np.float32(0.5)).astype(np.int64)
-        left, top = (mu - radius).astype(np.int64)
-        right, bottom = (mu + radius + 1).astype(np.int64)
-        if left >= W or top >= H or right < 0 or bottom < 0:
-            weights[n, k] = 0
-            continue
-        x0 = size // 2 + (keypoints[n, k, 0] - mu[0])
-        y0 = size // 2 + (keypoints[n, k, 1] - mu[1])
-        d2 = (gx - x0) ** 2 + (gy - y0) ** 2
-        if kernel == "gaussian":
-            patch = np.exp(-d2 / (2 * sigma ** 2))
-        else:
-            patch = sigma / ((d2 + sigma ** 2) ** 1.5)
-        gx1, gx2 = max(0, -left), min(W, right) - left
-        gy1, gy2 = max(0, -top), min(H, bottom) - top
-        hx1, hx2 = max(0, left), min(W, right)
-        hy1, hy2 = max(0, top), min(H, bottom)
-        if hx2 <= hx1 or hy2 <= hy1:
-            # fastops' rule (spec): a window entirely outside the map gets weight 0; mmpose's test above is off by
-            # one (right < 0 instead of right <= 0) and keeps the weight of this undrawn keypoint
-            weights[n, k] = 0
-            continue
-        region = heatmaps[k, hy1:hy2, hx1:hx2]
-        np.maximum(region, patch[gy1:gy2, gx1:gx2], out=region)
-    return heatmaps, weights
+    return _mmpose_window_heatmaps(heatmap_size, keypoints, keypoints_visible, sigma, kernel, subpixel=True)
 
 
 def mmpose_unbiased_heatmaps(heatmap_size, keypoints, keypoints_visible, sigma, kernel="gaussian"):
@@ -132,11 +115,7 @@ def mmpose_unbiased_heatmaps(heatmap_size, keypoints, keypoints_visible, sigma, 
         if left >= W or top >= H or right < 0 or bottom < 0:
             weights[n, k] = 0
             continue
-        d2 = (x - mu[0]) ** 2 + (y - mu[1]) ** 2
-        if kernel == "gaussian":
-            g = np.exp(-d2 / (2 * sigma ** 2))
-        else:
-            g = sigma / ((d2 + sigma ** 2) ** 1.5)
+        g = _profile((x - mu[0]) ** 2 + (y - mu[1]) ** 2, sigma, kernel)
         np.maximum(g, heatmaps[k], out=heatmaps[k])
     return heatmaps, weights
 

@@ -11,17 +11,11 @@ from typing import Callable, List
 import torch
 from torch import Tensor
 
-import fastops._library  # noqa: F401  (loads fastops._C: the ops below must exist before registering)
+from fastops._library import is_channels_last  # (also loads fastops._C: the ops below must exist first)
 
 # Mirrors kMaxGrid (csrc/roi_align/roi_align.h): the largest sampling_ratio and the cap of the adaptive grid
 # (samples per bin side). tests/test_roi_align.py checks the C++ value.
 MAX_SAMPLING_RATIO = 1 << 15
-
-
-def is_channels_last(t: Tensor) -> bool:
-    """Same rule as fastops::is_channels_last (csrc/common.h): NHWC storage that is not also plain contiguous."""
-    return t.dim() == 4 and t.size(1) > 1 and t.is_contiguous(memory_format=torch.channels_last) \
-        and not t.is_contiguous()
 
 
 # ---- fake kernels (the compiled ops and their _triton twins) -------------------------------------------------

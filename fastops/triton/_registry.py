@@ -3,7 +3,7 @@
 On a GPU: `torch.library.triton_op` + `wrap_triton`, so torch.compile sees through the kernel.
 Under the interpreter (CPU tensors): FakeTensor/opcheck/compile/export would touch data pointers through
 triton_op, so the same Python function is registered as a plain `custom_op` with an explicit fake kernel
-(the only combination that passes opcheck, compile and export there; see ../shared/BUILD_FACTS.md).
+(the only combination that passes opcheck, compile and export there: triton_op under the interpreter fails them).
 
 Use:
     @triton_custom_op("fastops::roi_align_triton", mutates_args=())

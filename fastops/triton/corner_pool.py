@@ -19,31 +19,22 @@ from fastops.triton._registry import check_triton_device, launch, register_fake,
 # ---- corner pooling ----------------------------------------------------------------------------------------------
 
 @triton.jit
-def _line_geometry(pid_l, lines_per_plane, H, W, offs, VERTICAL: tl.constexpr):
-    # lanes: columns of a plane (vertical scans) or rows of a plane (horizontal scans)
-    plane = pid_l
-    if VERTICAL:
-        base = plane * H * W + offs
-        step = W
-        length = H
+def _lanes_geometry(H, W, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's BLOCK scan lines: columns of plane program_id(0) for a vertical scan (top/bottom), rows for a
+    horizontal one. Returns each lane's first element, the step along the line, the line's length and the lane
+    mask."""
+    plane = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    if MODE < 2:
+        return plane * H * W + offs, W, H, offs < W
     else:
-        base = plane * H * W + offs * W
-        step = 1
-        length = W
-    return base, step, length
+        return plane * H * W + offs * W, 1, W, offs < H
 
 
 @triton.jit
 def _corner_pool_kernel(x, out, H, W, MODE: tl.constexpr, BLOCK: tl.constexpr):
-    VERTICAL: tl.constexpr = MODE < 2
     REV: tl.constexpr = (MODE == 0) | (MODE == 2)
-    plane = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    if VERTICAL:
-        lane_ok = offs < W
-    else:
-        lane_ok = offs < H
-    base, step, length = _line_geometry(plane, 0, H, W, offs, VERTICAL)
+    base, step, length, lane_ok = _lanes_geometry(H, W, MODE, BLOCK)
     if REV:
         pos = base + (length - 1) * step
         d = -step
@@ -61,15 +52,8 @@ def _corner_pool_kernel(x, out, H, W, MODE: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def _corner_pool_bwd_kernel(grad, x, out, gin, H, W, MODE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    VERTICAL: tl.constexpr = MODE < 2
     REV: tl.constexpr = (MODE == 0) | (MODE == 2)
-    plane = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    if VERTICAL:
-        lane_ok = offs < W
-    else:
-        lane_ok = offs < H
-    base, step, length = _line_geometry(plane, 0, H, W, offs, VERTICAL)
+    base, step, length, lane_ok = _lanes_geometry(H, W, MODE, BLOCK)
     acc = tl.zeros([BLOCK], ACC)
     # walk against the scan: scan position t = length-1 .. 0
     for j in range(0, length):

@@ -51,8 +51,8 @@ def _soft_argmax_kernel(hm, coords, H, W, beta_ptr, NORMALIZE: tl.constexpr, ACC
     cx = sx / s
     cy = sy / s
     if NORMALIZE:
-        cx = cx / W.to(ACC)
-        cy = cy / H.to(ACC)
+        cx = cx / tl.cast(W, ACC)
+        cy = cy / tl.cast(H, ACC)
     tl.store(coords + 2 * m, cx.to(coords.dtype.element_ty))
     tl.store(coords + 2 * m + 1, cy.to(coords.dtype.element_ty))
 
@@ -70,8 +70,8 @@ def _soft_argmax_bwd_kernel(grad, hm, coords, gin, H, W, beta_ptr, NORMALIZE: tl
     cx = tl.load(coords + 2 * m).to(ACC)
     cy = tl.load(coords + 2 * m + 1).to(ACC)
     if NORMALIZE:
-        ux = 1.0 / W.to(ACC)
-        uy = 1.0 / H.to(ACC)
+        ux = 1.0 / tl.cast(W, ACC)
+        uy = 1.0 / tl.cast(H, ACC)
     else:
         ux = tl.full([], 1.0, ACC)
         uy = tl.full([], 1.0, ACC)

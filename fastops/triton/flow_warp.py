@@ -22,7 +22,7 @@ from fastops.triton._registry import check_triton_device, launch, register_fake,
 @triton.jit
 def _axis(idx, f, size, ALIGN: tl.constexpr, NORM: tl.constexpr, ACC: tl.constexpr):
     # position = a * idx + b * f + c (flow_warp.h make_axis); returns (position, d position / d f)
-    s = size.to(ACC)
+    s = tl.cast(size, ACC)  # not size.to: on a GPU, Triton passes a size of 1 as a constexpr int
     d = tl.maximum(s - 1.0, 1.0)
     i = idx.to(ACC)
     if NORM:
@@ -46,7 +46,7 @@ def _axis(idx, f, size, ALIGN: tl.constexpr, NORM: tl.constexpr, ACC: tl.constex
 def _taps(p, size, BORDER: tl.constexpr):
     """Along one axis: (lo, hi) tap indices (always in bounds), their inside flags, the fraction, the clamp
     factor for the gradient, validity (mask), and whether the sample contributes at all."""
-    s = size.to(p.dtype)
+    s = tl.cast(size, p.dtype)
     fin = (p == p) & (tl.abs(p) < float("inf"))
     inr = fin & (p >= -1.0) & (p <= s)
     pf = tl.where(inr, p, 0.0)
@@ -94,6 +94,16 @@ def _sample(flow, b, offs_p, H, W, fB, fC, fH, fW, pmask, ALIGN: tl.constexpr, N
 
 
 @triton.jit
+def _gather4(base, x0, x1, y0, y1, sH, sW, m2, m00, m01, m10, m11, ACC: tl.constexpr):
+    """The four bilinear taps of each (pixel, channel) of a [BLOCK_P, BLOCK_C] tile (0 where a tap is out)."""
+    v00 = tl.load(base + (y0 * sH + x0 * sW)[:, None], mask=m2 & (m00 > 0)[:, None], other=0.0).to(ACC)
+    v01 = tl.load(base + (y0 * sH + x1 * sW)[:, None], mask=m2 & (m01 > 0)[:, None], other=0.0).to(ACC)
+    v10 = tl.load(base + (y1 * sH + x0 * sW)[:, None], mask=m2 & (m10 > 0)[:, None], other=0.0).to(ACC)
+    v11 = tl.load(base + (y1 * sH + x1 * sW)[:, None], mask=m2 & (m11 > 0)[:, None], other=0.0).to(ACC)
+    return v00, v01, v10, v11
+
+
+@triton.jit
 def _fwd_kernel(inp, flow, out, mask_out, C, H, W, sB, sC, sH, sW, fB, fC, fH, fW, oB, oC, oH, oW,
                 ALIGN: tl.constexpr, NORM: tl.constexpr, BORDER: tl.constexpr, HAS_MASK: tl.constexpr,
                 ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -113,14 +123,7 @@ def _fwd_kernel(inp, flow, out, mask_out, C, H, W, sB, sC, sH, sW, fB, fC, fH, f
     cm = offs_c < C
     m2 = pmask[:, None] & cm[None, :]
     base = inp + b * sB + offs_c[None, :] * sC
-    v00 = tl.load(base + (y0 * sH + x0 * sW)[:, None], mask=m2 & (m00 > 0)[:, None],
-                  other=0.0).to(ACC)
-    v01 = tl.load(base + (y0 * sH + x1 * sW)[:, None], mask=m2 & (m01 > 0)[:, None],
-                  other=0.0).to(ACC)
-    v10 = tl.load(base + (y1 * sH + x0 * sW)[:, None], mask=m2 & (m10 > 0)[:, None],
-                  other=0.0).to(ACC)
-    v11 = tl.load(base + (y1 * sH + x1 * sW)[:, None], mask=m2 & (m11 > 0)[:, None],
-                  other=0.0).to(ACC)
+    v00, v01, v10, v11 = _gather4(base, x0, x1, y0, y1, sH, sW, m2, m00, m01, m10, m11, ACC)
     res = w00[:, None] * v00 + w01[:, None] * v01 + w10[:, None] * v10 + w11[:, None] * v11
     optr = out + b * oB + offs_c[None, :] * oC + (y * oH + x * oW)[:, None]
     tl.store(optr, res.to(out.dtype.element_ty), mask=m2)
@@ -150,14 +153,7 @@ def _grad_flow_kernel(grad, inp, flow, gflow, C, H, W, gB, gC, gH, gW, sB, sC, s
         cm = offs_c < C
         m2 = pmask[:, None] & cm[None, :]
         base = inp + b * sB + offs_c[None, :] * sC
-        v00 = tl.load(base + (y0 * sH + x0 * sW)[:, None], mask=m2 & (m00 > 0)[:, None],
-                      other=0.0).to(ACC)
-        v01 = tl.load(base + (y0 * sH + x1 * sW)[:, None], mask=m2 & (m01 > 0)[:, None],
-                      other=0.0).to(ACC)
-        v10 = tl.load(base + (y1 * sH + x0 * sW)[:, None], mask=m2 & (m10 > 0)[:, None],
-                      other=0.0).to(ACC)
-        v11 = tl.load(base + (y1 * sH + x1 * sW)[:, None], mask=m2 & (m11 > 0)[:, None],
-                      other=0.0).to(ACC)
+        v00, v01, v10, v11 = _gather4(base, x0, x1, y0, y1, sH, sW, m2, m00, m01, m10, m11, ACC)
         g = tl.load(grad + b * gB + offs_c[None, :] * gC + (y * gH + x * gW)[:, None], mask=m2,
                     other=0.0).to(ACC)
         du = dx00[:, None] * v00 + dx01[:, None] * v01 + dx10[:, None] * v10 + dx11[:, None] * v11

@@ -48,6 +48,15 @@ def _taps(dst, in_size, out_size, ACC: tl.constexpr):
 
 
 @triton.jit
+def _store_mask(dst, v, valid, thr, THRESH: tl.constexpr):
+    # thresholded: v > thr (bool output); otherwise v in the output's dtype
+    if THRESH:
+        tl.store(dst, v > thr, mask=valid)
+    else:
+        tl.store(dst, v.to(dst.dtype.element_ty), mask=valid)
+
+
+@triton.jit
 def _tap_prob(pr, sY, sX, sP, yy, xx, m, pidx, pm, c, ACC: tl.constexpr):
     # [BLOCK, PB] prototype vectors of the taps (masked to in-crop taps) dotted with the coefficients
     ptrs = pr + yy[:, None] * sY + xx[:, None] * sX + pidx[None, :] * sP
@@ -94,15 +103,9 @@ def _yolact_masks_kernel(pr, sY, sX, sP, cf, cs0, cs1, crops, Hp, Wp, P, out_h, 
         t0 = a00 * wy0 + a10 * wy1
         t1 = a01 * wy0 + a11 * wy1
         v = t0 * wx0 + t1 * wx1
-        if THRESH:
-            tl.store(dst, v > thr, mask=valid)
-        else:
-            tl.store(dst, v.to(out.dtype.element_ty), mask=valid)
-    else:
-        if THRESH:  # the value there is 0: `0 > thr` (True for a negative threshold)
-            tl.store(dst, tl.zeros([BLOCK], dtype=ACC) > thr, mask=valid)
-        else:
-            tl.store(dst, tl.zeros([BLOCK], dtype=out.dtype.element_ty), mask=valid)
+        _store_mask(dst, v, valid, thr, THRESH)
+    else:  # the value there is 0 (thresholded: `0 > thr`, True for a negative threshold)
+        _store_mask(dst, tl.zeros([BLOCK], dtype=ACC), valid, thr, THRESH)
 
 
 @triton.jit
@@ -147,15 +150,9 @@ def _paste_kernel(masks, m0, m1, m2, Mh, Mw, padding, geo, H, W, thr, out,
         a11 = tl.load(base + r1 * m1 + c1 * m2, mask=r1ok & c1ok, other=0.0).to(ACC)
         v = (a00 * wy0 + a10 * wy1) * wx0 + (a01 * wy0 + a11 * wy1) * wx1
         v = tl.where(inside, v, 0.0)
-        if THRESH:
-            tl.store(dst, v > thr, mask=valid)
-        else:
-            tl.store(dst, v.to(out.dtype.element_ty), mask=valid)
-    else:
-        if THRESH:  # the value there is 0: `0 > thr` (True for a negative threshold)
-            tl.store(dst, tl.zeros([BLOCK], dtype=ACC) > thr, mask=valid)
-        else:
-            tl.store(dst, tl.zeros([BLOCK], dtype=out.dtype.element_ty), mask=valid)
+        _store_mask(dst, v, valid, thr, THRESH)
+    else:  # the value there is 0 (thresholded: `0 > thr`, True for a negative threshold)
+        _store_mask(dst, tl.zeros([BLOCK], dtype=ACC), valid, thr, THRESH)
 
 
 @triton.jit

@@ -38,6 +38,16 @@ def _iou(x1i, y1i, x2i, y2i, ai, x1j, y1j, x2j, y2j, aj, IS_F64: tl.constexpr):
 
 
 @triton.jit
+def _load_boxes(b_ptr, idx, m):
+    """Boxes idx of a contiguous [., 4] (x1, y1, x2, y2) array (0 where not m), and their areas."""
+    x1 = tl.load(b_ptr + idx * 4 + 0, mask=m, other=0.0)
+    y1 = tl.load(b_ptr + idx * 4 + 1, mask=m, other=0.0)
+    x2 = tl.load(b_ptr + idx * 4 + 2, mask=m, other=0.0)
+    y2 = tl.load(b_ptr + idx * 4 + 3, mask=m, other=0.0)
+    return x1, y1, x2, y2, (x2 - x1) * (y2 - y1)
+
+
+@triton.jit
 def _iou_mask_kernel(b_ptr, cls_ptr, thr_ptr, mask_ptr, n, col_blocks, HAS_CLS: tl.constexpr,
                      TILE_: tl.constexpr, ROWS: tl.constexpr, IS_F64: tl.constexpr):
     """Bit k of mask[i, cb] = box cb*64+k is after i, (same class) and IoU(i, .) > thr. One 64x64 tile per program,
@@ -47,11 +57,7 @@ def _iou_mask_kernel(b_ptr, cls_ptr, thr_ptr, mask_ptr, n, col_blocks, HAS_CLS: 
     if cb >= rb:
         j = cb * TILE_ + tl.arange(0, TILE_)
         jm = j < n
-        x1j = tl.load(b_ptr + j * 4 + 0, mask=jm, other=0.0)
-        y1j = tl.load(b_ptr + j * 4 + 1, mask=jm, other=0.0)
-        x2j = tl.load(b_ptr + j * 4 + 2, mask=jm, other=0.0)
-        y2j = tl.load(b_ptr + j * 4 + 3, mask=jm, other=0.0)
-        aj = (x2j - x1j) * (y2j - y1j)
+        x1j, y1j, x2j, y2j, aj = _load_boxes(b_ptr, j, jm)
         thr = tl.load(thr_ptr)
         shifts = tl.arange(0, TILE_).to(tl.int64)
         if HAS_CLS:
@@ -59,11 +65,7 @@ def _iou_mask_kernel(b_ptr, cls_ptr, thr_ptr, mask_ptr, n, col_blocks, HAS_CLS: 
         for r0 in tl.static_range(0, TILE_, ROWS):
             i = rb * TILE_ + r0 + tl.arange(0, ROWS)
             im = i < n
-            x1i = tl.load(b_ptr + i * 4 + 0, mask=im, other=0.0)
-            y1i = tl.load(b_ptr + i * 4 + 1, mask=im, other=0.0)
-            x2i = tl.load(b_ptr + i * 4 + 2, mask=im, other=0.0)
-            y2i = tl.load(b_ptr + i * 4 + 3, mask=im, other=0.0)
-            ai = (x2i - x1i) * (y2i - y1i)
+            x1i, y1i, x2i, y2i, ai = _load_boxes(b_ptr, i, im)
             o = _iou(x1i[:, None], y1i[:, None], x2i[:, None], y2i[:, None], ai[:, None],
                      x1j[None, :], y1j[None, :], x2j[None, :], y2j[None, :], aj[None, :], IS_F64)
             sup = (o > thr) & (j[None, :] > i[:, None]) & jm[None, :]
@@ -102,21 +104,13 @@ def _fast_nms_kernel(b_ptr, k_ptr, thr_ptr, keep_ptr, L, BLOCK_I: tl.constexpr, 
     base = b_ptr + r.to(tl.int64) * L * 4
     j = jb * BLOCK_J + tl.arange(0, BLOCK_J)
     jm = j < k
-    x1j = tl.load(base + j * 4 + 0, mask=jm, other=0.0)
-    y1j = tl.load(base + j * 4 + 1, mask=jm, other=0.0)
-    x2j = tl.load(base + j * 4 + 2, mask=jm, other=0.0)
-    y2j = tl.load(base + j * 4 + 3, mask=jm, other=0.0)
-    aj = (x2j - x1j) * (y2j - y1j)
+    x1j, y1j, x2j, y2j, aj = _load_boxes(base, j, jm)
     thr = tl.load(thr_ptr)
     bad = tl.zeros([BLOCK_J], dtype=tl.int32)
     for i0 in range(0, (jb + 1) * BLOCK_J, BLOCK_I):
         i = i0 + tl.arange(0, BLOCK_I)
         im = i < k
-        x1i = tl.load(base + i * 4 + 0, mask=im, other=0.0)
-        y1i = tl.load(base + i * 4 + 1, mask=im, other=0.0)
-        x2i = tl.load(base + i * 4 + 2, mask=im, other=0.0)
-        y2i = tl.load(base + i * 4 + 3, mask=im, other=0.0)
-        ai = (x2i - x1i) * (y2i - y1i)
+        x1i, y1i, x2i, y2i, ai = _load_boxes(base, i, im)
         o = _iou(x1i[:, None], y1i[:, None], x2i[:, None], y2i[:, None], ai[:, None],
                  x1j[None, :], y1j[None, :], x2j[None, :], y2j[None, :], aj[None, :], IS_F64)
         sup = (~(o <= thr)) & (i[:, None] < j[None, :]) & im[:, None]

@@ -43,7 +43,7 @@ def instance_regions(boxes: Tensor, labels: Tensor, num_stuff: int, num_things: 
 def _lerp(dst, in_size, out_size, ACC: tl.constexpr):
     # PyTorch's half-pixel (align_corners=False) linear resize index/weights; identity when the sizes match.
     d = tl.minimum(tl.maximum(dst, 0), out_size - 1)
-    scale = in_size.to(ACC) / out_size.to(ACC)
+    scale = tl.cast(in_size, ACC) / tl.cast(out_size, ACC)  # tl.cast: a size of 1 is a constexpr on a GPU
     src = tl.maximum(scale * (d.to(ACC) + 0.5) - 0.5, 0.0)
     i0 = tl.minimum(tl.floor(src).to(tl.int64), in_size - 1)
     l1 = tl.minimum(tl.maximum(src - i0.to(ACC), 0.0), 1.0)

@@ -28,6 +28,23 @@ def _clip_int(v, hi):
 
 
 @triton.jit
+def _window(kx, ky, ok, radius, H, W):
+    """The msra/udp window of keypoints (kx, ky), in float64 and truncated as mmpose's astype(int64):
+    (ok & the window touches the map, rounded centre mux, muy, left, top, right, bottom)."""
+    hx = (kx + 0.5).to(tl.float64)
+    hy = (ky + 0.5).to(tl.float64)
+    ok = ok & (tl.abs(hx) <= 1e9) & (tl.abs(hy) <= 1e9)
+    mux = _trunc(tl.where(ok, hx, 0.0))
+    muy = _trunc(tl.where(ok, hy, 0.0))
+    left = _trunc(mux - radius)
+    top = _trunc(muy - radius)
+    right = _trunc(mux + radius + 1.0)
+    bottom = _trunc(muy + radius + 1.0)
+    ok = ok & (left < W) & (top < H) & (right >= 0) & (bottom >= 0)
+    return ok, mux, muy, left, top, right, bottom
+
+
+@triton.jit
 def _render_kernel(kp, vis, out, prm, N, K, H, W, MODE: tl.constexpr, KERN: tl.constexpr, HAS_VIS: tl.constexpr,
                    ACC: tl.constexpr, BLOCK: tl.constexpr):
     # prm: float64 [sigma, 3 sigma, floor((6 sigma + 1) / 2), 1 / (2 sigma^2)] (Python floats would arrive as
@@ -67,16 +84,7 @@ def _render_kernel(kp, vis, out, prm, N, K, H, W, MODE: tl.constexpr, KERN: tl.c
             cx = kxd
             cy = kyd
         else:
-            hx = (kx + 0.5).to(tl.float64)
-            hy = (ky + 0.5).to(tl.float64)
-            ok = ok & (tl.abs(hx) <= 1e9) & (tl.abs(hy) <= 1e9)
-            mux = _trunc(tl.where(ok, hx, 0.0))
-            muy = _trunc(tl.where(ok, hy, 0.0))
-            left = _trunc(mux - radius)
-            top = _trunc(muy - radius)
-            right = _trunc(mux + radius + 1.0)
-            bottom = _trunc(muy + radius + 1.0)
-            ok = ok & (left < W) & (top < H) & (right >= 0) & (bottom >= 0)
+            ok, mux, muy, left, top, right, bottom = _window(kx, ky, ok, radius, H, W)
             cx = left + c0
             cy = top + c0
             if MODE == 1:
@@ -118,16 +126,7 @@ def _render_weights_kernel(kp, vis, wt, total, H, W, radius, MODE: tl.constexpr,
     if MODE == 2:
         ok = ok & (kxd - radius < W) & (kyd - radius < H) & (kxd + radius + 1.0 >= 0) & (kyd + radius + 1.0 >= 0)
     else:
-        hx = (kx + 0.5).to(tl.float64)
-        hy = (ky + 0.5).to(tl.float64)
-        ok = ok & (tl.abs(hx) <= 1e9) & (tl.abs(hy) <= 1e9)
-        mux = _trunc(tl.where(ok, hx, 0.0))
-        muy = _trunc(tl.where(ok, hy, 0.0))
-        left = _trunc(mux - radius)
-        top = _trunc(muy - radius)
-        right = _trunc(mux + radius + 1.0)
-        bottom = _trunc(muy + radius + 1.0)
-        ok = ok & (left < W) & (top < H) & (right >= 0) & (bottom >= 0)
+        ok, mux, muy, left, top, right, bottom = _window(kx, ky, ok, radius, H, W)
         # clipped window non-empty (fastops' rule)
         ok = ok & (tl.minimum(right, W * 1.0) > tl.maximum(left, 0.0)) & (tl.minimum(bottom, H * 1.0) >
                                                                             tl.maximum(top, 0.0))

@@ -16,6 +16,7 @@ import triton.language as tl
 from torch import Tensor
 from torch._prims_common import alert_not_deterministic
 
+from fastops._library import is_channels_last
 from fastops.registrations import roi_align as _reg
 from fastops.triton._common import fpn_level_range, fpn_levels
 from fastops.triton._registry import check_triton_device, launch, register_fake, triton_custom_op
@@ -175,7 +176,7 @@ def _forward(features: List[Tensor], rois: Tensor, scales: List[float], ph: int,
              aligned: bool, levels) -> Tensor:
     f0 = features[0]
     K, C = rois.size(0), f0.size(1)
-    fmt = torch.channels_last if _reg.is_channels_last(f0) else torch.contiguous_format
+    fmt = torch.channels_last if is_channels_last(f0) else torch.contiguous_format
     out = torch.zeros((K, C, ph, pw), dtype=f0.dtype, device=f0.device).contiguous(memory_format=fmt)
     if K == 0 or C == 0:
         return out
