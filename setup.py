@@ -3,8 +3,9 @@
 Environment:
   FASTOPS_CUDA=0/1        force the CUDA kernels off/on (default: on when CUDA_HOME has nvcc and torch.version.cuda)
   TORCH_CUDA_ARCH_LIST    GPU architectures (default "8.0;9.0")
-  FASTOPS_MARCH           -march= for every file, no run-time dispatch (default "native"); "portable" (or ""):
-                          baseline x86-64, plus each CPU kernel file compiled per ISA and chosen at load time
+  FASTOPS_MARCH           "portable" (the default, or ""): baseline x86-64 for every file, plus each CPU kernel
+                          file compiled once more per ISA and chosen at load time (a wheel runs on any x86-64);
+                          "native" or any -march value: every file compiled once for that CPU, no dispatch
   FASTOPS_CPU_ISAS        ISA variants of a portable build (default "default,avx2"; add avx512 if worthwhile)
   FASTOPS_SANITIZE=1      ASan + UBSan instrumented CPU build (tools/sanitize.py builds it out of place)
   MAX_JOBS                parallel compile jobs (ninja)
@@ -74,13 +75,15 @@ neutral_cpp = [f for f in all_cpp if f not in kernel_cpp]
 # CPU instruction sets. Portable build (FASTOPS_MARCH=portable or empty): everything is compiled for baseline
 # x86-64, and each CPU kernel file once more per wider ISA through a generated wrapper (build/isa/<isa>/...) that
 # sets `#pragma GCC target` and FASTOPS_CPU_ISA; csrc/cpu_isa.h registers only the variant chosen at load time
-# (the best one at::get_cpu_capability() allows), as ATen does for its own kernels. FASTOPS_MARCH=native (the
-# default until the portable build has been measured against it) or any -march value compiles every file once
-# for that CPU instead, without dispatch.
-march = os.environ.get("FASTOPS_MARCH", "native")
+# (the best one at::get_cpu_capability() allows), as ATen does for its own kernels. This is the default for
+# every build (in place, `pip install`, `pip wheel`, sdist), so no build makes code the next CPU cannot run.
+# FASTOPS_MARCH=native (or any -march value) compiles every file once for that CPU instead, without dispatch:
+# a build for the machine it was made on only.
+march = os.environ.get("FASTOPS_MARCH", "portable")
 march = "" if march == "portable" else march
 ISA_TARGETS = {"avx2": (1, "avx2,fma,f16c"), "avx512": (2, "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")}
-dispatch = not march and not sanitize and platform.machine() in ("x86_64", "AMD64")
+x86 = platform.machine() in ("x86_64", "AMD64")
+dispatch = not march and not sanitize and x86
 isas = [i.strip() for i in os.environ.get("FASTOPS_CPU_ISAS", "default,avx2").split(",") if i.strip()]
 if dispatch and (set(isas) - {"default"} - set(ISA_TARGETS) or "default" not in isas):
     raise SystemExit(f"FASTOPS_CPU_ISAS must list default plus any of {sorted(ISA_TARGETS)}, got {isas}")
@@ -115,11 +118,14 @@ def _isa_wrappers(isa):
 # It is a compile flag only: the GOMP_* symbols then resolve to the OpenMP runtime torch itself loads
 # (libtorch_cpu's libgomp), so the extension follows torch.set_num_threads and no second runtime is loaded.
 cxx_flags = ["-O3", "-g0", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-fopenmp"]
-cxx_flags += [f"-march={march}"] if march else ["-march=x86-64", "-mtune=generic"]
+if march:
+    cxx_flags.append(f"-march={march}")
+elif x86:
+    cxx_flags += ["-march=x86-64", "-mtune=generic"]  # other architectures: the compiler's default target
 define_macros = [("FASTOPS_WITH_CUDA", "1" if with_cuda else "0")]
 if dispatch:
-    # Link order matters: baseline objects first, so the linker keeps their copy of any inline function that
-    # is emitted out of line in several objects (a wider-ISA copy must never serve baseline code).
+    # Link order matters: baseline objects first (_BuildExt below), so the linker keeps their copy of any inline
+    # function that is emitted out of line in several objects (a wider-ISA copy must never serve baseline code).
     cpp_sources = neutral_cpp + _isa_wrappers("default")
     wide_sources = [w for isa in isas if isa != "default" for w in _isa_wrappers(isa)]
     define_macros.append(("FASTOPS_CPU_ISAS", str(sum(1 << (0 if i == "default" else ISA_TARGETS[i][0])
@@ -144,6 +150,32 @@ ext = ext_cls(
     extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
 )
 
+def _isa_rank(obj):
+    """Link position of an object: baseline code (neutral files, CUDA hosts, the default kernel copies) first,
+    then each wider ISA in turn."""
+    parts = obj.replace(os.sep, "/").split("/isa/")
+    if len(parts) == 1:
+        return 0
+    isa = parts[1].split("/")[0]
+    return 0 if isa == "default" else 1 + ISA_TARGETS[isa][0]
+
+
+class _BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """BuildExtension that links the baseline objects first. An inline function emitted out of line in several
+    objects (torch's header templates, say) is kept from the first object on the link line, and setuptools sorts
+    the sources (build/isa/avx2/... before build/isa/default/... and csrc/...): without this, the AVX2 copy of
+    such a function would serve the baseline code too and crash a CPU without AVX2 (tests/test_build.py)."""
+
+    def build_extensions(self):
+        link = self.compiler.link_shared_object
+
+        def link_baseline_first(objects, *args, **kwargs):
+            return link(sorted(objects, key=_isa_rank), *args, **kwargs)
+
+        self.compiler.link_shared_object = link_baseline_first
+        super().build_extensions()
+
+
 packages = find_packages(include=["fastops", "fastops.*"]) + ["fastops.models"]
 
 def _version():
@@ -161,7 +193,7 @@ setup(
     packages=packages,
     package_dir={"fastops.models": "models"},
     ext_modules=[] if os.environ.get("FASTOPS_NO_EXT") == "1" else [ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": _BuildExt},
     python_requires=">=3.10",
     install_requires=["torch>=2.14", "torchvision>=0.29"],
 )
