@@ -171,3 +171,18 @@ def test_unbuilt_tree_names_its_path(tmp_path):
              "import fastops", cwd=str(tmp_path), PYTHONPATH=str(tmp_path))
     assert r.returncode != 0
     assert str(pkg) in r.stderr and "make build" in r.stderr, r.stderr[-2000:]
+
+
+@portable
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump")
+@pytest.mark.parametrize("family,pattern", [("roi_align", r"vfmadd\w*ps\s.*%ymm"), ("nms", r"vmovmskps\s.*%ymm"),
+                                            ("corner_pool", r"vunpcklps\s.*%ymm")])
+def test_avx2_copies_compile_their_vector_paths(family, pattern):
+    """The AVX2 copy of a kernel file compiles its `#if defined(__AVX2__)` paths (g++'s target pragma alone does
+    not define the feature macros in C++: the copies then held scalar code and ran 2-4x slower than native)."""
+    objs = glob.glob(os.path.join(ROOT, "build", "temp.*", "build", "isa", "avx2", family, f"{family}_cpu.o"))
+    if not objs:
+        pytest.skip("no objects of an in-place portable build under build/temp.*")
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", objs[0]], capture_output=True, text=True,
+                         check=True).stdout
+    assert len(re.findall(pattern, dis)) > 0, f"{family}: no {pattern} in the AVX2 copy"

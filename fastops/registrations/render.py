@@ -36,3 +36,10 @@ FAKES = {"render_gaussian_heatmaps": render_fake, "render_center_heatmap": cente
 
 for _name, _fake in FAKES.items():
     torch.library.register_fake(f"fastops::{_name}")(_fake)
+
+# Autocast (CPU and CUDA): float16/bfloat16 inputs are cast to float32 and the outputs are float32 (targets for a
+# loss autocast computes in float32); fastops.ops.render does the same for every impl (_keypoints.autocast_float32).
+AUTOCAST_FLOAT32 = tuple(FAKES)
+for _name in AUTOCAST_FLOAT32:
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(f"fastops::{_name}", _device, torch.float32)
