@@ -6,8 +6,8 @@ read as float32), ties in score broken by the lower index (stable descending sor
 ``torch.ops.fastops.<name>`` (schemas in csrc/nms/nms.cpp).
 
 Drop-in conventions (as torchvision.ops): every function scripts with ``torch.jit.script`` (scripted
-``multiclass_nms`` returns a list of its 4 or 5 outputs: TorchScript has no pad-dependent tuple size); under ``torch.autocast`` (CPU or CUDA) float16/bfloat16 boxes and
-scores of any mix are computed in float32 (the outputs that copy boxes/scores are then float32); quantized
+``multiclass_nms`` returns a list of its 4 or 5 outputs: TorchScript has no pad-dependent tuple size); under
+``torch.autocast`` (CPU or CUDA) float16/bfloat16 boxes and scores of any mix are computed in float32 (the outputs that copy boxes/scores are then float32); quantized
 (quint8) boxes and scores are dequantized (torchvision's ``test_qnms`` compares with nms on the dequantized
 values); input errors are :class:`NmsInputError`, both a ``ValueError`` and the ``RuntimeError`` torchvision
 raises for the same input.
