@@ -148,7 +148,8 @@ def test_argument_errors_every_impl(impl):
         (lambda: fastops.paste_masks(m, pb, (20, 30.5), impl=impl), "image_shape"),
         (lambda: fastops.paste_masks(m, pb, (20, 30), padding=1.0, impl=impl), "padding"),
         (lambda: fastops.paste_masks(m, pb, (20, 30), padding=True, impl=impl), "padding"),
-        (lambda: fastops.paste_masks(m, pb.long(), (20, 30), impl=impl), "boxes"),
+        # (integer boxes are accepted, as in torchvision; bool boxes are not)
+        (lambda: fastops.paste_masks(m, pb > 3, (20, 30), impl=impl), "boxes"),
         (lambda: fastops.paste_masks(m[:, :, :0], pb, (20, 30), impl=impl), "masks"),
     ]
     for fn, match in cases:

@@ -41,21 +41,19 @@ def _run(code, cwd=ROOT, **env):
 
 _CASES = r"""
 import sys, torch, fastops
-torch.manual_seed(0)
+t = torch.load(sys.argv[2])
+x, rois, boxes = t["x"], t["rois"], t["boxes"]
 out = {}
-x = torch.randn(2, 16, 40, 56)
-rois = torch.tensor([[0, 3.0, 4, 50, 30], [1, 10, 2, 30, 38], [0, 0, 0, 55, 39]])
 out["roi_align"] = fastops.roi_align(x, rois, 7, spatial_scale=1.0, sampling_ratio=2, aligned=True)
 out["roi_align_cl"] = fastops.roi_align(x.contiguous(memory_format=torch.channels_last), rois, 7, sampling_ratio=2)
-flow = torch.randn(2, 2, 40, 56) * 3
-out["flow_warp"] = fastops.flow_warp(x, flow)
-out["corner_pool"] = fastops.corner_pool(x, "left")
-out["heatmaps"] = fastops.render_gaussian_heatmaps(torch.rand(4, 17, 2) * 40, heatmap_size=(64, 48), sigma=2.0)[0]
-out["argmax"] = fastops.heatmap_argmax(torch.randn(4, 17, 64, 48), refine="dark")[0]
-xy = torch.rand(30, 2) * 200
-boxes = torch.cat([xy, xy + torch.rand(30, 2) * 80 + 4], 1)
-out["paste"] = fastops.paste_masks(torch.rand(30, 1, 28, 28), boxes, (300, 320)).float()
-out["nms"] = fastops.nms(boxes, torch.rand(30), 0.5).float()
+out["flow_warp"] = fastops.flow_warp(x, t["flow"])
+for mode in ("top", "bottom", "left", "right"):
+    out["corner_pool_" + mode] = fastops.corner_pool(x, mode)
+out["heatmaps"] = fastops.render_gaussian_heatmaps(t["kp"], heatmap_size=(64, 48), sigma=2.0)[0]
+out["argmax"] = fastops.heatmap_argmax(t["maps"], refine="dark")[0]
+out["paste"] = fastops.paste_masks(t["masks"], boxes, (300, 320)).float()
+out["nms"] = fastops.nms(boxes, t["scores"], 0.5).float()
+out["batched_nms"] = fastops.batched_nms(boxes, t["scores"], t["idxs"], 0.5).float()
 out["isa"] = torch.ops.fastops._cpu_isa()
 torch.save(out, sys.argv[1] if len(sys.argv) > 1 else "/dev/null")
 """
@@ -66,11 +64,22 @@ def test_isa_variants_agree(tmp_path):
     """The baseline kernels (ATEN_CPU_CAPABILITY=default, as on a CPU without AVX2) give the same results."""
     if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
         pytest.skip("this CPU runs the baseline variant only")
+    # Inputs made here: torch.randn itself draws different numbers under ATEN_CPU_CAPABILITY=default.
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(30, 2, generator=g) * 200
+    inputs = {"x": torch.randn(2, 16, 40, 56, generator=g), "flow": torch.randn(2, 2, 40, 56, generator=g) * 3,
+              "rois": torch.tensor([[0, 3.0, 4, 50, 30], [1, 10, 2, 30, 38], [0, 0, 0, 55, 39]]),
+              "kp": torch.rand(4, 17, 2, generator=g) * 40, "maps": torch.randn(4, 17, 64, 48, generator=g),
+              "boxes": torch.cat([xy, xy + torch.rand(30, 2, generator=g) * 80 + 4], 1),
+              "masks": torch.rand(30, 1, 28, 28, generator=g), "scores": torch.rand(30, generator=g),
+              "idxs": torch.randint(0, 3, (30,), generator=g)}
+    torch.save(inputs, str(tmp_path / "inputs.pt"))
     results = {}
     for cap in ("default", None):
         path = str(tmp_path / f"{cap}.pt")
         env = {"ATEN_CPU_CAPABILITY": cap} if cap else {}
-        r = subprocess.run([sys.executable, "-c", _CASES, path], capture_output=True, text=True, cwd=ROOT,
+        r = subprocess.run([sys.executable, "-c", _CASES, path, str(tmp_path / "inputs.pt")], capture_output=True,
+                           text=True, cwd=ROOT,
                            env=dict({k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}, **env),
                            timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -102,21 +111,41 @@ def _functions_using_avx(path, bindings):
     return sorted(bad)
 
 
+def _baseline_objects():
+    """Objects of the last in-place build that hold baseline code: the neutral files, the CUDA hosts and the
+    default kernel copies (a kernel file's own object outside build/isa/ is left over from a FASTOPS_MARCH build
+    and not linked into a portable one)."""
+    return [o for o in glob.glob(os.path.join(ROOT, "build", "temp.*", "**", "*.o"), recursive=True)
+            if "/isa/default/" in o or ("/isa/" not in o and not o.endswith("_cpu.o"))]
+
+
+def _symbols(path):
+    """Every symbol an object defines or references."""
+    nm = subprocess.run(["nm", path], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in nm.splitlines() if line.split()}
+
+
 @portable
 @pytest.mark.skipif(shutil.which("objdump") is None or SO is None, reason="needs objdump and the in-place build")
 def test_shared_code_is_baseline():
-    """Every function the linker can share between objects (global or weak: inline functions emitted out of line,
-    templates) is free of AVX: a wider-ISA copy must never serve the baseline kernels or the neutral code."""
-    bad = _functions_using_avx(SO, {"T", "W"})
+    """No function that baseline code can call is an AVX copy. The linker keeps one copy of each global or weak
+    function (inline functions emitted out of line, templates); setup.py links the baseline objects first so that
+    copy is the baseline one. The AVX functions left are those only AVX2 objects emit (e.g. a std::vector
+    constructor the baseline copies inline): no baseline object defines or references them."""
+    objs = _baseline_objects()
+    if not objs:
+        pytest.skip("no objects of an in-place build under build/temp.*")
+    baseline_symbols = set().union(*(_symbols(o) for o in objs))
+    avx = _functions_using_avx(SO, {"T", "W"})
+    bad = [f for f in avx if f in baseline_symbols]
     demangled = subprocess.run(["c++filt"], input="\n".join(bad[:20]), capture_output=True, text=True).stdout
-    assert not bad, f"{len(bad)} global/weak functions in {SO} use AVX, e.g.:\n{demangled}"
+    assert not bad, f"{len(bad)} global/weak functions in {SO} use AVX and baseline code calls them:\n{demangled}"
 
 
 @portable
 def test_baseline_objects_have_no_avx():
-    """The baseline objects of the last in-place build (neutral files and the default kernel variants)."""
-    objs = [o for o in glob.glob(os.path.join(ROOT, "build", "temp.*", "**", "*.o"), recursive=True)
-            if "/isa/" not in o or "/isa/default/" in o]
+    """The baseline objects of the last in-place build (neutral files, CUDA hosts, default kernel variants)."""
+    objs = _baseline_objects()
     if not objs:
         pytest.skip("no objects of an in-place build under build/temp.*")
     bad = {os.path.relpath(o, ROOT): f for o in objs if (f := _functions_using_avx(o, {"T", "W", "t"}))}
@@ -142,3 +171,18 @@ def test_unbuilt_tree_names_its_path(tmp_path):
              "import fastops", cwd=str(tmp_path), PYTHONPATH=str(tmp_path))
     assert r.returncode != 0
     assert str(pkg) in r.stderr and "make build" in r.stderr, r.stderr[-2000:]
+
+
+@portable
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump")
+@pytest.mark.parametrize("family,pattern", [("roi_align", r"vfmadd\w*ps\s.*%ymm"), ("nms", r"vmovmskps\s.*%ymm"),
+                                            ("corner_pool", r"vunpcklps\s.*%ymm")])
+def test_avx2_copies_compile_their_vector_paths(family, pattern):
+    """The AVX2 copy of a kernel file compiles its `#if defined(__AVX2__)` paths (g++'s target pragma alone does
+    not define the feature macros in C++: the copies then held scalar code and ran 2-4x slower than native)."""
+    objs = glob.glob(os.path.join(ROOT, "build", "temp.*", "build", "isa", "avx2", family, f"{family}_cpu.o"))
+    if not objs:
+        pytest.skip("no objects of an in-place portable build under build/temp.*")
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", objs[0]], capture_output=True, text=True,
+                         check=True).stdout
+    assert len(re.findall(pattern, dis)) > 0, f"{family}: no {pattern} in the AVX2 copy"

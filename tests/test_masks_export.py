@@ -202,3 +202,50 @@ def test_autocast_cpu(dtype):
                                atol=2e-6, rtol=0)
     loss.sum().backward()
     assert p.grad.dtype == dtype and torch.isfinite(p.grad.float()).all()
+
+
+# ---- exception types: torchvision's for the same bad input (issue 12) ----------------------------------------
+
+def _bad_paste_inputs():
+    m = torch.rand(3, 1, 8, 8)
+    b = torch.tensor([[1.0, 2, 10, 12], [0, 0, 5, 5], [3, 3, 9, 20]])
+    return {
+        "boxes [N, 3]": (m, b[:, :3], (20, 20), 1),
+        "boxes 1-D": (m, b[0], (20, 20), 1),
+        "boxes [N, 1, 4]": (m, b[:, None], (20, 20), 1),
+        "boxes bool": (m, b > 3, (20, 20), 1),
+        "boxes list": (m, b.tolist(), (20, 20), 1),
+        "masks 2-D": (m[0, 0], b, (20, 20), 1),
+        "masks int64": ((m * 10).long(), b, (20, 20), 1),
+        "masks bool": (m > 0.5, b, (20, 20), 1),
+        "masks complex": (m.to(torch.complex64), b, (20, 20), 1),
+        "masks zero width": (m[..., :0], b, (20, 20), 1),
+        "masks list": ([m[0]], b, (20, 20), 1),
+        "image_shape 3 values": (m, b, (20, 20, 3), 1),
+        "image_shape int": (m, b, 20, 1),
+        "image_shape float side": (m, b, (20.0, 20), 1),
+        "image_shape negative": (m, b, (-1, 20), 1),
+        "padding float": (m, b, (20, 20), 1.5),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_paste_inputs()))
+def test_paste_masks_errors_are_torchvisions_types(case):
+    """Code that catches what torchvision's paste_masks_in_image raises keeps working with fastops.paste_masks
+    (and the patched torchvision), and fastops' own ValueError naming the argument stays."""
+    args = _bad_paste_inputs()[case]
+    with pytest.raises(Exception) as tv:
+        tv_roi_heads.paste_masks_in_image(*args)
+    with pytest.raises(ValueError) as fo:
+        fastops.paste_masks(*args)
+    assert isinstance(fo.value, type(tv.value)), (case, type(tv.value), type(fo.value).__mro__)
+    assert any(w in str(fo.value) for w in ("masks", "boxes", "image_shape", "padding")), str(fo.value)
+    with fastops.patch_torchvision(), pytest.raises(type(tv.value)):
+        tv_roi_heads.paste_masks_in_image(*args)
+
+
+def test_paste_masks_integer_boxes_like_torchvision():
+    masks, boxes, shape = _paste(6)
+    ib = boxes.round().long()
+    torch.testing.assert_close(fastops.paste_masks(masks, ib, shape),
+                               tv_roi_heads.paste_masks_in_image(masks, ib, shape), atol=2e-6, rtol=0)

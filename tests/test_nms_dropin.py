@@ -56,6 +56,34 @@ def test_script_module_and_other_ops():
         assert torch.equal(a, b)
 
 
+class _MultiClass(torch.nn.Module):
+    def forward(self, boxes, scores):
+        b, s, l, i = fastops.multiclass_nms(boxes, scores, 0.1, 0.5, 50, 40)  # unpacking, as in eager code
+        padded = fastops.multiclass_nms(boxes, scores, 0.1, 0.5, -1, 30, True)
+        return b, s, l, i, padded[4]
+
+
+def test_script_multiclass_nms_keeps_the_outputs_of_both_arities():
+    boxes, _, _ = _case(200)
+    scores = torch.rand(200, 3, generator=torch.Generator().manual_seed(5))
+    scripted, loaded = _script_roundtrip(fastops.multiclass_nms)
+    for pad in (False, True):
+        args = (boxes, scores, 0.1, 0.5, -1, 30, pad)
+        want = fastops.multiclass_nms(*args)
+        assert isinstance(want, tuple) and len(want) == (5 if pad else 4)
+        for fn in (scripted, loaded):
+            got = fn(*args, "auto")
+            assert len(got) == len(want)
+            for a, b in zip(got, want):
+                assert torch.equal(a, b)
+    per_class = boxes[:, None].repeat(1, 3, 1)  # [N, C, 4] boxes
+    assert all(torch.equal(a, b) for a, b in zip(scripted(per_class, scores, 0.1, 0.5),
+                                                   fastops.multiclass_nms(per_class, scores, 0.1, 0.5)))
+    _, module = _script_roundtrip(_MultiClass())
+    for a, b in zip(module(boxes, scores), _MultiClass()(boxes, scores)):
+        assert torch.equal(a, b)
+
+
 def test_script_batched_nms_empty_shortcut():
     _, loaded = _script_roundtrip(fastops.batched_nms)
     out = loaded(torch.empty((0,)), torch.empty((0,)), torch.empty((0,), dtype=torch.int64), 0.5, "auto")

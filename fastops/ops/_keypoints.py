@@ -59,3 +59,27 @@ def check_maps(name: str, t, dims=(4,)) -> None:
         raise ValueError(f"{name} must have non-empty H and W, got shape {tuple(t.shape)}")
     if t.size(-2) >= MAX_SIDE or t.size(-1) >= MAX_SIDE:
         raise ValueError(f"{name} must have H, W < 2**20, got shape {tuple(t.shape)}")
+
+
+def _f32(a):
+    return a.float() if isinstance(a, Tensor) and a.dtype in (torch.float16, torch.bfloat16) else a
+
+
+def autocast_float32(fn, first, *args):
+    """``fn(*args)``; under autocast for ``first``'s device (CPU or CUDA), with float16/bfloat16 tensors among
+    ``args`` as float32 and autocast off inside (so a reference's own ops are not recast): the Python twin of the
+    float32 autocast kernels of the compiled ops (registrations/<family>.py), for every ``impl``."""
+    if isinstance(first, Tensor) and first.device.type in ("cpu", "cuda") and \
+            torch.is_autocast_enabled(first.device.type):
+        with torch.autocast(first.device.type, enabled=False):
+            return fn(*[_f32(a) for a in args])
+    return fn(*args)
+
+
+def traced_call(fn, tensors, *args):
+    """``fn(*args)`` through ``__torch_function__`` when ``tensors`` hold torch.fx Proxies (or tensor subclasses):
+    symbolic tracing then records one call of the public function (a leaf) whichever module calls it, where
+    ``torch.fx.wrap`` covers only calls through the wrapping module's globals. None otherwise."""
+    if torch.overrides.has_torch_function(tensors):
+        return torch.overrides.handle_torch_function(fn, tensors, *args)
+    return None

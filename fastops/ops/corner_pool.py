@@ -11,14 +11,14 @@ from torch import Tensor
 
 import fastops.registrations.corner_pool as _reg
 from fastops._library import FLOAT_DTYPES, check_tensor, dispatch, reference_module, triton_module
-from fastops.ops._keypoints import choice
+from fastops.ops._keypoints import choice, traced_call
 
 POOL_MODES = tuple(_reg.POOL_MODES)
 
 torch.fx.wrap("corner_pool")
 
 
-def corner_pool(x: Tensor, mode: str = "top", *, impl: str = "auto") -> Tensor:
+def corner_pool(x: Tensor, mode: str = "top", impl: str = "auto") -> Tensor:
     """CornerNet corner pooling: ``top`` ``out[y] = max_{y' >= y} x[y']``, ``bottom`` ``max_{y' <= y}``, ``left``
     ``max_{x' >= x}``, ``right`` ``max_{x' <= x}``.
 
@@ -35,7 +35,21 @@ def corner_pool(x: Tensor, mode: str = "top", *, impl: str = "auto") -> Tensor:
     ONNX (both exporters, opset >= 15): CornerNet's log-step max scan, ceil(log2(L)) rounds of Slice + Max + Concat
     along the scan axis, unrolled for the static length L of that axis (other dimensions dynamic); exact in
     onnxruntime. NaN handling there is the runtime's Max.
+
+    Autocast: no cast. A running max is exact in float16/bfloat16 (each output is one of the inputs), so the
+    output keeps ``x``'s dtype, as ``max_pool2d`` does under autocast.
+
+    TorchScript: scripts (the scripted function runs the compiled kernel; the op's own checks apply).
     """
+    if torch.jit.is_scripting():
+        return torch.ops.fastops.corner_pool(x, mode)
+    leaf = traced_call(corner_pool, (x,), x, mode, impl)
+    if leaf is not None:
+        return leaf
+    return _corner_pool(x, mode, impl)
+
+
+def _corner_pool(x, mode, impl):
     check_tensor("x", x, dim=4, dtypes=FLOAT_DTYPES)
     choice("mode", mode, POOL_MODES)
     return dispatch(

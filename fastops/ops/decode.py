@@ -15,7 +15,7 @@ from torch import Tensor
 
 import fastops.registrations.decode as _reg
 from fastops._library import check_int, dispatch, reference_module, triton_module
-from fastops.ops._keypoints import check_maps, choice, finite_float
+from fastops.ops._keypoints import autocast_float32, check_maps, choice, finite_float, traced_call
 
 REFINES = tuple(_reg.REFINES)
 MAX_BLUR = _reg.MAX_BLUR
@@ -24,7 +24,7 @@ torch.fx.wrap("heatmap_argmax")
 torch.fx.wrap("soft_argmax")
 
 
-def heatmap_argmax(heatmaps: Tensor, *, refine: str = "none", blur_kernel: int = 11,
+def heatmap_argmax(heatmaps: Tensor, refine: str = "none", blur_kernel: int = 11,
                    impl: str = "auto") -> Tuple[Tensor, Tensor]:
     """Keypoints from heatmaps: first maximum in row-major order, then an optional sub-pixel refinement.
 
@@ -55,7 +55,24 @@ def heatmap_argmax(heatmaps: Tensor, *, refine: str = "none", blur_kernel: int =
     OpenCV's kernel, row then column pass, as the kernels add them), the blurred values around the maximum
     gathered, the kernels' rescale/clamp branch as Where, Log and the Taylor step; onnxruntime within 1e-4 px of
     eager (scores exact).
+
+    Autocast (CPU and CUDA): float16/bfloat16 maps are decoded in float32 and coords and scores are float32 (the
+    maximum itself is exact in any precision, but a bfloat16 coordinate cannot hold ``x + 0.25`` beyond x = 64).
+
+    TorchScript: scripts (the scripted function runs the compiled kernel; the op's own checks apply).
     """
+    if torch.jit.is_scripting():
+        if heatmaps.dim() == 3:
+            c, s = torch.ops.fastops.heatmap_argmax(heatmaps.unsqueeze(0), refine, blur_kernel)
+            return c[0], s[0]
+        return torch.ops.fastops.heatmap_argmax(heatmaps, refine, blur_kernel)
+    leaf = traced_call(heatmap_argmax, (heatmaps,), heatmaps, refine, blur_kernel, impl)
+    if leaf is not None:
+        return leaf
+    return autocast_float32(_heatmap_argmax, heatmaps, heatmaps, refine, blur_kernel, impl)
+
+
+def _heatmap_argmax(heatmaps, refine, blur_kernel, impl):
     check_maps("heatmaps", heatmaps, dims=(3, 4))
     choice("refine", refine, REFINES)
     blur_kernel = check_int("blur_kernel", blur_kernel, low=1, high=MAX_BLUR)
@@ -71,7 +88,7 @@ def heatmap_argmax(heatmaps: Tensor, *, refine: str = "none", blur_kernel: int =
     return (c[0], s[0]) if single else (c, s)
 
 
-def soft_argmax(heatmaps: Tensor, beta: float = 1.0, *, normalize: bool = False, impl: str = "auto") -> Tensor:
+def soft_argmax(heatmaps: Tensor, beta: float = 1.0, normalize: bool = False, impl: str = "auto") -> Tensor:
     """Differentiable keypoints (integral regression): ``p = softmax(beta * h)`` over H*W, ``x = sum p*j``,
     ``y = sum p*i`` in pixels; ``normalize=True`` divides by W and H (mmpose's integral-regression convention).
 
@@ -85,7 +102,21 @@ def soft_argmax(heatmaps: Tensor, beta: float = 1.0, *, normalize: bool = False,
 
     ONNX (both exporters, opset >= 15): Softmax of beta * h over H*W, then ReduceSum against Range index grids
     (dynamic batch and map sizes); onnxruntime matches eager to ~1e-6.
+
+    Autocast (CPU and CUDA): float16/bfloat16 maps are computed in float32 (autocast's rule for softmax) and the
+    coordinates are float32; the gradient flows back in the maps' dtype.
+
+    TorchScript: scripts (the scripted function runs the compiled kernel; the op's own checks apply).
     """
+    if torch.jit.is_scripting():
+        return torch.ops.fastops.soft_argmax(heatmaps, beta, normalize)
+    leaf = traced_call(soft_argmax, (heatmaps,), heatmaps, beta, normalize, impl)
+    if leaf is not None:
+        return leaf
+    return autocast_float32(_soft_argmax, heatmaps, heatmaps, beta, normalize, impl)
+
+
+def _soft_argmax(heatmaps, beta, normalize, impl):
     check_maps("heatmaps", heatmaps)
     beta = finite_float("beta", beta)
     if not isinstance(normalize, bool):

@@ -16,7 +16,8 @@ from torch import Tensor
 import fastops.registrations.masks  # noqa: F401  (fakes, autograd, autocast, ONNX of the compiled ops)
 from fastops._library import FLOAT_DTYPES, check_int, check_tensor, dispatch, reference_module, triton_module
 
-__all__ = ["yolact_masks", "yolact_mask_loss", "paste_masks"]
+__all__ = ["yolact_masks", "yolact_mask_loss", "paste_masks", "PasteMasksTypeError", "PasteMasksIndexError",
+           "PasteMasksDtypeError", "PasteMasksRuntimeError", "PasteMasksEmptyError", "PasteMasksAttributeError"]
 
 # Largest output a call may ask for (bytes): anything above cannot be allocated anyway, and staying below 2^62
 # keeps every size product in int64.
@@ -211,12 +212,17 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
 
     Args:
         masks: ``[N, 1, Mh, Mw]`` (torchvision) or ``[N, Mh, Mw]``, float32/64/16 or bfloat16, any strides.
-        boxes: ``[N, 4]`` image-pixel ``(x1, y1, x2, y2)``, any float dtype.
+        boxes: ``[N, 4]`` image-pixel ``(x1, y1, x2, y2)``, any float or integer dtype.
         image_shape: ``(H, W)``.
         padding: zero padding in mask pixels (torchvision: 1), ``0 <= padding <= 2**20``.
         threshold: ``None`` returns torchvision's float ``[N, 1, H, W]``; a float gives ``mask > threshold`` bool
             (``0 > threshold`` outside the boxes: all True there for a negative threshold).
         impl: ``"auto"``/``"cpp"``, ``"triton"`` or ``"reference"``.
+
+    Errors: a bad argument raises a ValueError naming it that is also the exception torchvision's
+    ``paste_masks_in_image`` raises for the same input (``PasteMasksIndexError`` for boxes not ``[N, 4]``,
+    ``PasteMasksTypeError``, ``PasteMasksDtypeError``, ``PasteMasksRuntimeError``, ``PasteMasksEmptyError``,
+    ``PasteMasksAttributeError``). Integer boxes are accepted (as float32, torchvision's arithmetic).
 
     Cost (CPU): the output is fresh zero pages and only the pages under the boxes are written. For 100 masks ->
     800 x 1216 float (389 MB) that is ~19.3k first-touch 4 KB page faults (~79 MB), about 90% of the op's CPU time
@@ -238,28 +244,83 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
     return _paste_masks(masks, boxes, image_shape, padding, threshold, impl)
 
 
-def _paste_masks(masks, boxes, image_shape, padding, threshold, impl):
-    leaf = _fx_leaf(paste_masks, (masks, boxes, image_shape, padding, threshold, impl))
-    if leaf is not None:
-        return leaf
-    check_tensor("masks", masks, dim=(3, 4), dtypes=FLOAT_DTYPES)
-    check_tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES, device=masks.device)
+# Bad input to paste_masks raises a ValueError naming the argument that is also the exception torchvision's
+# paste_masks_in_image raises for the same input, so code catching either keeps working after the swap.
+class PasteMasksTypeError(ValueError, TypeError):
+    """image_shape not a pair of ints, padding not an int, boxes not a Tensor (TypeError in torchvision)."""
+
+
+class PasteMasksIndexError(ValueError, IndexError):
+    """boxes not ``[N, 4]`` (torchvision indexes ``boxes[:, 3]``: IndexError)."""
+
+
+class PasteMasksDtypeError(ValueError, NotImplementedError):
+    """masks not floating point, boxes bool or complex (torchvision's interpolate / subtraction:
+    NotImplementedError, a RuntimeError)."""
+
+
+class PasteMasksRuntimeError(ValueError, RuntimeError):
+    """masks of the wrong rank, a negative image side (RuntimeError in torchvision)."""
+
+
+class PasteMasksEmptyError(ValueError, ZeroDivisionError):
+    """masks with empty planes (torchvision divides by the mask width: ZeroDivisionError)."""
+
+
+class PasteMasksAttributeError(ValueError, AttributeError):
+    """masks not a Tensor (torchvision reads ``masks.shape``: AttributeError)."""
+
+
+def _paste_inputs(masks, boxes, image_shape, padding):
+    """Checked (masks [N, M, M] view, float boxes, H, W, padding) for paste_masks."""
+    if not isinstance(masks, Tensor):
+        raise PasteMasksAttributeError(f"masks must be a Tensor, got {type(masks).__name__}")
+    if masks.dim() not in (3, 4):
+        raise PasteMasksRuntimeError(f"masks must be [N, 1, M, M] or [N, M, M], got shape {tuple(masks.shape)}")
+    if masks.dtype not in FLOAT_DTYPES:
+        raise PasteMasksDtypeError(f"masks must have dtype in {[str(d) for d in FLOAT_DTYPES]}, got {masks.dtype}")
+    if not isinstance(boxes, Tensor):
+        raise PasteMasksTypeError(f"boxes must be a Tensor, got {type(boxes).__name__}")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise PasteMasksDtypeError(f"boxes must be a real number tensor, got {boxes.dtype}")
+    if not boxes.is_floating_point():
+        boxes = boxes.float()  # torchvision's box arithmetic on integer boxes is float32
+    if boxes.device != masks.device:
+        raise PasteMasksRuntimeError(f"boxes must be on {masks.device} like masks, got {boxes.device}")
     if masks.dim() == 4:
         if masks.size(1) != 1:
-            raise ValueError(f"masks must be [N, 1, M, M] or [N, M, M], got shape {tuple(masks.shape)}")
+            raise PasteMasksRuntimeError(f"masks must be [N, 1, M, M] or [N, M, M], got shape {tuple(masks.shape)}")
         m3 = masks[:, 0]
     else:
         m3 = masks
     if m3.size(1) == 0 or m3.size(2) == 0:
-        raise ValueError(f"masks must have non-empty mask planes, got shape {tuple(masks.shape)}")
-    if boxes.size(1) != 4 or boxes.size(0) != masks.size(0):
-        raise ValueError(f"boxes must be [N, 4] with N = masks.shape[0] = {masks.size(0)}, "
-                         f"got shape {tuple(boxes.shape)}")
-    if not isinstance(image_shape, (tuple, list, torch.Size)) or len(image_shape) != 2:
-        raise ValueError(f"image_shape must be (H, W), got {image_shape!r}")
-    H = _check_side("image_shape[0]", image_shape[0], 0)
-    W = _check_side("image_shape[1]", image_shape[1], 0)
+        raise PasteMasksEmptyError(f"masks must have non-empty mask planes, got shape {tuple(masks.shape)}")
+    if boxes.dim() != 2 or boxes.size(1) != 4 or boxes.size(0) != masks.size(0):
+        raise PasteMasksIndexError(f"boxes must be [N, 4] with N = masks.shape[0] = {masks.size(0)}, "
+                                   f"got shape {tuple(boxes.shape)}")
+    if not isinstance(image_shape, (tuple, list, torch.Size)):
+        raise PasteMasksTypeError(f"image_shape must be (H, W), got {image_shape!r}")
+    if len(image_shape) != 2:
+        raise ValueError(f"image_shape must be (H, W), got {image_shape!r}")  # torchvision: ValueError too
+    sides = []
+    for i in range(2):
+        v = image_shape[i]
+        if isinstance(v, bool) or isinstance(v, float) or (isinstance(v, Tensor) and v.is_floating_point()):
+            raise PasteMasksTypeError(f"image_shape[{i}] must be an int, got {v!r}")
+        if isinstance(v, int) and v < 0:
+            raise PasteMasksRuntimeError(f"image_shape[{i}] must be >= 0, got {v}")
+        sides.append(_check_side(f"image_shape[{i}]", v, 0))
+    if isinstance(padding, bool) or isinstance(padding, float):
+        raise PasteMasksTypeError(f"padding must be an int, got {padding!r}")
     padding = check_int("padding", padding, low=0, high=_MAX_PADDING)
+    return m3, boxes, sides[0], sides[1], padding
+
+
+def _paste_masks(masks, boxes, image_shape, padding, threshold, impl):
+    leaf = _fx_leaf(paste_masks, (masks, boxes, image_shape, padding, threshold, impl))
+    if leaf is not None:
+        return leaf
+    m3, boxes, H, W, padding = _paste_inputs(masks, boxes, image_shape, padding)
     thr = _check_threshold(threshold)
     if isinstance(H, int) and isinstance(W, int):
         _check_output_bytes("image_shape", (masks.size(0), 1, H, W),

@@ -5,9 +5,9 @@ IoU ``inter / (area_a + area_b - inter)`` computed in float32 (float64 for float
 read as float32), ties in score broken by the lower index (stable descending sort). Compiled kernels:
 ``torch.ops.fastops.<name>`` (schemas in csrc/nms/nms.cpp).
 
-Drop-in conventions (as torchvision.ops): every function scripts with ``torch.jit.script`` (``multiclass_nms``
-excepted: its output count depends on ``pad``); under ``torch.autocast`` (CPU or CUDA) float16/bfloat16 boxes and
-scores of any mix are computed in float32 (the outputs that copy boxes/scores are then float32); quantized
+Drop-in conventions (as torchvision.ops): every function scripts with ``torch.jit.script`` (scripted
+``multiclass_nms`` returns a list of its 4 or 5 outputs: TorchScript has no pad-dependent tuple size); under
+``torch.autocast`` (CPU or CUDA) float16/bfloat16 boxes and scores of any mix are computed in float32 (the outputs that copy boxes/scores are then float32); quantized
 (quint8) boxes and scores are dequantized (torchvision's ``test_qnms`` compares with nms on the dequantized
 values); input errors are :class:`NmsInputError`, both a ``ValueError`` and the ``RuntimeError`` torchvision
 raises for the same input.
@@ -196,15 +196,25 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, score_threshold: float = 0.05,
     Returns:
         ``(boxes[M, 4], scores[M], labels int64[M], indices int64[M])``, ``indices`` pointing into N; with
         ``pad=True`` M is ``max_det`` and a fifth output ``num_valid`` (int64 scalar tensor) is appended.
-        Not scriptable with ``torch.jit.script`` (the number of outputs depends on ``pad``); call
-        ``torch.ops.fastops.multiclass_nms`` (always five outputs) in scripted code.
+        Scripted (``torch.jit.script``), the outputs come as a ``List[Tensor]`` of the same 4 or 5 tensors
+        (TorchScript has no tuple whose size depends on an argument): ``b, s, l, i = multiclass_nms(...)`` and
+        indexing work unchanged; the scripted path calls the fixed five-output op ``torch.ops.fastops.
+        multiclass_nms`` and keeps the first four when ``pad`` is False.
 
     ONNX: ``NonMaxSuppression`` over the ``[1, C, N]`` score matrix (its class dimension and score threshold),
     then ``TopK`` by score for ``max_det``.
     """
+    if torch.jit.is_scripting():
+        out = torch.ops.fastops.multiclass_nms(boxes, scores, score_threshold, iou_threshold, pre_nms_top_k,
+                                               max_det, pad)
+        return [out[0], out[1], out[2], out[3], out[4]] if pad else [out[0], out[1], out[2], out[3]]
     leaf = _fx_leaf("multiclass_nms", (boxes, scores, score_threshold, iou_threshold, pre_nms_top_k, max_det, pad, impl))
     if leaf is not None:
         return leaf
+    return _multiclass_nms(boxes, scores, score_threshold, iou_threshold, pre_nms_top_k, max_det, pad, impl)
+
+
+def _multiclass_nms(boxes, scores, score_threshold, iou_threshold, pre_nms_top_k, max_det, pad, impl):
     boxes, scores = _prepare(boxes, scores)
     _tensor("scores", scores, dim=2, dtypes=FLOAT_DTYPES)
     _tensor("boxes", boxes, dim=(2, 3), dtypes=FLOAT_DTYPES, device=scores.device)

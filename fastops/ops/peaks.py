@@ -13,7 +13,7 @@ from torch import Tensor
 
 import fastops.registrations.peaks  # noqa: F401  (fake kernels)
 from fastops._library import check_int, check_tensor, dispatch, reference_module, triton_module
-from fastops.ops._keypoints import check_maps
+from fastops.ops._keypoints import autocast_float32, check_maps, traced_call
 
 MAX_K = 2**62
 
@@ -21,7 +21,7 @@ torch.fx.wrap("heatmap_peaks")
 torch.fx.wrap("centernet_decode")
 
 
-def heatmap_peaks(heatmaps: Tensor, k: int = 100, kernel: int = 3, *,
+def heatmap_peaks(heatmaps: Tensor, k: int = 100, kernel: int = 3,
                   impl: str = "auto") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """CenterNet ``_nms`` + ``_topk`` in one pass: the k best scores of ``heat * keep`` (``keep``: the pixel equals
     the max of its ``kernel x kernel`` neighbourhood, outside the map never wins), over all classes and positions,
@@ -40,7 +40,22 @@ def heatmap_peaks(heatmaps: Tensor, k: int = 100, kernel: int = 3, *,
     ONNX (both exporters, opset >= 15): MaxPool (stride 1) + Equal + Where for the peaks, TopK over C*H*W (ONNX
     orders equal values by lower index, as here), Div/Mod for labels, ys, xs; exact in onnxruntime (NaN pixels
     follow the runtime's MaxPool).
+
+    Autocast: no cast. Comparisons and top-k on the map's own values are exact in float16/bfloat16 (float32
+    compute would select the same peaks with the same scores), so the scores keep the heatmaps' dtype, as
+    ``max_pool2d`` and ``topk`` do under autocast.
+
+    TorchScript: scripts (the scripted function runs the compiled kernel; the op's own checks apply).
     """
+    if torch.jit.is_scripting():
+        return torch.ops.fastops.heatmap_peaks(heatmaps, k, kernel)
+    leaf = traced_call(heatmap_peaks, (heatmaps,), heatmaps, k, kernel, impl)
+    if leaf is not None:
+        return leaf
+    return _heatmap_peaks(heatmaps, k, kernel, impl)
+
+
+def _heatmap_peaks(heatmaps, k, kernel, impl):
     check_maps("heatmaps", heatmaps)
     k = check_int("k", k, low=0, high=MAX_K)
     kernel = check_int("kernel", kernel, low=1, high=MAX_K)
@@ -53,7 +68,7 @@ def heatmap_peaks(heatmaps: Tensor, k: int = 100, kernel: int = 3, *,
         triton=lambda: triton_module("peaks").heatmap_peaks_triton(heatmaps, k, kernel))
 
 
-def centernet_decode(heat: Tensor, wh: Tensor, reg: Optional[Tensor] = None, k: int = 100, *,
+def centernet_decode(heat: Tensor, wh: Tensor, reg: Optional[Tensor] = None, k: int = 100,
                      impl: str = "auto") -> Tensor:
     """CenterNet ``ctdet_decode`` in one op: 3x3 peaks and top-k as :func:`heatmap_peaks`, then ``x += reg_x``,
     ``y += reg_y`` (+0.5 each when ``reg`` is None) and boxes ``[x - w/2, y - h/2, x + w/2, y + h/2]``.
@@ -67,7 +82,21 @@ def centernet_decode(heat: Tensor, wh: Tensor, reg: Optional[Tensor] = None, k: 
 
     ONNX (both exporters, opset >= 15): the peaks of :func:`heatmap_peaks`, then GatherElements of wh / reg on
     ``[B, 2, H*W]`` and the box arithmetic; onnxruntime matches eager to ~1e-6.
+
+    Autocast (CPU and CUDA): float16/bfloat16 inputs (mixed dtypes accepted) are decoded in float32 and the
+    boxes are float32 (a bfloat16 box corner cannot hold ``x + 0.5`` beyond x = 128).
+
+    TorchScript: scripts (the scripted function runs the compiled kernel; the op's own checks apply).
     """
+    if torch.jit.is_scripting():
+        return torch.ops.fastops.centernet_decode(heat, wh, reg, k)
+    leaf = traced_call(centernet_decode, (heat, wh, reg), heat, wh, reg, k, impl)
+    if leaf is not None:
+        return leaf
+    return autocast_float32(_centernet_decode, heat, heat, wh, reg, k, impl)
+
+
+def _centernet_decode(heat, wh, reg, k, impl):
     check_maps("heat", heat)
     B, C, H, W = heat.shape
     check_tensor("wh", wh, dim=4, dtypes=(heat.dtype,), device=heat.device)

@@ -8,14 +8,15 @@ Coordinates are (x, y) in heatmap pixels: pixel i covers [i, i + 1) and has its 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
 
 import fastops.registrations.render as _reg
 from fastops._library import FLOAT_DTYPES, check_int, check_tensor, dispatch, reference_module, triton_module
-from fastops.ops._keypoints import choice, finite_float, size2
+from fastops.ops._keypoints import autocast_float32, choice, finite_float, size2, traced_call
 
 RENDER_MODES = tuple(_reg.MODES)
 RENDER_KERNELS = tuple(_reg.KERNELS)
@@ -28,10 +29,9 @@ torch.fx.wrap("gaussian_radius")
 
 def render_gaussian_heatmaps(
     keypoints: Tensor,
-    heatmap_size: Union[int, Sequence[int]] = (64, 48),
+    heatmap_size: Tuple[int, int] = (64, 48),
     sigma: float = 2.0,
     visible: Optional[Tensor] = None,
-    *,
     mode: str = "msra",
     kernel: str = "gaussian",
     impl: str = "auto",
@@ -42,7 +42,7 @@ def render_gaussian_heatmaps(
     Args:
         keypoints: ``[B, K, 2]``, or ``[B, N, K, 2]`` for N instances per image (merged with an element-wise max),
             ``(x, y)`` in heatmap pixels. float32/64/16 or bfloat16.
-        heatmap_size: ``(H, W)`` (or an int for square maps), each in ``[0, 2**20)``.
+        heatmap_size: ``(H, W)`` (or, in eager code, an int for square maps), each in ``[0, 2**20)``.
         sigma: Gaussian sigma in heatmap pixels, in ``[1e-3, 1e6)``.
         visible: ``[B, K]`` / ``[B, N, K]``; a keypoint is drawn when its visibility is ``>= 0.5`` (exactly 0.5 is
             drawn) and gets that visibility as weight; below 0.5 (or NaN) it is not drawn and gets weight 0.
@@ -68,7 +68,30 @@ def render_gaussian_heatmaps(
     (``Floor``/``Ceil`` for the truncations, ``Where`` for the tests), per keypoint and axis a masked ``Exp`` factor
     (Cauchy: squared distances, ``Sqrt``), their outer product and ``ReduceMax`` over the instances. Eager vs
     onnxruntime: weights exact, heatmaps within 1e-6 absolute in float32 (the CPU kernel's fast exp).
+
+    Autocast (CPU and CUDA): float16/bfloat16 keypoints and visibilities are rendered in float32 and the outputs
+    are float32 (the targets of a loss that autocast computes in float32); float32/float64 are unchanged.
+
+    TorchScript: scripts (the scripted function runs the compiled kernel; the op's own checks apply).
     """
+    if torch.jit.is_scripting():
+        single = keypoints.dim() == 3
+        vis: Optional[Tensor] = None
+        if visible is not None:
+            vis = visible.to(keypoints.dtype)
+            vis = vis.unsqueeze(1) if single else vis
+        hm, wt = torch.ops.fastops.render_gaussian_heatmaps(keypoints.unsqueeze(1) if single else keypoints, vis,
+                                                            heatmap_size[0], heatmap_size[1], sigma, mode, kernel)
+        return hm, (wt.squeeze(1) if single else wt)
+    leaf = traced_call(render_gaussian_heatmaps, (keypoints, visible), keypoints, heatmap_size, sigma, visible, mode,
+                       kernel, impl)
+    if leaf is not None:
+        return leaf
+    return autocast_float32(_render_gaussian_heatmaps, keypoints, keypoints, heatmap_size, sigma, visible, mode,
+                            kernel, impl)
+
+
+def _render_gaussian_heatmaps(keypoints, heatmap_size, sigma, visible, mode, kernel, impl):
     check_tensor("keypoints", keypoints, dim=(3, 4), dtypes=FLOAT_DTYPES)
     if keypoints.size(-1) != 2:
         raise ValueError(f"keypoints must end in a dimension of size 2 (x, y), got shape {tuple(keypoints.shape)}")
@@ -109,8 +132,7 @@ def render_center_heatmap(
     radii: Tensor,
     labels: Tensor,
     num_classes: int,
-    heatmap_size: Union[int, Sequence[int]],
-    *,
+    heatmap_size: BroadcastingList2[int],
     impl: str = "auto",
 ) -> Tensor:
     """CenterNet's ``draw_umich_gaussian`` for a batch of objects, merged with max into class channels.
@@ -134,7 +156,24 @@ def render_center_heatmap(
     ONNX (both exporters, opset 18): per object the Gaussian on ``Range`` grids in float64 (``Exp``, the
     ``DBL_EPSILON`` cut as ``Where``), merged into the class planes with ``ScatterElements(reduction="max")``;
     memory ``B*N*H*W`` float64. Eager vs onnxruntime: within 1e-7.
+
+    Autocast (CPU and CUDA): float16/bfloat16 centres are read as float32 and the heatmap is float32.
+
+    TorchScript: scripts (the scripted function runs the compiled kernel; the op's own checks apply).
     """
+    if torch.jit.is_scripting():
+        r = radii.clamp(-1, 2**40).to(torch.int64) if radii.is_floating_point() else radii.to(torch.int64)
+        return torch.ops.fastops.render_center_heatmap(centers, r, labels.to(torch.int64), num_classes,
+                                                       heatmap_size[0], heatmap_size[1])
+    leaf = traced_call(render_center_heatmap, (centers, radii, labels), centers, radii, labels, num_classes,
+                       heatmap_size, impl)
+    if leaf is not None:
+        return leaf
+    return autocast_float32(_render_center_heatmap, centers, centers, radii, labels, num_classes, heatmap_size,
+                            impl)
+
+
+def _render_center_heatmap(centers, radii, labels, num_classes, heatmap_size, impl):
     check_tensor("centers", centers, dim=3, dtypes=FLOAT_DTYPES)
     if centers.size(2) != 2:
         raise ValueError(f"centers must be [B, N, 2], got shape {tuple(centers.shape)}")
@@ -170,7 +209,7 @@ def render_center_heatmap(
         triton=lambda: compiled(triton_module("render").render_center_heatmap_triton))
 
 
-def gaussian_radius(heights, widths, min_overlap: float = 0.7, *, variant: str = "centernet",
+def gaussian_radius(heights: Tensor, widths: Tensor, min_overlap: float = 0.7, variant: str = "centernet",
                     impl: str = "auto") -> Tensor:
     """Gaussian radius for box sizes so that corners within it keep IoU >= ``min_overlap`` (CenterNet/CornerNet).
 
@@ -183,7 +222,22 @@ def gaussian_radius(heights, widths, min_overlap: float = 0.7, *, variant: str =
 
     ONNX (both exporters, opset 18): the three roots in float64 (``Sqrt``, ``Div``) and the ``min`` rule as
     ``Where(Less)``; within 1e-6 of eager.
+
+    Autocast (CPU and CUDA): float16/bfloat16 sizes give a float32 radius (computed in float64 as always).
+
+    TorchScript: scripts with tensor ``heights`` / ``widths`` (numbers and lists are eager-mode conveniences).
     """
+    if torch.jit.is_scripting():
+        dtype = heights.dtype if heights.is_floating_point() else torch.float32
+        hs, ws = torch.broadcast_tensors(heights.to(dtype), widths.to(dtype))
+        return torch.ops.fastops.gaussian_radius(hs.contiguous(), ws.contiguous(), min_overlap, variant)
+    leaf = traced_call(gaussian_radius, (heights, widths), heights, widths, min_overlap, variant, impl)
+    if leaf is not None:
+        return leaf
+    return autocast_float32(_gaussian_radius, heights, heights, widths, min_overlap, variant, impl)
+
+
+def _gaussian_radius(heights, widths, min_overlap, variant, impl):
     choice("variant", variant, RADIUS_VARIANTS)
     if not isinstance(heights, Tensor):
         heights = torch.as_tensor(heights, dtype=torch.float32)

@@ -39,6 +39,8 @@ for _name, _fake in FAKES.items():
     torch.library.register_fake(f"fastops::{_name}")(_fake)
 torch.library.register_autograd("fastops::corner_pool", corner_pool_backward(torch.ops.fastops._corner_pool_backward),
                                 setup_context=corner_pool_setup_context)
+# Autocast: none on purpose. A running max is exact in float16/bfloat16 (every output is one of the inputs), so
+# corner_pool keeps its input's dtype under autocast, as max_pool2d does.
 
 
 # ---- ONNX: a log-step max scan (standard ops, opset 18) -------------------------------------------------------------

@@ -71,6 +71,14 @@ for _name, _fake in FAKES.items():
 torch.library.register_autograd("fastops::soft_argmax", soft_argmax_backward(torch.ops.fastops._soft_argmax_backward),
                                 setup_context=soft_argmax_setup_context)
 
+# Autocast (CPU and CUDA): float16/bfloat16 maps are decoded in float32, outputs float32 (softmax is float32
+# under autocast; a bfloat16 coordinate cannot hold a quarter-pixel refinement); fastops.ops.decode does the same
+# for every impl (_keypoints.autocast_float32).
+AUTOCAST_FLOAT32 = ("heatmap_argmax", "soft_argmax")
+for _name in AUTOCAST_FLOAT32:
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(f"fastops::{_name}", _device, torch.float32)
+
 
 # ---- ONNX: Softmax + reductions (standard ops, opset 18) ------------------------------------------------------------
 

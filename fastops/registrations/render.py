@@ -268,3 +268,10 @@ def onnx_translations():
     return {ops.render_gaussian_heatmaps.default: render_gaussian_heatmaps,
             ops.render_center_heatmap.default: render_center_heatmap,
             ops.gaussian_radius.default: gaussian_radius}
+
+# Autocast (CPU and CUDA): float16/bfloat16 inputs are cast to float32 and the outputs are float32 (targets for a
+# loss autocast computes in float32); fastops.ops.render does the same for every impl (_keypoints.autocast_float32).
+AUTOCAST_FLOAT32 = tuple(FAKES)
+for _name in AUTOCAST_FLOAT32:
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(f"fastops::{_name}", _device, torch.float32)
