@@ -15,6 +15,9 @@
 
 namespace fastops {
 namespace heatmaps {
+// Anonymous: each per-ISA copy of a kernel file (csrc/cpu_isa.h) keeps its own helpers, compiled for its ISA
+// (an inline function with external linkage would be merged by the linker into the baseline copy).
+namespace {
 
 // exp for float that gcc vectorises (Cephes' expf polynomial, ~1 ulp); 0 below -87 (no denormal results), NaN
 // stays NaN (never cast to int: the exponent is built from the clamped argument).
@@ -170,5 +173,6 @@ const A* as_acc(const T* p, int64_t n, std::vector<A>& buf) {
   }
 }
 
+}  // namespace
 }  // namespace heatmaps
 }  // namespace fastops
