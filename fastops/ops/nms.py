@@ -217,7 +217,7 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, score_threshold: float = 0.05,
     sthr = _threshold("score_threshold", score_threshold)
     ithr = _threshold("iou_threshold", iou_threshold)
     pre_nms_top_k = _int("pre_nms_top_k", pre_nms_top_k)
-    max_det = _int("max_det", max_det, high=2**31 - 1)
+    max_det = _int("max_det", max_det, high=2**31 - 1 if pad else _INT64_MAX)
     if pad and max_det <= 0:
         raise NmsInputError(f"max_det must be > 0 when pad=True, got {max_det}")
     pad = bool(pad)
