@@ -21,6 +21,7 @@ hypothesis examples run per op. Nothing here is typed by hand: re-run it and doc
 from __future__ import annotations
 
 import argparse
+import glob
 import inspect
 import json
 import os
@@ -335,16 +336,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=os.path.join(ROOT, DEFAULT_JSON))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "reliability.md"))
-    ap.add_argument("--sanitize-summary", default=os.path.join(ROOT, "build", "sanitize", "summary.md"))
+    ap.add_argument("--sanitize-summary", default=os.path.join(ROOT, "build", "sanitize", "summary-*.md"))
     ap.add_argument("--run", nargs="*", default=None, metavar="MODULE")
     args = ap.parse_args(argv)
     rc = run_modules(args.run, args.json) if args.run else 0
     with open(args.json) as f:
         data = json.load(f)
-    summary = None
-    if os.path.exists(args.sanitize_summary):
-        with open(args.sanitize_summary) as f:
-            summary = f.read().strip().splitlines()
+    summary = []
+    for path in sorted(glob.glob(args.sanitize_summary), key=os.path.getmtime):
+        with open(path) as f:
+            summary += f.read().strip().splitlines()
     with open(args.out, "w") as f:
         f.write(render(data, summary))
     print(f"reliability_counts: wrote {args.out}")

@@ -25,7 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "build", "sanitize")
 LIB, TEMP, SITE, REPORTS = (os.path.join(OUT, d) for d in ("lib", "temp", "site", "reports"))
 
-SUMMARY = os.path.join(OUT, "summary.md")  # rendered into docs/reliability.md by tools/reliability_counts.py
+# One summary per distinct pytest selection (build/sanitize/summary-<hash>.md), all rendered into
+# docs/reliability.md by tools/reliability_counts.py; the latest run of a selection replaces its file.
+SUMMARY = os.path.join(OUT, "summary-{}.md")
 _PROBE = """
 import sys
 sys.path.insert(0, {tests!r})
@@ -125,7 +127,9 @@ def _summary(pytest_args, build_s, test_s, rc, firsts):
              f"pytest exit status {rc}",
              f"- sanitizer reports: {len(firsts)}"] + [f"  - {f}" for f in firsts]
     os.makedirs(OUT, exist_ok=True)
-    with open(SUMMARY, "w") as f:
+    import hashlib
+
+    with open(SUMMARY.format(hashlib.sha1(" ".join(pytest_args).encode()).hexdigest()[:10]), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
