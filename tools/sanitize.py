@@ -120,7 +120,7 @@ def run_tests(pytest_args):
 
 
 def _summary(pytest_args, build_s, test_s, rc, firsts):
-    lines = [f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `tools/sanitize.py "
+    lines = ["", f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `tools/sanitize.py "
              f"{' '.join(pytest_args)}` (ASan + UBSan, -fno-sanitize-recover; ASAN_OPTIONS halt_on_error=1, "
              "detect_leaks=0; isolated cases run the sanitized build too).",
              f"- build: {'skipped (--no-build)' if build_s is None else f'{build_s:.0f} s'}; tests: {test_s:.0f} s; "
