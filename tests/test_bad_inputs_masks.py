@@ -169,3 +169,34 @@ def test_inputs_not_mutated():
         fastops.paste_masks(m, pb, (20, 30), threshold=-0.5, impl=impl)
     for a, w in zip((p, c, b, gt, m, pb), before):
         assert torch.equal(a, w)
+
+
+# ---- offsets past 2^31 (issue 11: held when probed; this keeps it so) ------------------------------------------
+
+def _mem_available_gb():
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("MemAvailable")) / 2**20
+    except (OSError, StopIteration):
+        return 0.0
+
+
+@pytest.mark.skipif(_mem_available_gb() < 8, reason="needs ~2.2 GB for a bool output past 2^31 elements")
+def test_paste_masks_offsets_past_2_31():
+    """Image 1 of 2 starts at element ~2^30 and its box sits at its far corner, past element 2^31: with a
+    32-bit offset anywhere in the kernel its pixels would land elsewhere (or crash). The same mask and box in
+    image 0 (offsets < 2^30) must give the same pixels, and nothing outside the box is set."""
+    H, W = 2 ** 15 + 64, 2 ** 15 + 8
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(2, 1, 7, 7, generator=g).clamp_min(0.6)  # > 0.5 everywhere inside the box
+    masks[1] = masks[0]
+    box = torch.tensor([[W - 40.0, H - 30.0, W - 5.0, H - 3.0]])
+    out = fastops.paste_masks(masks, box.repeat(2, 1), (H, W), threshold=0.5)
+    assert out.shape == (2, 1, H, W) and out.dtype == torch.bool
+    assert out[1].flatten().nonzero().min() + H * W > 2 ** 31  # really past 2^31
+    win = (slice(H - 40, H), slice(W - 50, W))
+    assert torch.equal(out[1, 0][win], out[0, 0][win]) and bool(out[1, 0, H - 16, W - 22])
+    assert int(out.sum()) == 2 * int(out[0, 0][win].sum())  # nothing written outside the boxes
+    # the same corner pasted into a small image at the same sub-pixel position: the same pixels
+    small = fastops.paste_masks(masks[:1], box - torch.tensor([W - 64.0, H - 64.0] * 2), (64, 64), threshold=0.5)
+    assert torch.equal(small[0, 0, 64 - 40:, 64 - 50:], out[1, 0][win])

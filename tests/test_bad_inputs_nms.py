@@ -151,3 +151,12 @@ def test_no_input_mutated():
     fastops.multiclass_nms(bb, ss[:, None], 0.1)
     fastops.soft_nms(bb, ss)
     assert all(torch.equal(a, c) for a, c in zip((bb, ss, ii), copies))
+
+
+@pytest.mark.parametrize("impl", ["cpp", "reference", "triton"])
+def test_fast_nms_without_classes(impl):
+    # C = 0 with boxes present: the reference used to fail here (issue 11); every impl returns three empty outputs
+    out = fastops.fast_nms(b, torch.zeros(0, 3), 0.5, 9, 9, 0.0, False, impl)
+    assert len(out) == 3 and all(t.numel() == 0 for t in out) and out[0].dtype == torch.int64
+    out = fastops.fast_nms(b, torch.zeros(0, 3), 0.5, 9, 9, 0.0, True, impl)
+    assert all(t.numel() == 0 for t in out)

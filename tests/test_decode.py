@@ -169,6 +169,20 @@ def test_triton_soft_argmax():
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
+def test_triton_soft_argmax_float64_is_float64():
+    # beta and 1/W were computed in float32 (coordinates off by 7e-9, gradients by 2e-7): float64 throughout now
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 6, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    gy = torch.randn(2, 3, 2, dtype=torch.float64, generator=g)
+    for beta, normalize in ((1.0 / 3.0, False), (2.7, True)):
+        out = fastops.soft_argmax(x, beta, normalize=normalize, impl="triton")
+        want = fastops.soft_argmax(x, beta, normalize=normalize, impl="reference")
+        torch.testing.assert_close(out, want, atol=1e-13, rtol=0)
+        (gi,) = torch.autograd.grad(out, x, gy)
+        (gw,) = torch.autograd.grad(want, x, gy)
+        torch.testing.assert_close(gi, gw, atol=1e-13, rtol=0)
+
+
 def test_triton_argmax():
     hm = realistic_maps(2, 4, 12, 14, 1.5)
     hm[0, 0] = -1.0

@@ -219,12 +219,9 @@ DETERMINISM = {f.__name__[5:]: f for f in (_det_roi_align, _det_roi_align_cl, _d
                                              _det_paste_masks, _det_batched_nms, _det_yolact_loss)}
 
 
-def _run_once(make, threads):
-    torch.manual_seed(0)
-    fn, args, kwargs, grad = make()
+def _apply(fn, args, kwargs, grad):
     args = [a.detach().clone().requires_grad_(i in grad) if isinstance(a, torch.Tensor) else a
             for i, a in enumerate(args)]
-    torch.set_num_threads(threads)
     out = fn(*args, **kwargs)
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if grad:
@@ -234,6 +231,18 @@ def _run_once(make, threads):
         loss.backward()
         outs += [args[i].grad for i in grad]
     return [o.detach() for o in outs if isinstance(o, torch.Tensor)]
+
+
+def _run_once(make, threads):
+    torch.manual_seed(0)
+    fn, args, kwargs, grad = make()
+    torch.set_num_threads(threads)
+    return _apply(fn, args, kwargs, grad)
+
+
+def _same(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype and (
+        torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.nan_to_num(), b.nan_to_num())))
 
 
 @needs_two_cores
@@ -246,6 +255,30 @@ def test_bitwise_identical_at_1_and_2_threads(case, num_threads):
         assert a.shape == b.shape and a.dtype == b.dtype, f"{case}[{k}]"
         assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.nan_to_num(), b.nan_to_num())), \
             f"{case}[{k}]: 1 and 2 threads differ (max |diff| {(a.double() - b.double()).abs().max().item()})"
+
+
+@pytest.mark.parametrize("intra", [1, 2])
+def test_python_threads_give_the_serial_results(intra, num_threads):
+    """4 Python threads calling the ops at once (each op with 1 or 2 intra-op threads) get the serial results
+    bitwise, forward and gradients: no state shared between calls in the kernels or their Python wrappers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    num_threads(intra)
+    inputs = {}
+    for case, make in DETERMINISM.items():
+        torch.manual_seed(0)
+        inputs[case] = make()
+    serial = {case: _apply(*inputs[case]) for case in DETERMINISM}
+
+    def worker(k):
+        order = list(DETERMINISM)[k:] + list(DETERMINISM)[:k]  # each thread in its own order
+        return [(case, _apply(*inputs[case])) for _ in range(2) for case in order]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for f in [pool.submit(worker, k) for k in range(4)] for r in f.result()]
+    assert len(results) == 4 * 2 * len(DETERMINISM)
+    for case, outs in results:
+        assert len(outs) == len(serial[case]) and all(_same(a, b) for a, b in zip(outs, serial[case])), case
 
 
 def test_parallel_threads_seen_checks_its_argument():

@@ -25,10 +25,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "build", "sanitize")
 LIB, TEMP, SITE, REPORTS = (os.path.join(OUT, d) for d in ("lib", "temp", "site", "reports"))
 
-# Tests that cannot run under ASan in this environment (each with the reason); everything else runs.
-DESELECT = {
-    # -k expression pieces appended with "and not ...": none needed so far.
-}
+# One summary per distinct pytest selection (build/sanitize/summary-<hash>.md), all rendered into
+# docs/reliability.md by tools/reliability_counts.py; the latest run of a selection replaces its file.
+SUMMARY = os.path.join(OUT, "summary-{}.md")
+_PROBE = """
+import sys
+sys.path.insert(0, {tests!r})
+from isolated import run_isolated
+proc = run_isolated("import fastops._C as c; print(c.__file__)\\n"
+                    "maps = open('/proc/self/maps').read(); assert 'libasan' in maps and 'libubsan' in maps")
+sys.stdout.write(proc.stdout); sys.stderr.write(proc.stderr); sys.exit(proc.returncode)
+"""
 
 
 def _runtime(name):
@@ -45,6 +52,7 @@ def build():
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-temp", TEMP, "--build-lib", LIB],
                    cwd=ROOT, env=env, check=True)
     print(f"sanitize: built in {time.time() - t0:.0f} s")
+    return time.time() - t0
 
 
 def overlay():
@@ -79,34 +87,60 @@ def run_tests(pytest_args):
     env["UBSAN_OPTIONS"] = f"halt_on_error=1:abort_on_error=1:print_stacktrace=1:log_path={REPORTS}/ubsan"
     env["PYTHONPATH"] = SITE + os.pathsep + env.get("PYTHONPATH", "")
     env["FASTOPS_SANITIZED"] = "1"
+    # tools/reliability_counts.py records the cases and hypothesis examples of this run (docs/reliability.md)
+    env["PYTHONPATH"] += os.pathsep + os.path.join(ROOT, "tools")
+    env.setdefault("FASTOPS_RELIABILITY_JSON", os.path.join(ROOT, "build", "reliability.json"))
     # The tests' fresh interpreters (tests/isolated.py) inherit all of the above.
     # Run from the overlay: `python -c` / `python -m` put the working directory first on sys.path, and from the
     # source root that would be the in-place package.
-    probe = subprocess.run([sys.executable, "-c", "import fastops, fastops._C as c; print(c.__file__)"],
-                           cwd=SITE, env=env, capture_output=True, text=True)
+    # The probe runs through tests/isolated.py, as the isolated bad-input cases do: their fresh interpreters must
+    # load the sanitized _C with the ASan runtime mapped.
+    probe = subprocess.run([sys.executable, "-c", _PROBE.format(tests=os.path.join(ROOT, "tests"))], cwd=SITE,
+                           env=env, capture_output=True, text=True)
     if probe.returncode or not probe.stdout.strip().startswith(SITE):
         sys.exit(f"sanitize: the overlay is not what gets imported:\n{probe.stdout}\n{probe.stderr}")
     print(f"sanitize: fastops._C = {probe.stdout.strip()}")
     args = [os.path.join(ROOT, a) if not a.startswith("-") and os.path.exists(os.path.join(ROOT, a.split("::")[0]))
             else a for a in pytest_args]
     t0 = time.time()
-    rc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", ROOT, *args],
-                        cwd=SITE, env=env).returncode
+    rc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "reliability_counts",
+                         "--rootdir", ROOT, *args], cwd=SITE, env=env).returncode
+    seconds = time.time() - t0
     reports = sorted(glob.glob(os.path.join(REPORTS, "*")))
-    print(f"sanitize: pytest exit {rc} in {time.time() - t0:.0f} s; {len(reports)} sanitizer report file(s)")
+    print(f"sanitize: pytest exit {rc} in {seconds:.0f} s; {len(reports)} sanitizer report file(s)")
+    firsts = []
     for r in reports:
         with open(r, errors="replace") as f:
-            print(f"===== {r}\n{f.read()[-6000:]}", file=sys.stderr)
-    return 1 if rc or reports else 0
+            text = f.read()
+        print(f"===== {r}\n{text[-6000:]}", file=sys.stderr)
+        first = next((ln for ln in text.splitlines() if "ERROR: AddressSanitizer" in ln or "runtime error" in ln),
+                     text.strip().splitlines()[0] if text.strip() else "(empty)")
+        firsts.append(f"{os.path.basename(r)}: {first.strip()}")
+    return rc, seconds, firsts
+
+
+def _summary(pytest_args, build_s, test_s, rc, firsts):
+    lines = ["", f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `tools/sanitize.py "
+             f"{' '.join(pytest_args)}` (ASan + UBSan, -fno-sanitize-recover; ASAN_OPTIONS halt_on_error=1, "
+             "detect_leaks=0; isolated cases run the sanitized build too).",
+             f"- build: {'skipped (--no-build)' if build_s is None else f'{build_s:.0f} s'}; tests: {test_s:.0f} s; "
+             f"pytest exit status {rc}",
+             f"- sanitizer reports: {len(firsts)}"] + [f"  - {f}" for f in firsts]
+    os.makedirs(OUT, exist_ok=True)
+    import hashlib
+
+    with open(SUMMARY.format(hashlib.sha1(" ".join(pytest_args).encode()).hexdigest()[:10]), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def main(argv):
     no_build = "--no-build" in argv
-    argv = [a for a in argv if a != "--no-build"]
-    if not no_build:
-        build()
+    argv = [a for a in argv if a != "--no-build"] or ["tests", "-q", "-x"]
+    build_s = None if no_build else build()
     overlay()
-    return run_tests(argv or ["tests", "-q", "-x"])
+    rc, test_s, firsts = run_tests(argv)
+    _summary(argv, build_s, test_s, rc, firsts)
+    return 1 if rc or firsts else 0
 
 
 if __name__ == "__main__":

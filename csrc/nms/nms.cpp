@@ -74,7 +74,8 @@ void check_multiclass(const at::Tensor& boxes, const at::Tensor& scores, int64_t
   TORCH_CHECK(n <= kMaxBoxes, "multiclass_nms: at most 2^31 - 1 boxes");
   TORCH_CHECK(nc <= kMaxBoxes, "multiclass_nms: at most 2^31 - 1 classes");
   TORCH_CHECK(!pad || max_det > 0, "multiclass_nms: pad=True needs max_det > 0, got ", max_det);
-  TORCH_CHECK(max_det <= kMaxBoxes, "multiclass_nms: max_det must be <= 2^31 - 1, got ", max_det);
+  // without pad, max_det only cuts (any value past the number of detections is no cut)
+  TORCH_CHECK(!pad || max_det <= kMaxBoxes, "multiclass_nms: pad=True needs max_det <= 2^31 - 1, got ", max_det);
 }
 
 void check_fast_nms(const at::Tensor& boxes, const at::Tensor& scores) {
