@@ -167,6 +167,12 @@ def _block_c(c: int) -> int:
     return max(16, min(64, triton.next_power_of_2(max(c, 1))))
 
 
+def _warps(c: int) -> int:
+    # one warp per 32 channels of the block: 4 warps on a 16-channel block only replicate lanes (and the float64
+    # channels_last forward spilled on sm_90 with them)
+    return max(1, _block_c(c) // 32)
+
+
 def _levels(rois: Tensor, scales: List[float], canonical_scale: int, canonical_level: int) -> Tensor:
     k_min, k_max = fpn_level_range(scales)
     return fpn_levels(rois, k_min, k_max, canonical_scale, canonical_level)
@@ -186,7 +192,7 @@ def _forward(features: List[Tensor], rois: Tensor, scales: List[float], ph: int,
         launch(_roi_align_fwd_kernel)[grid](
             feat, rois, out, levels if levels is not None else rois, lvl, f0.size(0), C, feat.size(2), feat.size(3),
             *feat.stride(), *out.stride(), float(scale), int(sampling_ratio), ph, pw, ALIGNED=bool(aligned),
-            HAS_LEVELS=levels is not None, ACC=_acc(f0.dtype), BLOCK_C=_block_c(C))
+            HAS_LEVELS=levels is not None, ACC=_acc(f0.dtype), BLOCK_C=_block_c(C), num_warps=_warps(C))
     return out
 
 
@@ -214,7 +220,7 @@ def _backward(grad: Tensor, rois: Tensor, scales: List[float], ph: int, pw: int,
             launch(_roi_align_bwd_kernel)[grid](
                 grad, rois, gin, levels if levels is not None else rois, lvl, n, c, gin.size(2), gin.size(3),
                 *gin.stride(), *grad.stride(), float(scale), int(sampling_ratio), ph, pw, ALIGNED=bool(aligned),
-                HAS_LEVELS=levels is not None, ACC=_acc(grad.dtype), BLOCK_C=_block_c(c))
+                HAS_LEVELS=levels is not None, ACC=_acc(grad.dtype), BLOCK_C=_block_c(c), num_warps=_warps(c))
         outs.append(gin.to(grad.dtype))
     return outs
 
