@@ -13,31 +13,6 @@ namespace densepose {
 // Largest int box side (w or h) a detection may have: boxes are checked before any allocation.
 constexpr int64_t kMaxBoxSide = int64_t(1) << 16;
 
-// One output pixel's bilinear taps along one axis of F.interpolate(bilinear, align_corners=False) from `in` source
-// cells to `out` output cells: source coordinate (o + 0.5) * in / out - 0.5 (the scale in float as ATen computes
-// it), clamped at 0; i1 = i0 + 1 except at the last cell; l1 = coordinate - i0, l0 = 1 - l1.
-struct Tap {
-  int i0, i1;
-  float l0, l1;
-};
-
-FASTOPS_HD Tap resize_tap(int o, int in, int out) {
-  // ATen's AVX2 kernels fuse scale * (o + 0.5) - 0.5 into one rounding: the double product, rounded once, does
-  // the same on every ISA and device
-  const float scale = (float)in / (float)out;
-  float src = (float)((double)scale * ((double)o + 0.5) - 0.5);
-  src = src < 0.f ? 0.f : src;
-  Tap t;
-  t.i0 = (int)src;
-  if (t.i0 > in - 1) t.i0 = in - 1;
-  t.i1 = t.i0 < in - 1 ? t.i0 + 1 : t.i0;
-  float l1 = src - (float)t.i0;
-  l1 = l1 < 0.f ? 0.f : (l1 > 1.f ? 1.f : l1);
-  t.l1 = l1;
-  t.l0 = 1.f - l1;
-  return t;
-}
-
 // a * b + c, fused when kFma. ATen's CPU interpolation is compiled with contraction: its AVX2 kernels compute
 // t0 * w0 + t1 * w1 as fma(t0, w0, t1 * w1), its baseline kernels without FMA. The CPU kernels pass kFma = true in
 // their AVX2/AVX-512 copies (chosen by the same CPU capability as ATen's), false in the baseline copy; CUDA fuses.
@@ -52,6 +27,32 @@ FASTOPS_HD A madd(A a, A b, A c) {
   } else {
     return a * b + c;
   }
+}
+
+// One output pixel's bilinear taps along one axis of F.interpolate(bilinear, align_corners=False) from `in` source
+// cells to `out` output cells, in ATen's arithmetic (opmath A: float for float/half/bfloat16, double for double):
+// scale = in / out, source coordinate scale * (o + 0.5) - 0.5 (fused as ATen's AVX2 build fuses it), clamped at 0;
+// i1 = i0 + 1 except at the last cell; l1 = coordinate - i0 clamped to [0, 1], l0 = 1 - l1.
+template <typename A>
+struct Tap {
+  int i0, i1;
+  A l0, l1;
+};
+
+template <bool kFma, typename A>
+FASTOPS_HD Tap<A> resize_tap(int o, int in, int out) {
+  const A scale = (A)in / (A)out;
+  A src = madd<kFma, A>(scale, (A)o + (A)0.5, (A)-0.5);
+  src = src < (A)0 ? (A)0 : src;
+  Tap<A> t;
+  t.i0 = (int)src;
+  if (t.i0 > in - 1) t.i0 = in - 1;
+  t.i1 = t.i0 < in - 1 ? t.i0 + 1 : t.i0;
+  A l1 = src - (A)t.i0;
+  l1 = l1 < (A)0 ? (A)0 : (l1 > (A)1 ? (A)1 : l1);
+  t.l1 = l1;
+  t.l0 = (A)1 - l1;
+  return t;
 }
 
 // F.interpolate's value at one output pixel, in its order: rows first (x weights), then the y weights.

@@ -31,7 +31,7 @@ struct BoxSampler {
   using A = acc_t<T>;
   const T *coarse, *fine, *u, *v;
   int Kc, K, Sh, Sw, h, xa, n;
-  std::vector<Tap> xt;
+  std::vector<Tap<A>> xt;
   std::vector<A> rows[2], best;
   std::vector<int> arg;
   int key[2] = {-1, -1};
@@ -40,7 +40,7 @@ struct BoxSampler {
              int h_, int xa_, int xb)
       : coarse(coarse_), fine(fine_), u(u_), v(v_), Kc(Kc_), K(K_), Sh(Sh_), Sw(Sw_), h(h_), xa(xa_), n(xb - xa_) {
     xt.resize((size_t)n);
-    for (int j = 0; j < n; ++j) xt[(size_t)j] = resize_tap(xa + j, Sw, w);
+    for (int j = 0; j < n; ++j) xt[(size_t)j] = resize_tap<kFma, A>(xa + j, Sw, w);
     for (auto& r : rows) r.resize((size_t)(Kc + K) * n);
     best.resize((size_t)n);
     arg.resize((size_t)n);
@@ -57,8 +57,8 @@ struct BoxSampler {
       const T* src = (c < Kc ? coarse + (int64_t)c * Sh * Sw : fine + (int64_t)(c - Kc) * Sh * Sw) + (int64_t)y * Sw;
       A* o = out + (int64_t)c * n;
       for (int j = 0; j < n; ++j) {
-        const Tap& t = xt[(size_t)j];
-        o[j] = madd<kFma, A>((A)src[t.i0], (A)t.l0, (A)src[t.i1] * (A)t.l1);
+        const Tap<A>& t = xt[(size_t)j];
+        o[j] = madd<kFma, A>((A)src[t.i0], t.l0, (A)src[t.i1] * t.l1);
       }
     }
     return out;
@@ -87,7 +87,7 @@ struct BoxSampler {
 
   // Output row py: labels (uint8) and U, V (float; 0 on background), n values each.
   void sample_row(int py, uint8_t* lab, float* uo, float* vo) {
-    const Tap ty = resize_tap(py, Sh, h);
+    const Tap<A> ty = resize_tap<kFma, A>(py, Sh, h);
     const A* ra = row(ty.i0, ty.i1);
     const A* rb = row(ty.i1, ty.i0);
     const A ly0 = (A)ty.l0, ly1 = (A)ty.l1;
@@ -103,11 +103,13 @@ struct BoxSampler {
         uo[j] = vo[j] = 0.f;
         continue;
       }
-      const Tap& t = xt[(size_t)j];
+      const Tap<A>& t = xt[(size_t)j];
       const T* pu = u + l * plane;
       const T* pv = v + l * plane;
-      uo[j] = (float)(T)bilerp<kFma, A>(pu[r0 + t.i0], pu[r0 + t.i1], pu[r1 + t.i0], pu[r1 + t.i1], t.l0, t.l1, ly0, ly1);
-      vo[j] = (float)(T)bilerp<kFma, A>(pv[r0 + t.i0], pv[r0 + t.i1], pv[r1 + t.i0], pv[r1 + t.i1], t.l0, t.l1, ly0, ly1);
+      uo[j] = (float)(T)bilerp<kFma, A>(pu[r0 + t.i0], pu[r0 + t.i1], pu[r1 + t.i0], pu[r1 + t.i1], t.l0, t.l1, ly0,
+                                        ly1);
+      vo[j] = (float)(T)bilerp<kFma, A>(pv[r0 + t.i0], pv[r0 + t.i1], pv[r1 + t.i0], pv[r1 + t.i1], t.l0, t.l1, ly0,
+                                        ly1);
     }
   }
 };
