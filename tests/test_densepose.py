@@ -283,8 +283,6 @@ def test_autocast_float32():
 def test_reference_impl_dispatch():
     maps, ri, pts = _points()
     assert torch.equal(fastops.roi_point_sample(maps, ri, pts, impl="reference"), ref.roi_point_sample(maps, ri, pts))
-    with pytest.raises(ValueError, match="triton"):
-        fastops.roi_point_sample(maps, ri, pts, impl="triton")
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------------
@@ -387,3 +385,65 @@ def test_property_roi_point_sample(R, C, Sh, Sw, P, seed):
     a, = torch.autograd.grad(got, maps, gw)
     b, = torch.autograd.grad(want, maps, gw)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ---- Triton (TRITON_INTERPRET=1 on the CPU, set by conftest.py) --------------------------------------------------
+
+def test_triton_int_boxes_match_reference():
+    from fastops.triton._registry import INTERPRET
+    if not INTERPRET:
+        pytest.skip("needs TRITON_INTERPRET=1")
+    from fastops.triton import densepose as T
+    boxes = torch.cat([_boxes(50, hi=200.0), torch.tensor([[3.0, 4.0, 2.0, 3.5], [-7.9, -3.2, -7.1, 9.9]])])
+    assert torch.equal(T.int_boxes_xywh(boxes), ref.int_boxes_xywh(boxes))
+
+
+def test_triton_matches_transcription():
+    from fastops.triton._registry import INTERPRET
+    if not INTERPRET:
+        pytest.skip("needs TRITON_INTERPRET=1")
+    coarse, fine, u, v = _maps(4, 10, K=6)
+    boxes = _boxes(4, hi=30.0, img=30.0)
+    boxes[0] = torch.tensor([2.2, 3.7, 2.9, 4.1])
+    _assert_packed_equal(fastops.densepose_chart_to_iuv(coarse, fine, u, v, boxes, impl="triton"),
+                         ref.chart_to_iuv(coarse, fine, u, v, boxes))
+    scores = torch.tensor([0.5, 0.5, 0.9, 0.1])
+    got = fastops.densepose_paste_iuv(coarse, fine, u, v, boxes, scores, 30, 33, impl="triton")
+    want = ref.paste_iuv(coarse, fine, u, v, boxes, scores, 30, 33)
+    assert torch.equal(got[0], want[0]) and (got.int() - want.int()).abs().max() <= 1
+    maps, ri, pts = _points(P=60)
+    maps.requires_grad_(True)
+    out = fastops.roi_point_sample(maps, ri, pts, impl="triton")
+    want = ref.roi_point_sample(maps, ri, pts)
+    assert torch.equal(out, want)
+    g = torch.randn_like(out)
+    a, = torch.autograd.grad(out, maps, g)
+    b, = torch.autograd.grad(want, maps, g)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    m2 = maps.detach()[:2, :2, :5, :5].clone().requires_grad_(True)
+    ri2 = ri[:20] % 2
+    p2 = pts[:20] * 5 / 9
+    assert torch.autograd.gradcheck(lambda m: fastops.roi_point_sample(m, ri2, p2, impl="triton"), (m2,))
+    with pytest.raises(ValueError, match="roi_index"):
+        fastops.roi_point_sample(maps, ri + 100, pts, impl="triton")
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.fastops.roi_point_sample_triton(maps.detach(), ri + 100, pts)
+    with pytest.raises(RuntimeError, match="finite"):
+        torch.ops.fastops.densepose_chart_to_iuv_triton(coarse, fine, u, v, boxes * float("nan"))
+
+
+def test_triton_opcheck_and_compile():
+    from fastops.triton._registry import INTERPRET
+    if not INTERPRET:
+        pytest.skip("needs TRITON_INTERPRET=1")
+    import fastops.triton.densepose  # noqa: F401  (registers the _triton ops)
+    maps, ri, pts = _points(R=2, C=3, S=4, P=10, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.fastops.roi_point_sample_triton.default, (maps.requires_grad_(True), ri, pts))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(m):
+        return fastops.roi_point_sample(m, ri, pts, impl="triton").sum()
+
+    a, = torch.autograd.grad(f(maps), maps)
+    b, = torch.autograd.grad(ref.roi_point_sample(maps, ri, pts).sum(), maps)
+    torch.testing.assert_close(a, b)

@@ -2,7 +2,8 @@
 chart losses (`roi_point_sample`, with `densepose_point_grid` to place annotated points in the predictor grid).
 
 Conventions and anchors: docs/densepose.md. Compiled kernels: `torch.ops.fastops.<name>` (schemas in
-csrc/densepose/densepose.cpp); `impl="reference"` runs the detectron2 transcription in fastops.reference.densepose.
+csrc/densepose/densepose.cpp); `impl="triton"` runs `fastops::<name>_triton` (fastops/triton/densepose.py);
+`impl="reference"` runs the detectron2 transcription in fastops.reference.densepose.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 
 import fastops.registrations.densepose  # noqa: F401  (fake kernels, autograd, autocast)
-from fastops._library import FLOAT_DTYPES, check_int, check_tensor, dispatch, reference_module
+from fastops._library import FLOAT_DTYPES, check_int, check_tensor, dispatch, reference_module, triton_module
 from fastops.ops._keypoints import autocast_float32, traced_call
 
 MAX_IMAGE_SIDE = 1 << 18
@@ -83,7 +84,8 @@ def _chart_to_iuv(coarse, fine, u, v, boxes, impl):
     return dispatch(
         "densepose_chart_to_iuv", impl, fine.device,
         cpp=lambda: torch.ops.fastops.densepose_chart_to_iuv(coarse, fine, u, v, boxes),
-        reference=lambda: reference_module("densepose").chart_to_iuv(coarse, fine, u, v, boxes))
+        reference=lambda: reference_module("densepose").chart_to_iuv(coarse, fine, u, v, boxes),
+        triton=lambda: triton_module("densepose").densepose_chart_to_iuv_triton(coarse, fine, u, v, boxes))
 
 
 def densepose_paste_iuv(coarse: Tensor, fine: Tensor, u: Tensor, v: Tensor, boxes: Tensor, scores: Tensor,
@@ -118,7 +120,9 @@ def _paste_iuv(coarse, fine, u, v, boxes, scores, height, width, impl):
     return dispatch(
         "densepose_paste_iuv", impl, fine.device,
         cpp=lambda: torch.ops.fastops.densepose_paste_iuv(coarse, fine, u, v, boxes, scores, height, width),
-        reference=lambda: reference_module("densepose").paste_iuv(coarse, fine, u, v, boxes, scores, height, width))
+        reference=lambda: reference_module("densepose").paste_iuv(coarse, fine, u, v, boxes, scores, height, width),
+        triton=lambda: triton_module("densepose").densepose_paste_iuv_triton(coarse, fine, u, v, boxes, scores,
+                                                                              height, width))
 
 
 def densepose_unpack(labels: Tensor, uv: Tensor, offsets: Tensor, boxes_xywh: Tensor) -> List[Tuple[Tensor, Tensor]]:
@@ -190,4 +194,5 @@ def _roi_point_sample(maps, roi_index, points, impl):
     return dispatch(
         "roi_point_sample", impl, maps.device,
         cpp=lambda: torch.ops.fastops.roi_point_sample(maps, roi_index, points),
-        reference=lambda: reference_module("densepose").roi_point_sample(maps, roi_index, points))
+        reference=lambda: reference_module("densepose").roi_point_sample(maps, roi_index, points),
+        triton=lambda: triton_module("densepose").roi_point_sample_triton(maps, roi_index, points))
