@@ -296,8 +296,10 @@ Tensor roi_point_sample_backward_cpu(const Tensor& grad_, const Tensor& maps, co
   const Tensor points = points_.to(maps.scalar_type()).contiguous();
   const int Sh = (int)maps.size(2), Sw = (int)maps.size(3);
   const at::ScalarType acc = maps.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  Tensor gacc = at::zeros(maps.sizes(), maps.options().dtype(acc));
-  if (P * C == 0) return gacc.to(maps.scalar_type());
+  // zeroed inside the parallel region, each RoI's planes by the thread that accumulates them: one pass over the
+  // (usually freshly mapped) gradient, its page faults spread over the threads
+  Tensor gacc = at::empty(maps.sizes(), maps.options().dtype(acc));
+  if (P * C == 0) return gacc.zero_().to(maps.scalar_type());
   const int64_t* rp = ri.data_ptr<int64_t>();
   std::vector<int64_t> start((size_t)R + 1, 0), order((size_t)P);
   for (int64_t p = 0; p < P; ++p) ++start[(size_t)rp[p] + 1];
@@ -315,6 +317,7 @@ Tensor roi_point_sample_backward_cpu(const Tensor& grad_, const Tensor& maps, co
     at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         A* g = out + r * C * plane;
+        std::fill(g, g + C * plane, A(0));
         for (int64_t k = start[(size_t)r]; k < start[(size_t)r + 1]; ++k) {
           const int64_t p = order[(size_t)k];
           const PointTaps<scalar_t> t = point_taps<scalar_t>(pp, p, r, Sh, Sw);
