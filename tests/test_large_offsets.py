@@ -1,6 +1,6 @@
 """Element offsets past 2^31 (issue 11): the kernels must index with 64-bit arithmetic.
 
-The feature maps here have more than 2^31 elements (8.6 GB of float32) but are never filled: `torch.empty`
+The feature maps here have more than 2^31 elements (8.6-13 GB of float32) but are never filled: `torch.empty`
 reserves address space and only the pages written (a small window at the far corner) or read take memory, so each
 test needs a few MB. A kernel that wrapped an offset to 32 bits would read an untouched page (zeros) or another
 part of the window instead of the right pixels, and its result would differ from the same RoIs pooled from a
@@ -44,10 +44,10 @@ def _far_corner_rois(n, h, w):
 
 
 @pytest.mark.parametrize("shape,channels_last,why", [
-    ((1, 2, 2 ** 15, 2 ** 15 + 8), False, "channel 1 ends past 2^31 (AVX2 packed NCHW path)"),
+    ((1, 3, 2 ** 15, 2 ** 15 + 8), False, "channel 2 starts past 2^31 (AVX2 packed NCHW path)"),
     ((1, 1, 2 ** 16, 2 ** 15 + 8), False, "one plane of more than 2^31 elements (the packed path's int32 rows "
                                           "do not fit: the sparse walk)"),
-    ((2, 1, 2 ** 15, 2 ** 15 + 8), False, "image 1 ends past 2^31"),
+    ((3, 1, 2 ** 15, 2 ** 15 + 8), False, "image 2 starts past 2^31"),
     ((1, 4, 2 ** 15, 2 ** 14 + 8), True, "channels_last, (y * W + x) * C past 2^31"),
 ])
 def test_roi_align_forward_offsets_past_2_31(shape, channels_last, why):
@@ -67,7 +67,7 @@ def test_roi_align_forward_offsets_past_2_31(shape, channels_last, why):
 
 def test_multi_scale_roi_align_offsets_past_2_31():
     """The FPN path (one table per level): the big map is level 0, a small one level 1."""
-    n, c, h, w = 1, 2, 2 ** 15, 2 ** 15 + 8
+    n, c, h, w = 1, 3, 2 ** 15, 2 ** 15 + 8
     x = _lazy_map((n, c, h, w))
     lvl1 = torch.randn(n, c, 16, 16)
     rois = _far_corner_rois(n, h, w)  # 8 x 8 boxes: all on level 0 (canonical 224 at level 4)

@@ -251,7 +251,8 @@ _OFFSETS_TEXT = """## Offsets past 2^31
 Tested (the map or output has more than 2^31 elements):
 - `roi_align` / `multi_scale_roi_align` forward, CPU: `tests/test_large_offsets.py` (NCHW with a channel, an image,
   or one whole plane past 2^31, and channels_last; the maps are reserved, not filled, so a few MB are used).
-  An int32 cast of the channel offset, injected, failed 3 of its 5 tests.
+  A 32-bit flat plane offset injected in the packed forward (`int32_t(batch * sN + c * sC)`) crashed 3 of its 5
+  tests (channel, image, FPN); the other two take paths that injection does not touch.
 - `paste_masks`: `tests/test_bad_inputs_masks.py::test_paste_masks_offsets_past_2_31` (2.2 GB bool output).
 - `yolact_masks`, `heatmap_argmax`: correct past 2^31 when probed (issue 11); no test kept (> 8 GB).
 
