@@ -754,11 +754,14 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
           const int64_t c0 = blk * chunk;
           const int nc = static_cast<int>(std::min<int64_t>(chunk, C - c0));
           if (zero_in_blocks) {
-            for (const auto& lv : levels)
-              for (int64_t n = 0; n < N && lv.H > 0 && lv.W > 0; ++n) {
+            for (const auto& lv : levels) {
+              // an empty level's strides are not its layout's (ATen uses max(size, 1)): nothing to zero
+              if (lv.H == 0 || lv.W == 0) continue;
+              for (int64_t n = 0; n < N; ++n) {
                 G* p0 = lv.data + n * lv.sN + c0 * lv.sC;
                 std::fill(p0, p0 + nc * lv.sC, G(0));
               }
+            }
           }
           // Each gradient element is accumulated over the RoIs in `order` by this thread alone: the same
           // order whatever the thread count. A RoI's table serves all the block's planes while in L1.
