@@ -3,6 +3,7 @@
 Cases that could crash the process (huge sizes, direct calls of the compiled ops, non-finite boxes) run in a fresh
 interpreter (tests/isolated.py); plain argument errors use pytest.raises.
 """
+import os
 import pytest
 import torch
 
@@ -150,7 +151,8 @@ def test_argument_errors_every_impl(impl):
         (lambda: fastops.paste_masks(m, pb, (20, 30), padding=True, impl=impl), "padding"),
         # (integer boxes are accepted, as in torchvision; bool boxes are not)
         (lambda: fastops.paste_masks(m, pb > 3, (20, 30), impl=impl), "boxes"),
-        (lambda: fastops.paste_masks(m[:, :, :0], pb, (20, 30), impl=impl), "masks"),
+        (lambda: fastops.paste_masks(m[..., :0], pb, (20, 30), impl=impl), "masks"),
+        (lambda: fastops.paste_masks(m[:, :, :0], pb, (20, 30), 0, impl=impl), "masks"),
     ]
     for fn, match in cases:
         with pytest.raises(ValueError, match=match):
@@ -182,6 +184,8 @@ def _mem_available_gb():
 
 
 @pytest.mark.skipif(_mem_available_gb() < 8, reason="needs ~2.2 GB for a bool output past 2^31 elements")
+@pytest.mark.skipif(os.environ.get("FASTOPS_SANITIZED") == "1",
+                    reason="ASan's shadow and quarantine multiply the 2.2 GB; a sanitized run was OOM-killed at 19 GB")
 def test_paste_masks_offsets_past_2_31():
     """Image 1 of 2 starts at element ~2^30 and its box sits at its far corner, past element 2^31: with a
     32-bit offset anywhere in the kernel its pixels would land elsewhere (or crash). The same mask and box in
@@ -196,7 +200,7 @@ def test_paste_masks_offsets_past_2_31():
     assert out[1].flatten().nonzero().min() + H * W > 2 ** 31  # really past 2^31
     win = (slice(H - 40, H), slice(W - 50, W))
     assert torch.equal(out[1, 0][win], out[0, 0][win]) and bool(out[1, 0, H - 16, W - 22])
-    assert int(out.sum()) == 2 * int(out[0, 0][win].sum())  # nothing written outside the boxes
+    assert int(out.count_nonzero()) == 2 * int(out[0, 0][win].count_nonzero())  # nothing written outside the boxes
     # the same corner pasted into a small image at the same sub-pixel position: the same pixels
     small = fastops.paste_masks(masks[:1], box - torch.tensor([W - 64.0, H - 64.0] * 2), (64, 64), threshold=0.5)
     assert torch.equal(small[0, 0, 64 - 40:, 64 - 50:], out[1, 0][win])
