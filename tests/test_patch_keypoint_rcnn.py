@@ -123,6 +123,9 @@ def test_patched_training_step_matches(monkeypatch):
     assert expected.keys() == actual.keys()
     for k in expected:
         torch.testing.assert_close(actual[k], expected[k], atol=1e-4, rtol=1e-4)
-    for (name, a), (_, e) in zip(actual_grads, expected_grads):
-        if name.startswith("roi_heads."):  # as the Mask R-CNN test: on the gradient's own scale
-            torch.testing.assert_close(a, e, atol=5e-3 * float(e.abs().max()), rtol=1e-3)
+    # on the scale of the RoI heads' gradients (the keypoint predictor's bias gradients are ~1e-9: compared with
+    # each tensor's own scale, last-bit differences of the pooled features look like 100 % errors)
+    heads = [(a, e) for (name, a), (_, e) in zip(actual_grads, expected_grads) if name.startswith("roi_heads.")]
+    scale = max(float(e.abs().max()) for _, e in heads)
+    for a, e in heads:
+        torch.testing.assert_close(a, e, atol=2e-3 * scale, rtol=1e-3)
