@@ -17,6 +17,7 @@ from fastops.ops.render import gaussian_radius, render_center_heatmap, render_ga
 from fastops.ops.decode import heatmap_argmax, soft_argmax  # noqa: F401
 from fastops.ops.peaks import centernet_decode, heatmap_peaks  # noqa: F401
 from fastops.ops.corner_pool import corner_pool  # noqa: F401
+from fastops.ops.keypoint_rcnn import roi_heatmaps_to_keypoints  # noqa: F401
 from fastops.ops.densepose import (densepose_chart_to_iuv, densepose_paste_iuv, densepose_point_grid,  # noqa: F401
                                    densepose_unpack, roi_point_sample)
 

@@ -17,7 +17,9 @@ Names swapped (module attribute -> fastops replacement):
   -> :func:`fastops.batched_nms`;
 - ``torchvision.models.detection.roi_heads.paste_masks_in_image`` and
   ``torchvision.models.detection.transform.paste_masks_in_image`` (Mask R-CNN post-processing)
-  -> :func:`fastops.paste_masks`.
+  -> :func:`fastops.paste_masks`;
+- ``torchvision.models.detection.roi_heads.heatmaps_to_keypoints`` (Keypoint R-CNN post-processing)
+  -> :func:`fastops.roi_heatmaps_to_keypoints`.
 
 Eager models, already built or not, pick the kernels up at once. TorchScript resolves these names when it
 compiles, so patching (and unpatching) clears torch.jit's caches of torchvision's compiled code: a
@@ -85,6 +87,14 @@ def _paste_masks_in_image(masks: Tensor, boxes: Tensor, img_shape: Tuple[int, in
     return out.to(masks.dtype)
 
 
+def _heatmaps_to_keypoints(maps: Tensor, rois: Tensor) -> Tuple[Tensor, Tensor]:
+    """fastops replacement of ``torchvision.models.detection.roi_heads.heatmaps_to_keypoints`` (same signature,
+    scriptable; same results, docs/keypoint_rcnn.md)."""
+    if torch.jit.is_scripting():
+        return torch.ops.fastops.roi_heatmaps_to_keypoints(maps, rois)
+    return fastops.roi_heatmaps_to_keypoints(maps, rois)
+
+
 def _replacements() -> List[Tuple[str, str, Callable]]:
     """(module, attribute, replacement) for every swap (the list in the module docstring)."""
     return [
@@ -101,6 +111,7 @@ def _replacements() -> List[Tuple[str, str, Callable]]:
         ("torchvision.ops.boxes", "batched_nms", fastops.batched_nms),
         ("torchvision.models.detection.roi_heads", "paste_masks_in_image", _paste_masks_in_image),
         ("torchvision.models.detection.transform", "paste_masks_in_image", _paste_masks_in_image),
+        ("torchvision.models.detection.roi_heads", "heatmaps_to_keypoints", _heatmaps_to_keypoints),
     ]
 
 
