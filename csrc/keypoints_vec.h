@@ -23,30 +23,6 @@ namespace heatmaps {
 // (an inline function with external linkage would be merged by the linker into the baseline copy).
 namespace {
 
-// exp for float that gcc vectorises (Cephes' expf polynomial, ~1 ulp); 0 below -87 (no denormal results), NaN
-// stays NaN (never cast to int: the exponent is built from the clamped argument).
-inline float fast_expf(float x) {
-  const bool nan = x != x;
-  float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  xc = nan ? 0.0f : xc;
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t e = ((int32_t)n + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  const float out = x < -87.0f ? 0.0f : p * scale;
-  return nan ? x : out;
-}
-inline double fast_exp(double x) { return std::exp(x); }
-inline float fast_exp(float x) { return fast_expf(x); }
-
 // The lane count must match the widest native register: gcc expands a generic vector wider than the target's
 // registers piecewise, one scalar per lane, for masks and selects (`c ? a : b`), which made these kernels 10-20x
 // slower than scalar code on AVX2 machines. 16 lanes with AVX-512, 8 with AVX/AVX2, 4 otherwise (SSE2).
@@ -77,6 +53,42 @@ inline float vsum(vfloat v) {
   for (int j = 0; j < kLanes; ++j) r += v[j];
   return r;
 }
+
+// Cephes' expf (~1 ulp) on a clamped, non-NaN argument xc with n = round(xc / ln 2): 2^n * p(r), r = xc - n ln 2
+// (two-constant Cody-Waite reduction, degree-6 polynomial). V is float or vfloat: the same arithmetic lane by lane.
+inline float splat_as(float, float c) { return c; }
+inline vfloat splat_as(vfloat, float c) { return vsplat(c); }
+inline int32_t to_int32(float n) { return static_cast<int32_t>(n); }
+inline vint to_int32(vfloat n) { return __builtin_convertvector(n, vint); }
+template <typename V>
+inline V cephes_expf(V xc, V n) {
+  const V r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  V p = splat_as(r, 1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const auto e = (to_int32(n) + 127) << 23;  // |n| <= 127: the exponent field of 2^n
+  V scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+}
+
+// exp for float that gcc vectorises; 0 below -87 (no denormal results), NaN stays NaN (never cast to int: the
+// exponent is built from the clamped argument).
+inline float fast_expf(float x) {
+  const bool nan = x != x;
+  float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  xc = nan ? 0.0f : xc;
+  const float v = cephes_expf(xc, std::floor(xc * 1.44269504088896341f + 0.5f));
+  const float out = x < -87.0f ? 0.0f : v;
+  return nan ? x : out;
+}
+inline double fast_exp(double x) { return std::exp(x); }
+inline float fast_exp(float x) { return fast_expf(x); }
+
 
 // a * b + c, fused where the ISA has FMA (the build disables contraction: -ffp-contract=off).
 inline vfloat vfma(vfloat a, vfloat b, vfloat c) {

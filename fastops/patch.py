@@ -76,10 +76,13 @@ def _multiscale_roi_align(x_filtered: List[Tensor], boxes: List[Tensor], output_
 
 def _paste_masks_in_image(masks: Tensor, boxes: Tensor, img_shape: Tuple[int, int], padding: int = 1) -> Tensor:
     """fastops replacement of ``torchvision.models.detection.roi_heads.paste_masks_in_image`` (same signature,
-    scriptable)."""
+    scriptable). The result has the masks' dtype, as torchvision's: under autocast fastops computes in float32 and
+    the result is rounded back (torchvision interpolates bfloat16/float16 masks in their own dtype)."""
     if torch.jit.is_scripting():
-        return torch.ops.fastops.paste_masks(masks[:, 0], boxes, img_shape[0], img_shape[1], padding, None)
-    return fastops.paste_masks(masks, boxes, img_shape, padding=padding)
+        out = torch.ops.fastops.paste_masks(masks[:, 0], boxes, img_shape[0], img_shape[1], padding, None)
+    else:
+        out = fastops.paste_masks(masks, boxes, img_shape, padding=padding)
+    return out.to(masks.dtype)
 
 
 def _replacements() -> List[Tuple[str, str, Callable]]:

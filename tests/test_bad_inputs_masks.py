@@ -150,7 +150,8 @@ def test_argument_errors_every_impl(impl):
         (lambda: fastops.paste_masks(m, pb, (20, 30), padding=True, impl=impl), "padding"),
         # (integer boxes are accepted, as in torchvision; bool boxes are not)
         (lambda: fastops.paste_masks(m, pb > 3, (20, 30), impl=impl), "boxes"),
-        (lambda: fastops.paste_masks(m[:, :, :0], pb, (20, 30), impl=impl), "masks"),
+        (lambda: fastops.paste_masks(m[..., :0], pb, (20, 30), impl=impl), "masks"),
+        (lambda: fastops.paste_masks(m[:, :, :0], pb, (20, 30), 0, impl=impl), "masks"),
     ]
     for fn, match in cases:
         with pytest.raises(ValueError, match=match):

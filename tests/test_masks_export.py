@@ -220,6 +220,7 @@ def _bad_paste_inputs():
         "masks bool": (m > 0.5, b, (20, 20), 1),
         "masks complex": (m.to(torch.complex64), b, (20, 20), 1),
         "masks zero width": (m[..., :0], b, (20, 20), 1),
+        "masks zero height, padding 0": (m[:, :, :0], b, (20, 20), 0),
         "masks list": ([m[0]], b, (20, 20), 1),
         "image_shape 3 values": (m, b, (20, 20, 3), 1),
         "image_shape int": (m, b, 20, 1),
@@ -242,6 +243,24 @@ def test_paste_masks_errors_are_torchvisions_types(case):
     assert any(w in str(fo.value) for w in ("masks", "boxes", "image_shape", "padding")), str(fo.value)
     with fastops.patch_torchvision(), pytest.raises(type(tv.value)):
         tv_roi_heads.paste_masks_in_image(*args)
+
+
+@pytest.mark.parametrize("impl", ["cpp", "reference", "triton"])
+@pytest.mark.parametrize("padding", [1, 2])
+def test_paste_masks_zero_height_masks_like_torchvision(impl, padding):
+    """Issue 12: [N, 1, 0, Mw] masks with padding > 0 are valid in torchvision (the zero padding is resized and
+    pasted: an all-zero result); fastops gives the same, thresholded as `0 > threshold`, also when scripted."""
+    b = torch.tensor([[1.0, 2, 10, 12], [0, 0, 5, 5], [3, 3, 9, 3], [-4, 5, 30, 8]])
+    masks = torch.rand(4, 1, 0, 7)
+    want = tv_roi_heads.paste_masks_in_image(masks, b, (20, 24), padding)
+    got = fastops.paste_masks(masks, b, (20, 24), padding, impl=impl)
+    assert got.shape == want.shape == (4, 1, 20, 24) and got.dtype == want.dtype
+    assert torch.equal(got, want)
+    for thr in (0.5, -0.5):
+        assert torch.equal(fastops.paste_masks(masks, b, (20, 24), padding, thr, impl=impl), want > thr)
+    assert torch.equal(torch.ops.fastops.paste_masks(masks[:, 0], b, 20, 24, padding, None), want)
+    with fastops.patch_torchvision():
+        assert torch.equal(tv_roi_heads.paste_masks_in_image(masks, b, (20, 24), padding), want)
 
 
 def test_paste_masks_integer_boxes_like_torchvision():

@@ -268,3 +268,63 @@ def test_scripted_patched_maskrcnn_saves_loads_and_runs_fastops(tmp_path):
         torch.testing.assert_close(a["boxes"], p["boxes"], atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(a["scores"], p["scores"], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(a["masks"], p["masks"], atol=2e-3, rtol=1e-3)
+
+
+# ---- autocast (issue 12: a patched Mask R-CNN under autocast gives plain torchvision's detections) -------------
+
+def test_batched_nms_under_autocast_follows_torchvisions_float32_rule():
+    """torchvision's nms autocast rule computes in float32; its batched_nms (coordinate trick) first adds the
+    class offsets to the boxes in the boxes' dtype. In bfloat16 that sum is rounded (spacing 2 px between 256 and
+    512): here box 1 (x0 = 6.75, IoU 0.495 with box 0) becomes x0 = 6 (IoU 0.538) and torchvision's bfloat16
+    run suppresses it, which its own float32 run does not. fastops computes in float32 from the bfloat16 values
+    (the offsets are exact there): torchvision's float32 answer. The model test below uses inputs that this
+    rounding does not touch."""
+    b = torch.tensor([[0.0, 0, 20, 20], [6.75, 0, 26.75, 20], [80, 80, 100, 100]]).bfloat16()
+    s = torch.tensor([0.9, 0.8, 0.7]).bfloat16()
+    idx = torch.tensor([4, 4, 0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tv_bf16 = torchvision.ops.batched_nms(b, s, idx, 0.5)
+        got = fastops.batched_nms(b, s, idx, 0.5)
+        with fastops.patch_torchvision():
+            patched = torchvision.ops.batched_nms(b, s, idx, 0.5)
+    want = torchvision.ops.batched_nms(b.float(), s.float(), idx, 0.5)
+    assert want.tolist() == [0, 1, 2] and tv_bf16.tolist() == [0, 2]
+    assert torch.equal(got, want) and torch.equal(patched, want)
+
+
+@torch.no_grad()
+def test_maskrcnn_under_autocast_matches_torchvision_under_autocast():
+    """maskrcnn_resnet50_fpn(weights=None, weights_backbone=None) in eval under torch.autocast("cpu", bfloat16),
+    patched vs plain. Small images and 3 detections per image: bfloat16 convolutions on a CPU without native
+    bf16 run ATen's slow reference convolution (the mask head dominates: ~10 s per run here).
+
+    Exact: the number of detections, the labels, the result dtypes (bfloat16, as torchvision's). Tolerances, and
+    why: both sides pool (RoIAlign) and suppress (NMS) in float32 and round the pooled features to bfloat16
+    (torchvision's autocast rule); fastops' float32 sums run in another order, so about 1 in 4,000 pooled values
+    rounds to the neighbouring bfloat16 (a relative step of 2**-8). The bfloat16 heads carry that on: boxes within
+    0.5 px (coordinates < 64 px: two bfloat16 steps), scores within 2**-7 (two steps below 1), and mask
+    probabilities within 0.05 (a 4-conv bfloat16 mask head with random weights, logits up to ~460: 0.023 measured)
+    with the thresholded masks (> 0.5) identical. Measured on this input: boxes and labels bitwise equal, scores
+    <= 2**-8 apart. Seed 2 is an input where torchvision's own bfloat16 batched_nms rounding (the test above)
+    changes nothing: with seed 1 the RPN of the second image keeps other proposals in torchvision's run."""
+    torch.manual_seed(0)
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5, min_size=64, max_size=64,
+                                  box_score_thresh=0.0, box_detections_per_img=3, rpn_pre_nms_top_n_test=300,
+                                  rpn_post_nms_top_n_test=100).eval()
+    g = torch.Generator().manual_seed(2)
+    images = [torch.rand(3, 64, 64, generator=g), torch.rand(3, 48, 64, generator=g)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(images)
+        with fastops.patch_torchvision():
+            actual, ran = _fastops_ops_run(lambda: model(images))
+    assert {"fastops::multi_scale_roi_align", "fastops::paste_masks"} <= ran
+    assert any(name.startswith("fastops::batched_nms") for name in ran)
+    for e, a in zip(expected, actual):
+        assert len(a["boxes"]) == len(e["boxes"]) == 3
+        assert torch.equal(a["labels"], e["labels"])
+        for k in ("boxes", "scores", "masks"):
+            assert a[k].dtype == e[k].dtype == torch.bfloat16, k
+        torch.testing.assert_close(a["boxes"].float(), e["boxes"].float(), atol=0.5, rtol=0)
+        torch.testing.assert_close(a["scores"].float(), e["scores"].float(), atol=2 ** -7, rtol=0)
+        torch.testing.assert_close(a["masks"].float(), e["masks"].float(), atol=0.05, rtol=0)
+        assert torch.equal(a["masks"] > 0.5, e["masks"] > 0.5)

@@ -213,8 +213,9 @@ void scan8_bwd(const float* g, const float* in, const float* out, float* gin, in
     __m256 prev = _mm256_setzero_ps();  // the output just before the tile in scan order (t > 0)
     if (t > 0) {
       const int xp = c + slot(0, rev) - d;
-      prev = _mm256_setr_ps(out[xp], out[W + xp], out[2 * W + xp], out[3 * W + xp], out[4 * W + xp],
-                            out[5 * W + xp], out[6 * W + xp], out[7 * W + xp]);
+      const int64_t w = W;  // row i of the tile at i * w: int64 (7 * W passes 2^31 for W >= 306,783,379)
+      prev = _mm256_setr_ps(out[xp], out[w + xp], out[2 * w + xp], out[3 * w + xp], out[4 * w + xp],
+                            out[5 * w + xp], out[6 * w + xp], out[7 * w + xp]);
     }
     for (int jj = 7; jj >= 0; --jj) {
       const int j = slot(jj, rev);

@@ -95,7 +95,10 @@ void check_paste_args(const at::Tensor& masks, const at::Tensor& boxes, int64_t 
                       bool thresholded) {
   TORCH_CHECK(masks.dim() == 3 && is_float(masks), "paste_masks: masks must be a float [N, Mh, Mw] tensor, got ",
               masks.sizes(), " ", masks.scalar_type());
-  TORCH_CHECK(masks.size(1) > 0 && masks.size(2) > 0, "paste_masks: masks must be non-empty, got ", masks.sizes());
+  // Zero-height masks paste their zero padding (torchvision's result); every kernel reads mask rows in [0, Mh) only.
+  TORCH_CHECK(masks.size(2) > 0 && (masks.size(1) > 0 || padding > 0),
+              "paste_masks: masks must have a non-zero width, and a non-zero height unless padding > 0, got ",
+              masks.sizes(), " with padding ", padding);
   TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.size(0) == masks.size(0) && is_float(boxes),
               "paste_masks: boxes must be a float [N, 4] tensor with N = masks.size(0), got ", boxes.sizes());
   TORCH_CHECK(boxes.device() == masks.device(), "paste_masks: boxes must be on masks' device");

@@ -222,7 +222,10 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
     Errors: a bad argument raises a ValueError naming it that is also the exception torchvision's
     ``paste_masks_in_image`` raises for the same input (``PasteMasksIndexError`` for boxes not ``[N, 4]``,
     ``PasteMasksTypeError``, ``PasteMasksDtypeError``, ``PasteMasksRuntimeError``, ``PasteMasksEmptyError``,
-    ``PasteMasksAttributeError``). Integer boxes are accepted (as float32, torchvision's arithmetic).
+    ``PasteMasksAttributeError``). Integer boxes are accepted (as float32, torchvision's arithmetic). Masks of
+    zero height (``Mh = 0 < Mw``) paste the zero padding, as in torchvision: an all-zero result (``0 > threshold``
+    when thresholded); with ``padding=0`` they raise ``PasteMasksRuntimeError``, and masks of zero width
+    ``PasteMasksEmptyError`` (torchvision's ZeroDivisionError in the box scale ``(Mw + 2 * padding) / Mw``).
 
     Cost (CPU): the output is fresh zero pages and only the pages under the boxes are written. For 100 masks ->
     800 x 1216 float (389 MB) that is ~19.3k first-touch 4 KB page faults (~79 MB), about 90% of the op's CPU time
@@ -260,11 +263,12 @@ class PasteMasksDtypeError(ValueError, NotImplementedError):
 
 
 class PasteMasksRuntimeError(ValueError, RuntimeError):
-    """masks of the wrong rank, a negative image side (RuntimeError in torchvision)."""
+    """masks of the wrong rank, a negative image side, masks of zero height with ``padding=0`` (RuntimeError in
+    torchvision)."""
 
 
 class PasteMasksEmptyError(ValueError, ZeroDivisionError):
-    """masks with empty planes (torchvision divides by the mask width: ZeroDivisionError)."""
+    """masks of zero width (torchvision divides by the mask width: ZeroDivisionError)."""
 
 
 class PasteMasksAttributeError(ValueError, AttributeError):
@@ -293,8 +297,8 @@ def _paste_inputs(masks, boxes, image_shape, padding):
         m3 = masks[:, 0]
     else:
         m3 = masks
-    if m3.size(1) == 0 or m3.size(2) == 0:
-        raise PasteMasksEmptyError(f"masks must have non-empty mask planes, got shape {tuple(masks.shape)}")
+    if m3.size(2) == 0:
+        raise PasteMasksEmptyError(f"masks must have a non-zero width, got shape {tuple(masks.shape)}")
     if boxes.dim() != 2 or boxes.size(1) != 4 or boxes.size(0) != masks.size(0):
         raise PasteMasksIndexError(f"boxes must be [N, 4] with N = masks.shape[0] = {masks.size(0)}, "
                                    f"got shape {tuple(boxes.shape)}")
@@ -313,6 +317,8 @@ def _paste_inputs(masks, boxes, image_shape, padding):
     if isinstance(padding, bool) or isinstance(padding, float):
         raise PasteMasksTypeError(f"padding must be an int, got {padding!r}")
     padding = check_int("padding", padding, low=0, high=_MAX_PADDING)
+    if m3.size(1) == 0 and padding == 0:  # torchvision's interpolate of an empty plane: RuntimeError
+        raise PasteMasksRuntimeError(f"masks of zero height need padding > 0, got shape {tuple(masks.shape)}")
     return m3, boxes, sides[0], sides[1], padding
 
 

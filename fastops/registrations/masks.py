@@ -144,9 +144,24 @@ torch.library.register_autograd("fastops::yolact_mask_loss",
 # Autocast (CPU and CUDA): every op computes in float32 from whatever float dtypes it is given (mixed
 # protos/coeffs/boxes/gt dtypes are accepted under autocast), as torchvision does for roi_align; outputs are
 # float32 (or bool with a threshold) and gradients flow back to the original dtypes through the casts.
-for _name in ("yolact_masks", "yolact_mask_loss", "paste_masks"):
+for _name in ("yolact_masks", "yolact_mask_loss"):
     for _device in ("cpu", "cuda"):
         torch.library.register_autocast(f"fastops::{_name}", _device, torch.float32)
+
+
+def paste_masks_autocast(masks: Tensor, boxes: Tensor, image_h: int, image_w: int, padding: int,
+                         threshold: Optional[float]) -> Tensor:
+    """paste_masks under autocast: the masks are resized in float32 (float64 stays), the boxes keep their dtype.
+    torchvision's paste_masks_in_image has no autocast rule: it expands and truncates the boxes in their own dtype
+    (bfloat16 in an autocast Mask R-CNN), and a float32 expansion would move boxes by a pixel."""
+    with torch.autocast(masks.device.type, enabled=False):
+        m = masks if masks.dtype == torch.float64 else masks.float()
+        return torch.ops.fastops.paste_masks(m, boxes, image_h, image_w, padding, threshold)
+
+
+_lib = torch.library.Library("fastops", "IMPL")
+for _key in ("AutocastCPU", "AutocastCUDA"):
+    _lib.impl("paste_masks", paste_masks_autocast, _key)
 
 
 # ---- ONNX: TorchScript-exporter symbolics (registered here) and the dynamo exporter's translations -------------
