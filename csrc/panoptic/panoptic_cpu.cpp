@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -21,6 +22,31 @@ namespace panoptic {
 namespace {
 
 using at::Tensor;
+
+// Native vector width for the pixel lanes of the upsampled semantic part (GCC vector extensions; the per-ISA copy
+// of this file, csrc/cpu_isa.h, picks 32 bytes with AVX). Lane arithmetic is the scalar formula's, in the same order
+// and without contraction, so results are the scalar kernel's bit for bit.
+#if defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+template <typename A>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float V __attribute__((vector_size(kVecBytes)));
+  typedef int32_t I __attribute__((vector_size(kVecBytes)));
+  typedef int32_t E;
+};
+template <>
+struct Lanes<double> {
+  typedef double V __attribute__((vector_size(kVecBytes)));
+  typedef int64_t I __attribute__((vector_size(kVecBytes)));
+  typedef int64_t E;
+};
+// Rows of one semantic block (rows sharing a source row pair; bounded so the block buffers stay small).
+constexpr int64_t kBlockRows = 8;
 
 template <typename T, bool UP>
 void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>& insts, int64_t S, bool with_void,
@@ -61,10 +87,32 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
       ml1[k] = l.l1;
     }
   }
+  // Output columns of each source cell: cell j (its left corner j) covers [xs[j], xs[j + 1]) (xi0 is monotone).
+  std::vector<int64_t> xs(UP ? w + 1 : 0);
+  if (UP) {
+    int64_t x = 0;
+    for (int64_t j = 0; j <= w; ++j) {
+      while (x < W && xi0[x] < j) ++x;
+      xs[j] = x;
+    }
+  }
+  using V = typename Lanes<A>::V;
+  using VI = typename Lanes<A>::I;
+  using E = typename Lanes<A>::E;
+  constexpr int64_t LN = kVecBytes / (int64_t)sizeof(A);
   const A neg_inf = -std::numeric_limits<A>::infinity();
   at::parallel_for(0, H, 1, [&](int64_t y0r, int64_t y1r) {
     std::vector<A> best(W), tmax(W), smax(W), mrow(MW), vals(W);
     std::vector<int32_t> arg(W);
+    // Upsampling, vectorised: the pixels of a block of rows that share the source rows, source cell by source
+    // cell (lanes = the cell's pixels, row-major, padded to whole vectors), evaluated for the cell's candidates;
+    // results per block row and column in blk_*.
+    std::vector<A> lw0, lw1, lx0, lx1, lbest, ltmax;
+    std::vector<E> larg;
+    std::vector<int64_t> loff(UP ? w + 1 : 0);
+    std::vector<A> blk_best(UP ? kBlockRows * W : 0), blk_tmax(UP ? kBlockRows * W : 0);
+    std::vector<int32_t> blk_arg(UP ? kBlockRows * W : 0);
+    int64_t blk0 = 0, blk1 = 0;
     // Upsampling: candidate channels per source cell (i0, j0) of the current cell row (see below).
     std::vector<A> lo_best(UP ? w : 0);
     std::vector<uint8_t> keep(UP ? C * w : 0);
@@ -128,6 +176,82 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
       } else {
         rows0 = X + y * hS;
       }
+      if (UP && y >= blk1) {
+        blk0 = y;
+        blk1 = y + 1;
+        while (blk1 < y1r && blk1 - blk0 < kBlockRows && resize_lerp<A>(blk1, h, H).i0 == ly.i0) ++blk1;
+        const int64_t R = blk1 - blk0;
+        const int64_t i1 = ly.i1;
+        int64_t tot = 0;
+        for (int64_t j = 0; j < w; ++j) {
+          loff[j] = tot;
+          tot += (R * (xs[j + 1] - xs[j]) + LN - 1) / LN * LN;
+        }
+        loff[w] = tot;
+        lw0.assign(tot, A(0));
+        lw1.assign(tot, A(0));
+        lx0.assign(tot, A(0));
+        lx1.assign(tot, A(0));
+        lbest.resize(tot);
+        ltmax.resize(tot);
+        larg.resize(tot);
+        for (int64_t r = 0; r < R; ++r) {
+          const Lerp<A> lr = resize_lerp<A>(blk0 + r, h, H);
+          for (int64_t j = 0; j < w; ++j) {
+            const int64_t nx = xs[j + 1] - xs[j];
+            for (int64_t k = loff[j] + r * nx, x = xs[j]; x < xs[j + 1]; ++k, ++x) {
+              lw0[k] = lr.l0;
+              lw1[k] = lr.l1;
+              lx0[k] = xl0[x];
+              lx1[k] = xl1[x];
+            }
+          }
+        }
+        const V vninf = V{} + neg_inf;
+        for (int64_t j = 0; j < w; ++j) {
+          if (loff[j + 1] == loff[j]) continue;
+          const int64_t jj = xi1[xs[j]];  // right corner of the cell
+          const int64_t o00 = ly.i0 * hS + j * wS, o01 = ly.i0 * hS + jj * wS;
+          const int64_t o10 = i1 * hS + j * wS, o11 = i1 * hS + jj * wS;
+          const int32_t* cs = cand_s.data() + j * S;
+          const int32_t ns = ncand_s[j];
+          const int32_t* ct = cand_t.data() + j * (C - S);
+          const int32_t nt = with_void ? ncand_t[j] : 0;
+          for (int64_t k = loff[j]; k < loff[j + 1]; k += LN) {
+            V w0, w1, x0, x1;
+            std::memcpy(&w0, lw0.data() + k, sizeof(V));
+            std::memcpy(&w1, lw1.data() + k, sizeof(V));
+            std::memcpy(&x0, lx0.data() + k, sizeof(V));
+            std::memcpy(&x1, lx1.data() + k, sizeof(V));
+            V bv = vninf;
+            VI ba = VI{};
+            for (int32_t q = 0; q < ns; ++q) {
+              const T* pc = X + cs[q] * cS;
+              const V v = w0 * (x0 * A(pc[o00]) + x1 * A(pc[o01])) + w1 * (x0 * A(pc[o10]) + x1 * A(pc[o11]));
+              const VI gt = (v > bv) | ((v != v) & (bv == bv));
+              bv = gt ? v : bv;
+              ba = gt ? VI{} + (E)cs[q] : ba;
+            }
+            std::memcpy(lbest.data() + k, &bv, sizeof(V));
+            std::memcpy(larg.data() + k, &ba, sizeof(VI));
+            V mv = vninf;
+            for (int32_t q = 0; q < nt; ++q) {
+              const T* pc = X + ct[q] * cS;
+              const V v = w0 * (x0 * A(pc[o00]) + x1 * A(pc[o01])) + w1 * (x0 * A(pc[o10]) + x1 * A(pc[o11]));
+              mv = ((v > mv) | (v != v)) ? v : mv;
+            }
+            std::memcpy(ltmax.data() + k, &mv, sizeof(V));
+          }
+          const int64_t nx = xs[j + 1] - xs[j];
+          for (int64_t r = 0; r < R; ++r) {
+            for (int64_t k = loff[j] + r * nx, x = xs[j]; x < xs[j + 1]; ++k, ++x) {
+              blk_best[r * W + x] = lbest[k];
+              blk_arg[r * W + x] = (int32_t)larg[k];
+              blk_tmax[r * W + x] = ltmax[k];
+            }
+          }
+        }
+      }
       const int64_t yi1 = ly.i1;
       // The logit of channel c at output pixel x.
       auto value = [&](int64_t c, int64_t x) -> A {
@@ -145,30 +269,12 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
       A* __restrict__ pt = tmax.data();
       A* __restrict__ ps = smax.data();
       if (UP) {
-        for (int64_t x = 0; x < W; ++x) {
-          const int64_t j = xi0[x];
-          const int32_t* cs = cand_s.data() + j * S;
-          A bv = neg_inf;
-          int32_t ba = 0;
-          for (int32_t k = 0, n = ncand_s[j]; k < n; ++k) {
-            const A v = value(cs[k], x);
-            if (beats(v, bv)) {
-              bv = v;
-              ba = cs[k];
-            }
-          }
-          pb[x] = bv;
-          pa[x] = ba;
-          if (with_void) {
-            const int32_t* ct = cand_t.data() + j * (C - S);
-            A mv = neg_inf;
-            for (int32_t k = 0, n = ncand_t[j]; k < n; ++k) {
-              const A v = value(ct[k], x);
-              mv = nanmax(mv, v);
-            }
-            pt[x] = mv;
-            ps[x] = N == 0 ? A(-10) : neg_inf;
-          }
+        const int64_t o = (y - blk0) * W;
+        std::copy(blk_best.begin() + o, blk_best.begin() + o + W, pb);
+        std::copy(blk_arg.begin() + o, blk_arg.begin() + o + W, pa);
+        if (with_void) {
+          std::copy(blk_tmax.begin() + o, blk_tmax.begin() + o + W, pt);
+          std::fill(ps, ps + W, N == 0 ? A(-10) : neg_inf);
         }
       } else {
         for (int64_t x = 0; x < W; ++x) {

@@ -30,7 +30,10 @@ def corner_pool(x: Tensor, mode: str = "top", impl: str = "auto") -> Tensor:
     on, the output is NaN, and the gradients of those outputs go to that first NaN. +-inf are ordinary values.
 
     Speed: bandwidth-bound; forward is one read + one write of ``x``, backward reads ``x``, the output and the
-    gradient and writes one gradient (the CPU kernels make exactly these passes).
+    gradient and writes one gradient (the CPU kernels make exactly these passes). Distance from that floor on the
+    2-core dev VM, ``[1,128,128,128]`` float32, 1 thread: a copy (one read + one write) takes ~0.5 ms; forward
+    bottom ~0.7 ms (1.4x), left/right ~1.5-2.2 ms (3-4x: the 8x8 transposes of the scan along rows), top ~1.8-2.5
+    ms (descending rows); backward 1.3-4 ms (three reads + one write).
 
     ONNX (both exporters, opset >= 15): CornerNet's log-step max scan, ceil(log2(L)) rounds of Slice + Max + Concat
     along the scan axis, unrolled for the static length L of that axis (other dimensions dynamic); exact in
