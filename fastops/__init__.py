@@ -17,6 +17,6 @@ from fastops.ops.render import gaussian_radius, render_center_heatmap, render_ga
 from fastops.ops.decode import heatmap_argmax, soft_argmax  # noqa: F401
 from fastops.ops.peaks import centernet_decode, heatmap_peaks  # noqa: F401
 from fastops.ops.corner_pool import corner_pool  # noqa: F401
+from fastops.ops.priors import match_priors, prior_nms  # noqa: F401
 
 from fastops.patch import is_patched, patch_torchvision, unpatch_torchvision  # noqa: F401,E402
-
