@@ -34,6 +34,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 import fastops
 from fastops._library import check_impl
 from fastops.models._checkpoint import load_checkpoint
+from fastops.ops.priors import split_detections
 
 __all__ = ["RetinaFace", "CFG_MNET", "CFG_RE50", "prior_boxes", "build_retinaface"]
 
@@ -211,9 +212,10 @@ class RetinaFace(nn.Module):
         h, w = int(image_size[0]), int(image_size[1])
         priors = self.priors((h, w), loc.device).to(loc.dtype)
         scores = F.softmax(conf, dim=-1)[..., 1]
-        return fastops.prior_nms(loc, scores, landms, priors, (float(w), float(h)), self.score_threshold,
-                                 self.iou_threshold, self.top_k, self.keep_top_k, tuple(self.cfg["variance"]),
-                                 pad, True, self.impl)
+        out = fastops.prior_nms(loc, scores, landms, priors, (float(w), float(h)), self.score_threshold,
+                                self.iou_threshold, self.top_k, self.keep_top_k, tuple(self.cfg["variance"]), pad,
+                                True, self.impl)
+        return out if pad else split_detections(*out)
 
     @torch.no_grad()
     def detect(self, images: Tensor, pad: bool = False):

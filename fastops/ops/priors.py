@@ -15,7 +15,7 @@ from torch import Tensor
 
 import fastops.registrations.priors as _reg
 from fastops._library import check_int, check_tensor, dispatch, reference_module
-from fastops.ops._keypoints import autocast_float32, choice, finite_float
+from fastops.ops._keypoints import autocast_float32, choice, finite_float, traced_call
 
 MODES = tuple(_reg.MODES)
 _BOX_DTYPES = (torch.float32, torch.float64)
@@ -67,14 +67,23 @@ def prior_nms(loc: Tensor, scores: Tensor, landms: Optional[Tensor], priors: Ten
                                         scale_xy[1], score_threshold, iou_threshold, pre_nms_top_k, max_det, pad,
                                         plus_one)
         return r[0], r[1], r[2], r[3]
+    leaf = traced_call(_PUBLIC["prior_nms"], (loc, scores, landms, priors), loc, scores, landms, priors, scale_xy,
+                       score_threshold, iou_threshold, pre_nms_top_k, max_det, variances, pad, plus_one, impl)
+    if leaf is not None:
+        return leaf
     return autocast_float32(_prior_nms, loc, loc, scores, landms, priors, scale_xy, score_threshold, iou_threshold,
                             pre_nms_top_k, max_det, variances, pad, plus_one, impl)
+
+
+def _float(name, v):
+    # torch.compile(dynamic=True) traces Python floats as SymFloats: checked in eager mode only
+    return v if torch.compiler.is_compiling() else finite_float(name, v)
 
 
 def _pair(name, v) -> Tuple[float, float]:
     if not isinstance(v, (tuple, list)) or len(v) != 2:
         raise ValueError(f"{name} must be a pair of floats, got {v!r}")
-    return finite_float(name, v[0]), finite_float(name, v[1])
+    return _float(name, v[0]), _float(name, v[1])
 
 
 def _prior_nms(loc, scores, landms, priors, scale_xy, score_threshold, iou_threshold, pre_nms_top_k, max_det,
@@ -94,8 +103,8 @@ def _prior_nms(loc, scores, landms, priors, scale_xy, score_threshold, iou_thres
             raise ValueError(f"{name} must have shape {want} (B, P from loc), got {tuple(t.shape)}")
     sx, sy = _pair("scale_xy", scale_xy)
     v0, v1 = _pair("variances", variances)
-    sthr = finite_float("score_threshold", score_threshold)
-    ithr = finite_float("iou_threshold", iou_threshold)
+    sthr = _float("score_threshold", score_threshold)
+    ithr = _float("iou_threshold", iou_threshold)
     top_k = check_int("pre_nms_top_k", pre_nms_top_k, low=_I64[0], high=_I64[1])
     if pad:
         max_det = check_int("max_det", max_det, low=1, high=2**31 - 1)
@@ -161,6 +170,10 @@ def match_priors(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, counts: Op
         r = torch.ops.fastops.match_priors(gt_boxes, gt_labels, lm, c, priors, pos_threshold, neg, variances[0],
                                            variances[1], mode, hard_threshold)
         return r[0], r[1], r[2], r[3], r[4]
+    leaf = traced_call(_PUBLIC["match_priors"], (gt_boxes, gt_labels, priors, counts, gt_landms), gt_boxes, gt_labels, priors,
+                       counts, gt_landms, pos_threshold, neg_threshold, variances, mode, hard_threshold, impl)
+    if leaf is not None:
+        return leaf
     return autocast_float32(_match_priors, gt_boxes, gt_boxes, gt_labels, priors, counts, gt_landms, pos_threshold,
                             neg_threshold, variances, mode, hard_threshold, impl)
 
@@ -189,14 +202,18 @@ def _match_priors(gt_boxes, gt_labels, priors, counts, gt_landms, pos_threshold,
     check_tensor("gt_landms", gt_landms, dim=3, dtypes=(gt_boxes.dtype,), device=gt_boxes.device)
     if tuple(gt_landms.shape[:2]) != (B, G) or gt_landms.size(2) % 2:
         raise ValueError(f"gt_landms must have shape [{B}, {G}, 2L], got {tuple(gt_landms.shape)}")
-    pos = finite_float("pos_threshold", pos_threshold)
-    neg = pos if neg_threshold is None else finite_float("neg_threshold", neg_threshold)
+    pos = _float("pos_threshold", pos_threshold)
+    neg = pos if neg_threshold is None else _float("neg_threshold", neg_threshold)
     v0, v1 = _pair("variances", variances)
     choice("mode", mode, MODES)
-    hard = None if hard_threshold is None else finite_float("hard_threshold", hard_threshold)
+    hard = None if hard_threshold is None else _float("hard_threshold", hard_threshold)
     return tuple(dispatch(
         "match_priors", impl, gt_boxes.device,
         cpp=lambda: torch.ops.fastops.match_priors(gt_boxes, gt_labels, gt_landms, counts, priors, pos, neg, v0, v1,
                                                    mode, hard),
         reference=lambda: reference_module("priors").match_priors(gt_boxes, gt_labels, gt_landms, counts, priors,
                                                                   pos, neg, (v0, v1), mode, hard)))
+
+
+# the original functions: torch.fx.wrap patches the module globals while tracing, the leaf records these
+_PUBLIC = {"prior_nms": prior_nms, "match_priors": match_priors}

@@ -130,7 +130,7 @@ def detect_one(loc: Tensor, scores: Tensor, landms: Tensor, priors: Tensor, vari
     dev = loc.device
     return (torch.from_numpy(np.ascontiguousarray(dets[:, :4])).to(dev),
             torch.from_numpy(np.ascontiguousarray(dets[:, 4])).to(dev),
-            torch.from_numpy(np.ascontiguousarray(lm)).reshape(-1, 2 * npts).to(dev))
+            torch.from_numpy(np.ascontiguousarray(lm)).reshape(len(keep[:keep_top_k] if keep_top_k > 0 else keep), 2 * npts).to(dev))
 
 
 def prior_nms(loc, scores, landms, priors, variances, scale_xy, score_threshold, iou_threshold, top_k, keep_top_k,
