@@ -209,11 +209,6 @@ def test_autocast_exact_ops_keep_dtype(impl, dtype):
         _equal(a, b)
     for m, p in zip(("top", "left"), pooled):
         assert p.dtype == dtype
-        if impl == "triton" and dtype == torch.bfloat16:
-            # Open (not autocast's doing): Triton corner_pool on bfloat16 under TRITON_INTERPRET is wrong even
-            # without autocast (off by up to ~6 against the same values in float32; float16 is exact). Unchecked
-            # on a GPU, so whether the kernel or the interpreter is at fault is not known.
-            continue
         _equal(p.float(), fastops.corner_pool(x.float(), m, impl=impl))
 
 

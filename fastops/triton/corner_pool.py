@@ -32,7 +32,11 @@ def _lanes_geometry(H, W, MODE: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _corner_pool_kernel(x, out, H, W, MODE: tl.constexpr, BLOCK: tl.constexpr):
+def _corner_pool_kernel(x, out, H, W, MODE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    # Values are compared in ACC (float32 for float16/bfloat16: the round trip is exact, so the result is the
+    # input's own values). Triton's interpreter (3.8) stores bfloat16 as raw uint16 and compares those bits
+    # (`create_fcmpOGT` is np.greater on the uint16 array: -0.89 > -1.29 is False, -0.02 > 0.37 is True), so a
+    # bfloat16 compare gave wrong maxima under TRITON_INTERPRET=1; tests/test_corner_pool.py has the reproducer.
     REV: tl.constexpr = (MODE == 0) | (MODE == 2)
     base, step, length, lane_ok = _lanes_geometry(H, W, MODE, BLOCK)
     if REV:
@@ -41,13 +45,13 @@ def _corner_pool_kernel(x, out, H, W, MODE: tl.constexpr, BLOCK: tl.constexpr):
     else:
         pos = base
         d = step
-    mx = tl.load(x + pos, mask=lane_ok, other=0.0)
-    tl.store(out + pos, mx, mask=lane_ok)
+    mx = tl.load(x + pos, mask=lane_ok, other=0.0).to(ACC)
+    tl.store(out + pos, mx.to(out.dtype.element_ty), mask=lane_ok)
     for t in range(1, length):
         pos += d
-        v = tl.load(x + pos, mask=lane_ok, other=0.0)
+        v = tl.load(x + pos, mask=lane_ok, other=0.0).to(ACC)
         mx = tl.where((v > mx) | ((v != v) & (mx == mx)), v, mx)  # NaN propagates from the first NaN
-        tl.store(out + pos, mx, mask=lane_ok)
+        tl.store(out + pos, mx.to(out.dtype.element_ty), mask=lane_ok)
 
 
 @triton.jit
@@ -87,7 +91,7 @@ def corner_pool_triton(input: Tensor, mode: str) -> Tensor:
     if x.numel() > 0:
         n, blk = _lanes(x, mode)
         launch(_corner_pool_kernel)[(x.size(0) * x.size(1), triton.cdiv(n, blk))](
-            x, out, x.size(2), x.size(3), MODE=_reg.POOL_MODES[mode], BLOCK=blk)
+            x, out, x.size(2), x.size(3), MODE=_reg.POOL_MODES[mode], ACC=acc_type(x.dtype), BLOCK=blk)
     return out
 
 
@@ -101,8 +105,6 @@ def corner_pool_backward_triton(grad: Tensor, input: Tensor, output: Tensor, mod
             grad.to(x.dtype).contiguous(), x, output.contiguous(), gin, x.size(2), x.size(3),
             MODE=_reg.POOL_MODES[mode], ACC=acc_type(x.dtype), BLOCK=blk)
     return gin
-
-
 
 
 for _name, _op in (("corner_pool", corner_pool_triton), ("_corner_pool_backward", corner_pool_backward_triton)):
