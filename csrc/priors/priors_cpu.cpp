@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "keypoints_vec.h"
 #include "priors/priors.h"
 
 namespace fastops {
@@ -153,17 +154,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> prior_nms_cpu(const Tensor& loc, cons
 
 // ---- match_priors ---------------------------------------------------------------------------------------------
 
-// First maximum of row[0..n) with torch.max's rule (NaN wins, the first NaN); n > 0.
+// First maximum of row[0..n) with torch.max's rule (NaN wins, the first NaN); n > 0. Vectorised lane-wise scans
+// (keypoints_vec.h): the maximum, then the first lane block holding it.
 template <typename A>
 int32_t first_max(const A* row, int64_t n, A& best) {
-  A m = row[0];
-  for (int64_t p = 1; p < n; ++p) m = max_wins(row[p], m) ? row[p] : m;
-  best = m;
-  const bool nan = m != m;
-  for (int64_t p = 0; p < n; ++p) {
-    if (nan ? row[p] != row[p] : row[p] == m) return (int32_t)p;
+  bool nan = false;
+  const A m = heatmaps::lanes_max(row, n, nan);
+  if (nan) {
+    const int64_t i = heatmaps::first_nan(row, n);
+    best = row[i];
+    return (int32_t)i;
   }
-  return 0;
+  best = m;
+  return (int32_t)heatmaps::first_equal(row, n, m);
 }
 
 template <typename A>
