@@ -4,8 +4,8 @@ YOLACT (Bolya et al., dbolya/yolact): ResNet-50 + FPN P3-P7, a protonet producin
 ``input_size / 4`` (138x138 for the default 550 input), one prediction head shared by all levels with 3 aspect
 ratios per location and tanh mask coefficients. Inference decodes the boxes (variances 0.1/0.2), runs
 ``fastops.fast_nms`` and assembles the masks with ``fastops.yolact_masks``; training uses YOLACT's MultiBox loss
-(matching, smooth-L1 box loss, OHEM class loss, semantic segmentation loss) with the lincomb mask loss computed by
-``fastops.yolact_mask_loss``.
+(matching with ``fastops.match_priors(mode="yolact")``, smooth-L1 box loss, OHEM class loss, semantic segmentation
+loss) with the lincomb mask loss computed by ``fastops.yolact_mask_loss``.
 
 YolactEdge (Liu et al., haotian-liu/yolact_edge): on non-keyframes only C3 is computed; a small flow network
 (FlowNetMini) predicts, from the C3 laterals of the current frame and of the last keyframe, a flow plus a
@@ -361,25 +361,6 @@ class Yolact(nn.Module):
         return results
 
     # -- training ------------------------------------------------------------------------------------------------
-    def match(self, gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """YOLACT's ``match`` (no crowds, matching against the point-form priors): returns ``conf_t [P]``
-        (label + 1, 0 background, -1 neutral), ``idx_t [P]`` (matched gt) and ``loc_t [P, 4]``."""
-        overlaps = jaccard(gt_boxes, point_form(priors))
-        best_truth_overlap, best_truth_idx = overlaps.max(0)
-        for _ in range(overlaps.size(0)):  # every gt gets its best prior
-            best_prior_overlap, best_prior_idx = overlaps.max(1)
-            j = best_prior_overlap.argmax()
-            i = best_prior_idx[j]
-            overlaps[:, i] = -1
-            overlaps[j, :] = -1
-            best_truth_overlap[i] = 2
-            best_truth_idx[i] = j
-        conf = gt_labels[best_truth_idx] + 1
-        conf[best_truth_overlap < self.pos_threshold] = -1
-        conf[best_truth_overlap < self.neg_threshold] = 0
-        loc = encode_boxes(gt_boxes[best_truth_idx], priors)
-        return conf, best_truth_idx, loc
-
     def loss(self, out: Dict[str, Tensor], targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
         """YOLACT's MultiBoxLoss (yolact_base_config): ``B`` smooth-L1 box loss x1.5, ``C`` OHEM cross entropy
         (3 negatives per positive), ``M`` lincomb mask loss x6.125 (``fastops.yolact_mask_loss``; gt masks
@@ -392,15 +373,21 @@ class Yolact(nn.Module):
         loc_data, conf_data, mask_data, priors, proto = (out["loc"], out["conf"], out["mask"], out["priors"],
                                                           out["proto"])
         bsz, num_priors = loc_data.shape[:2]
-        conf_t, idx_t, loc_t, gt_box_t = [], [], [], []
         with torch.no_grad():
-            for t in targets:
-                c, i, l = self.match(t["boxes"].to(priors), t["labels"], priors)
-                conf_t.append(c)
-                idx_t.append(i)
-                loc_t.append(l)
-                gt_box_t.append(t["boxes"].to(priors)[i])
-        conf_t, idx_t, loc_t, gt_box_t = (torch.stack(v) for v in (conf_t, idx_t, loc_t, gt_box_t))
+            # YOLACT's match (no crowds) for the whole batch: fastops.match_priors(mode="yolact") on padded gt
+            # (conf_t: label + 1, 0 background, -1 neutral; idx_t: matched gt)
+            G = max([int(t["boxes"].size(0)) for t in targets] + [0])
+            gt = priors.new_zeros((bsz, G, 4))
+            lab = torch.zeros((bsz, G), dtype=torch.int64, device=priors.device)
+            for b, t in enumerate(targets):
+                gt[b, :t["boxes"].size(0)] = t["boxes"].to(priors)
+                lab[b, :t["labels"].size(0)] = t["labels"].to(lab) + 1
+            counts = torch.tensor([int(t["boxes"].size(0)) for t in targets], dtype=torch.int64,
+                                  device=priors.device)
+            loc_t, conf_t, _, _, idx_t = fastops.match_priors(gt, lab, priors, counts, None, self.pos_threshold,
+                                                              self.neg_threshold, VARIANCES, "yolact", None,
+                                                              self.impl)
+            gt_box_t = gt.gather(1, idx_t.clamp(min=0)[..., None].expand(-1, -1, 4))
         pos = conf_t > 0
         num_pos = pos.sum(1, keepdim=True)
         losses: Dict[str, Tensor] = {}
