@@ -145,8 +145,12 @@ else:
 link_flags = []
 if sanitize:
     # -O1 keeps the reports' stacks readable; no recovery: the first UBSan report aborts (tools/sanitize.py).
-    san = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=undefined,float-cast-overflow"]
-    cxx_flags = [f for f in cxx_flags if not f.startswith("-O")] + san + ["-fno-omit-frame-pointer", "-O1", "-g"]
+    # Python's own CFLAGS (sysconfig, put first on the compile line) carry -fwrapv, which defines signed overflow
+    # as wrapping and so hides it from UBSan; -fno-wrapv comes later on the line and wins.
+    checks = "address,undefined,float-cast-overflow,signed-integer-overflow"
+    san = [f"-fsanitize={checks}", "-fno-sanitize-recover=undefined,float-cast-overflow,signed-integer-overflow"]
+    cxx_flags = ([f for f in cxx_flags if not f.startswith("-O")] + san +
+                 ["-fno-wrapv", "-fno-omit-frame-pointer", "-O1", "-g"])
     link_flags += san
 nvcc_flags = ["-O3", "-Xptxas", "-v", "-lineinfo", "--expt-relaxed-constexpr"]
 

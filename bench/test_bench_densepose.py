@@ -49,7 +49,7 @@ def test_paste(benchmark, threads, side):
         fn = lambda: fastops.densepose_paste_iuv(coarse, fine, u, v, boxes, scores, 1000, 1000)  # noqa: E731
     record(benchmark, "densepose_paste_iuv", "100 dets -> [3,1000,1000]", threads, side,
            peak_mb=peak_extra_mb(fn) if threads == 1 else None)
-    run(benchmark, fn, rounds=3 if side == "anchor" else 10)
+    run(benchmark, fn, rounds=2 if side == "anchor" else 10)
 
 
 def _loss_inputs(rois=64, points=196, S=112, seed=0):

@@ -86,8 +86,8 @@ def test_postprocess_op_matches_transcription_on_model_maps(model):
     got = fastops.densepose_chart_to_iuv(coarse, fine, u, v, boxes)
     want = ref.chart_to_iuv(coarse, fine, u, v, boxes)
     for a, b in zip(got, want):
-        if a.dtype == torch.float32:
-            torch.testing.assert_close(a, b, rtol=0, atol=2.5e-7)
+        if a.dtype == torch.float32:  # float rounding relative to the maps' scale (cancelling taps)
+            torch.testing.assert_close(a, b, rtol=0, atol=2.5e-7 * max(u.abs().max(), v.abs().max()).item())
         else:
             assert torch.equal(a, b)
     assert got[3][1, 2:].tolist() == [1, 1]  # the 1-pixel box

@@ -244,6 +244,33 @@ rows add up to more than the totals; a row counts the public function and the co
 (`torch.ops.fastops.<op>`, called directly) together."""
 
 
+# Issue 11, offsets past 2^31: what tests them, and for the rest what a read of the index arithmetic found (a test
+# would need the whole output, > 8 GB, in memory). Kept here so the page stays generated.
+_OFFSETS_TEXT = """## Offsets past 2^31
+
+Tested (the map or output has more than 2^31 elements):
+- `roi_align` / `multi_scale_roi_align` forward, CPU: `tests/test_large_offsets.py` (NCHW with a channel, an image,
+  or one whole plane past 2^31, and channels_last; the maps are reserved, not filled, so a few MB are used).
+  An int32 cast of the channel offset, injected, failed 3 of its 5 tests.
+- `paste_masks`: `tests/test_bad_inputs_masks.py::test_paste_masks_offsets_past_2_31` (2.2 GB bool output).
+- `yolact_masks`, `heatmap_argmax`: correct past 2^31 when probed (issue 11); no test kept (> 8 GB).
+
+Read, not tested (CPU `*_cpu.cpp` and CUDA `*.cu`): flat element indices are `int64_t` (CUDA:
+`FASTOPS_KERNEL_LOOP` in `csrc/cuda_utils.cuh`); a coordinate along one axis may be `int` (every size is checked
+to be < 2^31, most < 2^30), and every offset multiplies it by an `int64_t` stride or row length before adding:
+- `roi_align` backward: plane pointers `batch * sN + c * sC`, rows `yi * sH` (`int` times `int64_t`); the packed
+  float32 forward stores row offsets as int32 and is used only when `H * sH < 2^31` (else the sparse walk).
+- `flow_warp`: every index and stride `int64_t` (`flow_warp_cpu.cpp`, `flow_warp_backward_cpu.cpp`,
+  `flow_warp_cuda.cu`; the deterministic CUDA backward's sort keys are checked to fit 62 bits).
+- `render_gaussian_heatmaps` / `render_center_heatmap`: plane `m * (int64_t)H * W`, rows `(int64_t)y * W`.
+- `corner_pool`: rows `y * ld` with `int64_t ld`. One 32-bit offset was found and fixed: the AVX2 left/right
+  backward read the 8 rows of a tile at `k * W` with `int W` (past 2^31 for W >= 306,783,379).
+- `panoptic_fuse`: output rows `y * W`, `int64_t` H, W; candidate lists hold channel numbers (< C) as int32.
+- `heatmap_peaks`, `heatmap_argmax`, `soft_argmax`, `centernet_decode`: plane `m * plane` (`int64_t`), rows
+  `(int64_t)y * W`; peak indices are returned as int64.
+- NMS family: box counts are checked `< 2^31`; box and score offsets are `int64_t` index times stride."""
+
+
 def render(data, sanitize_summary=None):
     mods = data["modules"]
     per_op = defaultdict(lambda: defaultdict(int))
@@ -316,6 +343,7 @@ def render(data, sanitize_summary=None):
                      f"{len(m['cases'])} | {secs:.0f} |")
     lines += ["", "## Cases that did not give a clear error or a correct result", ""]
     lines += [f"- `{t}`: {o}: {d}" for t, o, d in failures] or ["None."]
+    lines += ["", _OFFSETS_TEXT]
     if sanitize_summary:
         lines += ["", "## Sanitizer (`make sanitize`)", ""] + sanitize_summary
     return "\n".join(lines) + "\n"

@@ -7,8 +7,10 @@ sanitized build; build/sanitize/site goes first on PYTHONPATH (subprocesses of t
 
 The Python interpreter is not instrumented, so the ASan runtime is LD_PRELOADed. Any report fails the run:
 UBSan is built with -fno-sanitize-recover (abort at the first report), ASan aborts at its first report too, and
-every report is also written to build/sanitize/reports/ (log_path), which must stay empty: a report in a
-subprocess whose test did not notice the crash still fails `make sanitize`.
+ASan's reports are also written to build/sanitize/reports/ (log_path), which must stay empty: a report in a
+subprocess whose test did not notice the crash still fails `make sanitize`. UBSan ignores log_path next to the
+ASan runtime (gcc 12), so pytest's output is scanned for reports as well. Signed overflow is checked although
+Python's compile flags carry -fwrapv (which defines it as wrapping): setup.py adds -fno-wrapv to this build.
 
 Usage: python tools/sanitize.py [--no-build] [pytest args...]   (default pytest args: tests -q -x)
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +41,9 @@ sys.stdout.write(proc.stdout); sys.stderr.write(proc.stderr); sys.exit(proc.retu
 """
 
 
+_REPORT = re.compile(r"runtime error: |ERROR: AddressSanitizer|ERROR: LeakSanitizer")
+
+
 def _runtime(name):
     path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
     if not os.path.isabs(path) or not os.path.exists(path):
@@ -47,6 +53,7 @@ def _runtime(name):
 
 def build():
     env = dict(os.environ, FASTOPS_SANITIZE="1", FASTOPS_CUDA="0")
+    env.setdefault("MAX_JOBS", "2")
     env["PATH"] = os.path.join(ROOT, ".venv", "bin") + os.pathsep + env.get("PATH", "")
     t0 = time.time()
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-temp", TEMP, "--build-lib", LIB],
@@ -103,12 +110,27 @@ def run_tests(pytest_args):
     args = [os.path.join(ROOT, a) if not a.startswith("-") and os.path.exists(os.path.join(ROOT, a.split("::")[0]))
             else a for a in pytest_args]
     t0 = time.time()
-    rc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "reliability_counts",
-                         "--rootdir", ROOT, *args], cwd=SITE, env=env).returncode
+    # UBSan's reports do not follow log_path when the ASan runtime is loaded too (gcc 12: they go to stderr), so
+    # the output is also scanned: a report in pytest's own process, or in a fresh interpreter of a failed
+    # isolated test (whose stderr the failure message shows), counts as well. --capture=sys: pytest's default fd
+    # capture would keep the report of an aborting test in a temporary file that is never printed.
+    if not any(a.startswith("--capture") or a == "-s" for a in args):
+        args = ["--capture=sys", *args]
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "reliability_counts",
+                             "--rootdir", ROOT, *args], cwd=SITE, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    printed = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if _REPORT.search(line):
+            printed.append(line.strip())
+    rc = proc.wait()
     seconds = time.time() - t0
     reports = sorted(glob.glob(os.path.join(REPORTS, "*")))
-    print(f"sanitize: pytest exit {rc} in {seconds:.0f} s; {len(reports)} sanitizer report file(s)")
-    firsts = []
+    print(f"sanitize: pytest exit {rc} in {seconds:.0f} s; {len(reports)} sanitizer report file(s), "
+          f"{len(printed)} report line(s) in the output")
+    firsts = [f"output: {ln}" for ln in dict.fromkeys(printed)]
     for r in reports:
         with open(r, errors="replace") as f:
             text = f.read()

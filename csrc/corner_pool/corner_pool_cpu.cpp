@@ -24,6 +24,9 @@ using at::Tensor;
 // top/bottom: the scan runs over the plane's rows with the W lanes contiguous, so every step is a vectorised row
 // operation. left/right: the scan runs along the contiguous axis; kRows rows go together (independent chains).
 
+// Software prefetch distance of the row scans, in rows.
+constexpr int kAhead = 4;
+
 // out[t] = scan_max(out[t-1], in[t]), t in scan order (rev: from row L-1 down).
 template <typename T, typename A>
 void scan_fwd_rows(const T* in, T* out, int L, int n, int64_t ld, bool rev) {
@@ -35,8 +38,11 @@ void scan_fwd_rows(const T* in, T* out, int L, int n, int64_t ld, bool rev) {
     const T* pr = out + (y - step) * ld;
     T* o = out + y * ld;
     int x = 0;
+    // A few rows ahead in scan order: the hardware prefetchers follow a descending scan (top) poorly.
+    const T* ahead = t + kAhead < L ? r + kAhead * step * ld : r;
     if constexpr (std::is_same<T, float>::value) {
       for (; x + kLanes <= n; x += kLanes) {
+        __builtin_prefetch(ahead + x);
         const vfloat a = vload(r + x), b = vload(pr + x);
         const vfloat v = ((a > b) | ((a != a) & (b == b))) ? a : b;
         std::memcpy(o + x, &v, sizeof(v));
@@ -61,9 +67,13 @@ void scan_bwd_rows(const T* g, const T* in, const T* out, T* gin, int L, int n, 
       for (int x = 0; x < n; ++x) rr[x] = (T)(acc[x] + (A)gr[x]);
     } else {
       const T* pr = out + (y - step) * ld;
+      const int64_t ah = t >= kAhead ? -kAhead * step * ld : 0;  // rows ahead in the walk (against the scan)
       int x = 0;
       if constexpr (std::is_same<T, float>::value) {
         for (; x + kLanes <= n; x += kLanes) {
+          __builtin_prefetch(gr + ah + x);
+          __builtin_prefetch(ar + ah + x);
+          __builtin_prefetch(pr + ah + x);
           const vfloat sv = vload(acc + x) + vload(gr + x);
           const vfloat a = vload(ar + x), p = vload(pr + x);
           const vint rec = (a > p) | ((a != a) & (p == p));
@@ -126,6 +136,17 @@ inline void store_tile(float* p, int64_t ld, __m256* r) {
   for (int i = 0; i < 8; ++i) _mm256_storeu_ps(p + i * ld, r[i]);
 }
 
+// The 8 rows of a group are one contiguous block of 8 * W floats, but a tile touches 8 short strided pieces of it
+// (and the left scan walks them backwards), which the hardware prefetchers do not follow: tile t of a group
+// prefetches lines [4t, 4t + 4) of the next group's block (8 * W floats = W / 2 lines, W / 8 tiles).
+inline void prefetch_next_group(const float* group, int W, int t) {
+  const char* nxt = reinterpret_cast<const char*>(group + 8 * (int64_t)W) + (int64_t)t * 256;
+  __builtin_prefetch(nxt);
+  __builtin_prefetch(nxt + 64);
+  __builtin_prefetch(nxt + 128);
+  __builtin_prefetch(nxt + 192);
+}
+
 // is_record / scan_max for 8 lanes: v > p, or v is NaN and p is not.
 inline __m256 vrecord(__m256 v, __m256 p) {
   const __m256 gt = _mm256_cmp_ps(v, p, _CMP_GT_OQ);
@@ -144,6 +165,7 @@ void scan8_fwd(const float* in, float* out, int W, bool rev) {
   __m256 m = _mm256_setzero_ps(), r[8];
   for (int t = 0; t < nt; ++t) {
     const int c = tile_col(W, t, rev);
+    prefetch_next_group(in, W, t);
     load_tile(in + c, W, r);
     for (int jj = 0; jj < 8; ++jj) {
       const int j = slot(jj, rev);
@@ -182,14 +204,18 @@ void scan8_bwd(const float* g, const float* in, const float* out, float* gin, in
   __m256 va = _mm256_loadu_ps(acc), G[8], I[8], O[8];
   for (int t = nt - 1; t >= 0; --t) {
     const int c = tile_col(W, t, rev);
+    prefetch_next_group(g, W, nt - 1 - t);
+    prefetch_next_group(in, W, nt - 1 - t);
+    prefetch_next_group(out, W, nt - 1 - t);
     load_tile(g + c, W, G);
     load_tile(in + c, W, I);
     load_tile(out + c, W, O);
     __m256 prev = _mm256_setzero_ps();  // the output just before the tile in scan order (t > 0)
     if (t > 0) {
       const int xp = c + slot(0, rev) - d;
-      prev = _mm256_setr_ps(out[xp], out[W + xp], out[2 * W + xp], out[3 * W + xp], out[4 * W + xp],
-                            out[5 * W + xp], out[6 * W + xp], out[7 * W + xp]);
+      const int64_t w = W;  // row i of the tile at i * w: int64 (7 * W passes 2^31 for W >= 306,783,379)
+      prev = _mm256_setr_ps(out[xp], out[w + xp], out[2 * w + xp], out[3 * w + xp], out[4 * w + xp],
+                            out[5 * w + xp], out[6 * w + xp], out[7 * w + xp]);
     }
     for (int jj = 7; jj >= 0; --jj) {
       const int j = slot(jj, rev);

@@ -30,6 +30,7 @@ int64_t argmax_fast(const T* p, int64_t n, A& best, std::vector<A>& buf) {
     for (int64_t i = 0; i < n; ++i) buf[i] = (A)p[i];
     q = buf.data();
   }
+  if constexpr (std::is_same<A, float>::value) return argmax_first(q, n, best);
   bool nan;
   const A m = lanes_max(q, n, nan);
   if (nan) {
@@ -99,6 +100,9 @@ std::tuple<Tensor, Tensor> heatmap_argmax_cpu(const Tensor& heatmaps, c10::strin
 // S = sum e, Sx = sum e * x, Sy = sum e * y (fixed-order lanes).
 template <typename A>
 A map_max_scaled(const A* q, int64_t n, A beta) {
+  if constexpr (std::is_same<A, float>::value) {
+    if (beta >= A(0)) return beta * fast_max(q, n);
+  }
   bool nan;
   if (beta >= A(0)) return beta * lanes_max(q, n, nan);
   A mn = q[0];
@@ -106,40 +110,63 @@ A map_max_scaled(const A* q, int64_t n, A beta) {
   return beta * mn;
 }
 
+// float: the exponentials in fused multiply-adds (vexp), one row's sums in registers, the lane x positions
+// carried as a vector. Maps are small (one stays in L1 between the max pass and this one).
 inline void softmax_sums(const float* q, int H, int W, float beta, float* e, float& S, float& Sx, float& Sy) {
   const float mx = map_max_scaled(q, (int64_t)H * W, beta);
   vfloat s = vfloat{}, sx = vfloat{}, sy = vfloat{};
-  const vfloat vb = vsplat(beta), vm = vsplat(mx);
+  const vfloat vb = vsplat(beta), nvm = vsplat(-mx);
+  const int full = W - W % kLanes;
   float tail[kLanes];
   for (int y = 0; y < H; ++y) {
     const float* r = q + (int64_t)y * W;
     float* er = e ? e + (int64_t)y * W : nullptr;
-    const vfloat fy = vsplat((float)y);
-    for (int x = 0; x < W; x += kLanes) {
-      const int n = std::min(kLanes, W - x);
-      vfloat v;
-      if (n == kLanes) {
-        v = vexp(vb * vload(r + x) - vm);
-      } else {
-        for (int j = 0; j < kLanes; ++j) tail[j] = j < n ? r[x + j] : 0.0f;
-        v = vexp(vb * vload(tail) - vm);
-        for (int j = n; j < kLanes; ++j) v[j] = 0.0f;
-      }
-      if (er) {
-        if (n == kLanes) {
-          std::memcpy(er + x, &v, sizeof(v));
-        } else {
-          for (int j = 0; j < n; ++j) er[x + j] = v[j];
-        }
-      }
-      s += v;
-      sx += v * viota((float)x);
-      sy += v * fy;
+    vfloat rs = vfloat{}, rx = vfloat{}, vx = viota(0.0f);
+    int x = 0;
+    for (; x < full; x += kLanes) {
+      const vfloat v = vexp(vfma(vb, vload(r + x), nvm));
+      if (er) vstore(er + x, v);
+      rs += v;
+      rx = vfma(v, vx, rx);
+      vx += (float)kLanes;
     }
+    if (x < W) {
+      const int n = W - x;
+      for (int j = 0; j < kLanes; ++j) tail[j] = j < n ? r[x + j] : 0.0f;
+      vfloat v = vexp(vfma(vb, vload(tail), nvm));
+      for (int j = n; j < kLanes; ++j) v[j] = 0.0f;
+      if (er) {
+        for (int j = 0; j < n; ++j) er[x + j] = v[j];
+      }
+      rs += v;
+      rx = vfma(v, vx, rx);
+    }
+    s += rs;
+    sx += rx;
+    sy = vfma(rs, vsplat((float)y), sy);
   }
   S = vsum(s);
   Sx = vsum(sx);
   Sy = vsum(sy);
+}
+
+// d coord / d h_i = beta * p_i * (pos_i - coord) for one map, from e_i = exp(beta * h_i - max) and S = sum e.
+inline void soft_argmax_grad_map(const float* e, int H, int W, float f, float gx, float gy, float cx, float cy,
+                                 float ux, float uy, float* o) {
+  const int full = W - W % kLanes;
+  const vfloat vf = vsplat(f);
+  for (int y = 0; y < H; ++y) {
+    const float ty = gy * ((float)y * uy - cy);
+    const float* er = e + (int64_t)y * W;
+    float* orow = o + (int64_t)y * W;
+    vfloat vx = viota(0.0f);
+    int x = 0;
+    for (; x < full; x += kLanes) {
+      vstore(orow + x, vf * vload(er + x) * (vsplat(gx) * (vx * ux - cx) + ty));
+      vx += (float)kLanes;
+    }
+    for (; x < W; ++x) orow[x] = f * er[x] * (gx * ((float)x * ux - cx) + ty);
+  }
 }
 
 inline void softmax_sums(const double* q, int H, int W, double beta, double* e, double& S, double& Sx, double& Sy) {
@@ -157,6 +184,16 @@ inline void softmax_sums(const double* q, int H, int W, double beta, double* e, 
     Sx += rx;
     Sy += rs * y;
   }
+}
+
+// The vector path for float maps; false (nothing written) for the other dtypes.
+template <typename A, typename T>
+bool grad_map(const A* e, int H, int W, A f, A gx, A gy, A cx, A cy, A ux, A uy, T* o) {
+  if constexpr (std::is_same<A, float>::value && std::is_same<T, float>::value) {
+    soft_argmax_grad_map(e, H, W, f, gx, gy, cx, cy, ux, uy, o);
+    return true;
+  }
+  return false;
 }
 
 Tensor soft_argmax_cpu(const Tensor& heatmaps, double beta, bool normalize) {
@@ -219,6 +256,7 @@ Tensor soft_argmax_backward_cpu(const Tensor& grad, const Tensor& heatmaps, cons
         const A cx = (A)cp[2 * m], cy = (A)cp[2 * m + 1];
         const A f = (A)beta / s;
         scalar_t* o = op + m * plane;
+        if (grad_map(e, H, W, f, gx, gy, cx, cy, ux, uy, o)) continue;
         for (int y = 0; y < H; ++y) {
           const A ty = gy * ((A)y * uy - cy);
           const A* er = e + (int64_t)y * W;

@@ -66,6 +66,29 @@ __device__ __forceinline__ void sample_of(const scalar_t* __restrict__ flow, Str
   sample_pixel<A>(x, y, A(f[0]), A(f[fs.c]), axx, axy, H, W, border, s);
 }
 
+// The preambles of the kernels' grid-stride loops: the coordinates of flat index `idx` and the flow sample there.
+// Per output element (b, c, y, x), in element_of's order:
+template <typename scalar_t>
+__device__ __forceinline__ void element_sample(int64_t idx, const Dims& d, bool channel_fastest,
+                                               const scalar_t* __restrict__ flow, Strides4 fs,
+                                               const Axis<acc_t<scalar_t>>& axx, const Axis<acc_t<scalar_t>>& axy,
+                                               bool border, int64_t& b, int64_t& c, int64_t& y, int64_t& x,
+                                               Sample<acc_t<scalar_t>>& s) {
+  element_of(idx, d, channel_fastest, b, c, y, x);
+  sample_of<scalar_t>(flow, fs, b, y, x, axx, axy, d.H, d.W, border, s);
+}
+
+// Per pixel (b, y, x) of a [B, H, W] loop:
+template <typename scalar_t>
+__device__ __forceinline__ void pixel_sample(int64_t idx, const Dims& d, const scalar_t* __restrict__ flow,
+                                             Strides4 fs, const Axis<acc_t<scalar_t>>& axx,
+                                             const Axis<acc_t<scalar_t>>& axy, bool border, int64_t& b, int64_t& y,
+                                             int64_t& x, Sample<acc_t<scalar_t>>& s) {
+  const auto i = unravel<3>(idx, {d.B, d.H, d.W});
+  b = i[0], y = i[1], x = i[2];
+  sample_of<scalar_t>(flow, fs, b, y, x, axx, axy, d.H, d.W, border, s);
+}
+
 // Forward: one thread per output element, channel-fastest for channels_last (coalesced vectors of C per tap),
 // column-fastest otherwise. Traffic: 2 flow values per pixel (cached across the pixel's channels), 4 taps per
 // element (neighbouring threads share cache lines; for smooth flows ~1 compulsory read per element), 1 write.
@@ -78,9 +101,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ in, Strides4 is, con
   using A = acc_t<scalar_t>;
   FASTOPS_KERNEL_LOOP(idx, d.B * d.C * d.H * d.W) {
     int64_t b, c, y, x;
-    element_of(idx, d, channel_fastest, b, c, y, x);
     Sample<A> s;
-    sample_of<scalar_t>(flow, fs, b, y, x, axx, axy, d.H, d.W, border, s);
+    element_sample<scalar_t>(idx, d, channel_fastest, flow, fs, axx, axy, border, b, c, y, x, s);
     const scalar_t* p = in + b * is.b + c * is.c;
     // A tap outside the map: read only the in-map ones (NaN/inf rule, flow_warp.h edge_value).
     const A v = !s.all ? edge_value<A>(s, p, is.h, is.w) : s.w00 * A(p[s.y0 * is.h + s.x0 * is.w]) + s.w01 * A(p[s.y0 * is.h + s.x1 * is.w]) +
@@ -97,10 +119,9 @@ __global__ void mask_kernel(const scalar_t* __restrict__ flow, Strides4 fs, scal
                             Axis<acc_t<scalar_t>> axx, Axis<acc_t<scalar_t>> axy, bool border) {
   using A = acc_t<scalar_t>;
   FASTOPS_KERNEL_LOOP(idx, d.B * d.H * d.W) {
-    const auto i = unravel<3>(idx, {d.B, d.H, d.W});
-    const int64_t b = i[0], y = i[1], x = i[2];
+    int64_t b, y, x;
     Sample<A> s;
-    sample_of<scalar_t>(flow, fs, b, y, x, axx, axy, d.H, d.W, border, s);
+    pixel_sample<scalar_t>(idx, d, flow, fs, axx, axy, border, b, y, x, s);
     mask[idx] = scalar_t(s.valid ? 1 : 0);
   }
 }
@@ -115,10 +136,9 @@ __global__ void grad_flow_kernel(const scalar_t* __restrict__ grad, Strides4 gs,
                                  Axis<acc_t<scalar_t>> axy, bool border) {
   using A = acc_t<scalar_t>;
   FASTOPS_KERNEL_LOOP(idx, d.B * d.H * d.W) {
-    const auto i = unravel<3>(idx, {d.B, d.H, d.W});
-    const int64_t b = i[0], y = i[1], x = i[2];
+    int64_t b, y, x;
     Sample<A> s;
-    sample_of<scalar_t>(flow, fs, b, y, x, axx, axy, d.H, d.W, border, s);
+    pixel_sample<scalar_t>(idx, d, flow, fs, axx, axy, border, b, y, x, s);
     A su = A(0), sv = A(0);
     if (s.any) {
       const int64_t o00 = s.y0 * is.h + s.x0 * is.w, o01 = s.y0 * is.h + s.x1 * is.w;
@@ -152,9 +172,8 @@ __global__ void grad_input_atomic_kernel(const scalar_t* __restrict__ grad, Stri
   using A = acc_t<scalar_t>;
   FASTOPS_KERNEL_LOOP(idx, d.B * d.C * d.H * d.W) {
     int64_t b, c, y, x;
-    element_of(idx, d, channel_fastest, b, c, y, x);
     Sample<A> s;
-    sample_of<scalar_t>(flow, fs, b, y, x, axx, axy, d.H, d.W, border, s);
+    element_sample<scalar_t>(idx, d, channel_fastest, flow, fs, axx, axy, border, b, c, y, x, s);
     if (!s.any) continue;
     const A gv = A(grad[b * gs.b + c * gs.c + y * gs.h + x * gs.w]);
     A* p = ws + b * ws_s.b + c * ws_s.c;

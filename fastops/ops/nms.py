@@ -227,8 +227,9 @@ def _multiclass_nms(boxes, scores, score_threshold, iou_threshold, pre_nms_top_k
     sthr = _threshold("score_threshold", score_threshold)
     ithr = _threshold("iou_threshold", iou_threshold)
     pre_nms_top_k = _int("pre_nms_top_k", pre_nms_top_k)
-    # pad=True allocates max_det rows; otherwise a huge max_det just means "no cut" (like fast_nms's top_k)
-    max_det = _int("max_det", max_det, high=2**31 - 1) if pad else min(_int("max_det", max_det), 2**31 - 1)
+    # pad=True allocates max_det rows; otherwise any int64 max_det past the detections is "no cut" (every impl
+    # cuts with min(total, max_det), so it is range-checked here and not clamped)
+    max_det = _int("max_det", max_det, high=2**31 - 1 if pad else _INT64_MAX)
     if pad and max_det <= 0:
         raise NmsInputError(f"max_det must be > 0 when pad=True, got {max_det}")
     pad = bool(pad)

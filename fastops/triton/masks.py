@@ -57,6 +57,22 @@ def _store_mask(dst, v, valid, thr, THRESH: tl.constexpr):
 
 
 @triton.jit
+def _pixel_block(h, w, BLOCK: tl.constexpr):
+    # This program's block of the [h, w] output of detection program_id(1): the detection, the flat offsets, which
+    # are in the image, their rows and columns, and the block's first and last in-image flat offset.
+    first = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = first + tl.arange(0, BLOCK)
+    last = tl.minimum(first + BLOCK - 1, h * w - 1)
+    return tl.program_id(1).to(tl.int64), offs, offs < h * w, offs // w, offs % w, first, last
+
+
+@triton.jit
+def _crop(crops, n):
+    # YOLACT crop rectangle of detection n (registrations/masks.py yolact_crops): x0, x1, y0, y1
+    return tl.load(crops + 4 * n), tl.load(crops + 4 * n + 1), tl.load(crops + 4 * n + 2), tl.load(crops + 4 * n + 3)
+
+
+@triton.jit
 def _tap_prob(pr, sY, sX, sP, yy, xx, m, pidx, pm, c, ACC: tl.constexpr):
     # [BLOCK, PB] prototype vectors of the taps (masked to in-crop taps) dotted with the coefficients
     ptrs = pr + yy[:, None] * sY + xx[:, None] * sX + pidx[None, :] * sP
@@ -69,20 +85,10 @@ def _tap_prob(pr, sY, sX, sP, yy, xx, m, pidx, pm, c, ACC: tl.constexpr):
 @triton.jit
 def _yolact_masks_kernel(pr, sY, sX, sP, cf, cs0, cs1, crops, Hp, Wp, P, out_h, out_w, thr, out,
                          THRESH: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr):
-    pid = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < out_h * out_w
-    i = offs // out_w
-    j = offs % out_w
-    cx0 = tl.load(crops + 4 * n)
-    cx1 = tl.load(crops + 4 * n + 1)
-    cy0 = tl.load(crops + 4 * n + 2)
-    cy1 = tl.load(crops + 4 * n + 3)
+    n, offs, valid, i, j, first, last = _pixel_block(out_h, out_w, BLOCK)
+    cx0, cx1, cy0, cy1 = _crop(crops, n)
     dst = out + n * out_h * out_w + offs
     # skip tiles whose rows' taps miss the crop rows (taps are monotone in i): they are all zero
-    first = pid.to(tl.int64) * BLOCK
-    last = tl.minimum(first + BLOCK - 1, out_h * out_w - 1)
     lo0, lo1, _, _ = _taps(first // out_w, Hp, out_h, ACC)
     hi0, hi1, _, _ = _taps(last // out_w, Hp, out_h, ACC)
     touched = (hi1 >= cy0) & (lo0 < cy1) & (cx1 > cx0)
@@ -111,12 +117,7 @@ def _yolact_masks_kernel(pr, sY, sX, sP, cf, cs0, cs1, crops, Hp, Wp, P, out_h, 
 @triton.jit
 def _paste_kernel(masks, m0, m1, m2, Mh, Mw, padding, geo, H, W, thr, out,
                   THRESH: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = offs < H * W
-    y = offs // W
-    x = offs % W
+    n, offs, valid, y, x, first, last = _pixel_block(H, W, BLOCK)
     gx0 = tl.load(geo + 8 * n)
     gy0 = tl.load(geo + 8 * n + 1)
     bw = tl.load(geo + 8 * n + 2)
@@ -127,8 +128,6 @@ def _paste_kernel(masks, m0, m1, m2, Mh, Mw, padding, geo, H, W, thr, out,
     yb = tl.load(geo + 8 * n + 7)
     inside = valid & (x >= xa) & (x < xb) & (y >= ya) & (y < yb)
     dst = out + n * H * W + offs
-    first = pid.to(tl.int64) * BLOCK
-    last = tl.minimum(first + BLOCK - 1, H * W - 1)
     touched = (last // W >= ya) & (first // W < yb) & (xb > xa)
     if touched:
         Ph = Mh + 2 * padding
@@ -166,10 +165,7 @@ def _bce(p, t):
 def _mask_loss_fwd_kernel(pr, sY, sX, sP, cf, cs0, cs1, gt, g0, g1, g2, crops, dims, Hp, Wp, P, loss,
                           ACC: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
-    cx0 = tl.load(crops + 4 * n)
-    cx1 = tl.load(crops + 4 * n + 1)
-    cy0 = tl.load(crops + 4 * n + 2)
-    cy1 = tl.load(crops + 4 * n + 3)
+    cx0, cx1, cy0, cy1 = _crop(crops, n)
     pidx = tl.arange(0, PB)
     pm = pidx < P
     c = tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
@@ -199,10 +195,8 @@ def _dlogit(p, t, Gn):
 def _mask_loss_bwd_coeffs_kernel(grad, gs, pr, sY, sX, sP, cf, cs0, cs1, gt, g0, g1, g2, crops, dims, Hp, Wp, P,
                                  gcoeffs, ACC: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
-    cx0 = tl.load(crops + 4 * n).to(tl.int64)
-    cx1 = tl.load(crops + 4 * n + 1).to(tl.int64)
-    cy0 = tl.load(crops + 4 * n + 2).to(tl.int64)
-    cy1 = tl.load(crops + 4 * n + 3).to(tl.int64)
+    cx0, cx1, cy0, cy1 = _crop(crops, n)
+    cx0, cx1, cy0, cy1 = cx0.to(tl.int64), cx1.to(tl.int64), cy0.to(tl.int64), cy1.to(tl.int64)
     cw = tl.maximum(cx1 - cx0, 0)
     ch = tl.maximum(cy1 - cy0, 0)
     Gn = tl.load(grad + n * gs).to(ACC) / tl.load(dims + 2 * n).to(ACC) / tl.load(dims + 2 * n + 1).to(ACC) \
@@ -239,10 +233,7 @@ def _mask_loss_bwd_protos_kernel(grad, gs, pr, sY, sX, sP, cf, cs0, cs1, gt, g0,
                 other=0.0).to(ACC)
     acc = tl.zeros([BLOCK, PB], dtype=ACC)
     for n in range(0, N):
-        cx0 = tl.load(crops + 4 * n)
-        cx1 = tl.load(crops + 4 * n + 1)
-        cy0 = tl.load(crops + 4 * n + 2)
-        cy1 = tl.load(crops + 4 * n + 3)
+        cx0, cx1, cy0, cy1 = _crop(crops, n)
         inc = ok & (y >= cy0) & (y < cy1) & (x >= cx0) & (x < cx1)
         Gn = tl.load(grad + n * gs).to(ACC) / tl.load(dims + 2 * n).to(ACC) / tl.load(dims + 2 * n + 1).to(ACC) \
             * (Hp * Wp)

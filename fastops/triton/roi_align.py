@@ -109,13 +109,21 @@ def _bin_program(rois, levels, this_level, N, C, spatial_scale, sampling_ratio, 
 
 
 @triton.jit
-def _roi_align_fwd_kernel(inp, rois, out, levels, this_level, N, C, H, W, sN, sC, sH, sW, oK, oC, oH, oW,
-                          spatial_scale, sampling_ratio, PH, PW, ALIGNED: tl.constexpr, HAS_LEVELS: tl.constexpr,
-                          ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+def _roi_align_kernel(feat, rois, pooled, levels, this_level, N, C, H, W, sN, sC, sH, sW, pK, pC, pH, pW,
+                      spatial_scale, sampling_ratio, PH, PW, ALIGNED: tl.constexpr, HAS_LEVELS: tl.constexpr,
+                      ACC: tl.constexpr, BLOCK_C: tl.constexpr, BACKWARD: tl.constexpr):
+    # Forward: `feat` is the feature map, `pooled` the output; each bin averages its samples' bilinear taps.
+    # Backward: `pooled` is the output's gradient, `feat` the input's gradient (zeroed), into which each sample
+    # scatters its share. One kernel for both (BACKWARD is a constexpr: each compiles to its own code), so the
+    # sample loop is written once.
     k, p, q, offs_c, cmask, mine, b, start_h, start_w, bin_h, bin_w, gh, gw = _bin_program(
         rois, levels, this_level, N, C, spatial_scale, sampling_ratio, PH, PW, ALIGNED, HAS_LEVELS, ACC, BLOCK_C)
-    base = inp + b * sN + offs_c * sC
-    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    if BACKWARD:
+        g = tl.load(pooled + k * pK + offs_c * pC + p * pH + q * pW, mask=cmask, other=0.0).to(ACC) \
+            / tl.maximum(gh * gw, 1)
+    else:
+        acc = tl.zeros([BLOCK_C], dtype=ACC)
+    base = feat + b * sN + offs_c * sC
     iy0, iy1 = _sample_range(start_h, p, bin_h, gh, H)
     ix0, ix1 = _sample_range(start_w, q, bin_w, gw, W)
     for iy in range(iy0, iy1):
@@ -125,38 +133,21 @@ def _roi_align_fwd_kernel(inp, rois, out, levels, this_level, N, C, H, W, sN, sC
             x = start_w + q * bin_w + (ix + 0.5) * bin_w / gw
             vx, x0, x1, wx0, wx1 = _tap(x, W)
             m = tl.where(vy & vx, cmask, False)  # (scalar & block masks trip the CPU interpreter)
-            v00 = tl.load(base + y0 * sH + x0 * sW, mask=m, other=0.0).to(ACC)
-            v01 = tl.load(base + y0 * sH + x1 * sW, mask=m, other=0.0).to(ACC)
-            v10 = tl.load(base + y1 * sH + x0 * sW, mask=m, other=0.0).to(ACC)
-            v11 = tl.load(base + y1 * sH + x1 * sW, mask=m, other=0.0).to(ACC)
-            acc += wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11)
-    count = tl.maximum(gh * gw, 1)
-    res = acc / count
-    tl.store(out + k * oK + offs_c * oC + p * oH + q * oW, res.to(out.dtype.element_ty), mask=tl.where(mine, cmask, False))
-
-
-@triton.jit
-def _roi_align_bwd_kernel(grad, rois, gin, levels, this_level, N, C, H, W, sN, sC, sH, sW, gK, gC, gH, gW,
-                          spatial_scale, sampling_ratio, PH, PW, ALIGNED: tl.constexpr, HAS_LEVELS: tl.constexpr,
-                          ACC: tl.constexpr, BLOCK_C: tl.constexpr):
-    k, p, q, offs_c, cmask, mine, b, start_h, start_w, bin_h, bin_w, gh, gw = _bin_program(
-        rois, levels, this_level, N, C, spatial_scale, sampling_ratio, PH, PW, ALIGNED, HAS_LEVELS, ACC, BLOCK_C)
-    count = tl.maximum(gh * gw, 1)
-    g = tl.load(grad + k * gK + offs_c * gC + p * gH + q * gW, mask=cmask, other=0.0).to(ACC) / count
-    base = gin + b * sN + offs_c * sC
-    iy0, iy1 = _sample_range(start_h, p, bin_h, gh, H)
-    ix0, ix1 = _sample_range(start_w, q, bin_w, gw, W)
-    for iy in range(iy0, iy1):
-        y = start_h + p * bin_h + (iy + 0.5) * bin_h / gh
-        vy, y0, y1, wy0, wy1 = _tap(y, H)
-        for ix in range(ix0, ix1):
-            x = start_w + q * bin_w + (ix + 0.5) * bin_w / gw
-            vx, x0, x1, wx0, wx1 = _tap(x, W)
-            m = tl.where(vy & vx, cmask, False)  # (scalar & block masks trip the CPU interpreter)
-            tl.atomic_add(base + y0 * sH + x0 * sW, (g * wy0 * wx0).to(gin.dtype.element_ty), mask=m)
-            tl.atomic_add(base + y0 * sH + x1 * sW, (g * wy0 * wx1).to(gin.dtype.element_ty), mask=m)
-            tl.atomic_add(base + y1 * sH + x0 * sW, (g * wy1 * wx0).to(gin.dtype.element_ty), mask=m)
-            tl.atomic_add(base + y1 * sH + x1 * sW, (g * wy1 * wx1).to(gin.dtype.element_ty), mask=m)
+            if BACKWARD:
+                tl.atomic_add(base + y0 * sH + x0 * sW, (g * wy0 * wx0).to(feat.dtype.element_ty), mask=m)
+                tl.atomic_add(base + y0 * sH + x1 * sW, (g * wy0 * wx1).to(feat.dtype.element_ty), mask=m)
+                tl.atomic_add(base + y1 * sH + x0 * sW, (g * wy1 * wx0).to(feat.dtype.element_ty), mask=m)
+                tl.atomic_add(base + y1 * sH + x1 * sW, (g * wy1 * wx1).to(feat.dtype.element_ty), mask=m)
+            else:
+                v00 = tl.load(base + y0 * sH + x0 * sW, mask=m, other=0.0).to(ACC)
+                v01 = tl.load(base + y0 * sH + x1 * sW, mask=m, other=0.0).to(ACC)
+                v10 = tl.load(base + y1 * sH + x0 * sW, mask=m, other=0.0).to(ACC)
+                v11 = tl.load(base + y1 * sH + x1 * sW, mask=m, other=0.0).to(ACC)
+                acc += wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11)
+    if not BACKWARD:
+        res = acc / tl.maximum(gh * gw, 1)
+        tl.store(pooled + k * pK + offs_c * pC + p * pH + q * pW, res.to(pooled.dtype.element_ty),
+                 mask=tl.where(mine, cmask, False))
 
 
 def _acc(dtype):
@@ -167,10 +158,10 @@ def _block_c(c: int) -> int:
     return max(16, min(64, triton.next_power_of_2(max(c, 1))))
 
 
-def _warps(c: int) -> int:
+def _warps(block_c: int) -> int:
     # one warp per 32 channels of the block: 4 warps on a 16-channel block only replicate lanes (and the float64
     # channels_last forward spilled on sm_90 with them)
-    return max(1, _block_c(c) // 32)
+    return max(1, block_c // 32)
 
 
 def _levels(rois: Tensor, scales: List[float], canonical_scale: int, canonical_level: int) -> Tensor:
@@ -187,12 +178,14 @@ def _forward(features: List[Tensor], rois: Tensor, scales: List[float], ph: int,
     if K == 0 or C == 0:
         return out
     rois = rois.contiguous()
-    grid = (K * ph * pw, triton.cdiv(C, _block_c(C)))
+    block = _block_c(C)
+    grid = (K * ph * pw, triton.cdiv(C, block))
     for lvl, (feat, scale) in enumerate(zip(features, scales)):
-        launch(_roi_align_fwd_kernel)[grid](
+        launch(_roi_align_kernel)[grid](
             feat, rois, out, levels if levels is not None else rois, lvl, f0.size(0), C, feat.size(2), feat.size(3),
             *feat.stride(), *out.stride(), float(scale), int(sampling_ratio), ph, pw, ALIGNED=bool(aligned),
-            HAS_LEVELS=levels is not None, ACC=_acc(f0.dtype), BLOCK_C=_block_c(C), num_warps=_warps(C))
+            HAS_LEVELS=levels is not None, ACC=_acc(f0.dtype), BLOCK_C=block, BACKWARD=False,
+            num_warps=_warps(block))
     return out
 
 
@@ -211,16 +204,18 @@ def _backward(grad: Tensor, rois: Tensor, scales: List[float], ph: int, pw: int,
     outs = []
     rois = rois.contiguous()
     K = rois.size(0)
+    block = _block_c(c)
+    grid = (K * ph * pw, triton.cdiv(c, block))
     for lvl, scale in enumerate(scales):
         fmt = torch.channels_last if channels_last[lvl] else torch.contiguous_format
         gin = torch.zeros((n, c, sizes[2 * lvl], sizes[2 * lvl + 1]), dtype=acc_dtype, device=grad.device)
         gin = gin.contiguous(memory_format=fmt)
         if K > 0 and c > 0:
-            grid = (K * ph * pw, triton.cdiv(c, _block_c(c)))
-            launch(_roi_align_bwd_kernel)[grid](
-                grad, rois, gin, levels if levels is not None else rois, lvl, n, c, gin.size(2), gin.size(3),
+            launch(_roi_align_kernel)[grid](
+                gin, rois, grad, levels if levels is not None else rois, lvl, n, c, gin.size(2), gin.size(3),
                 *gin.stride(), *grad.stride(), float(scale), int(sampling_ratio), ph, pw, ALIGNED=bool(aligned),
-                HAS_LEVELS=levels is not None, ACC=_acc(grad.dtype), BLOCK_C=_block_c(c), num_warps=_warps(c))
+                HAS_LEVELS=levels is not None, ACC=_acc(grad.dtype), BLOCK_C=block, BACKWARD=True,
+                num_warps=_warps(block))
         outs.append(gin.to(grad.dtype))
     return outs
 

@@ -1,0 +1,68 @@
+// Host memory for large fresh CPU outputs (shared by the CPU kernel files; inline only, see CONTRIBUTING's ISA
+// rule). On these VMs a first-touch page fault costs more than the kernel's write of the page, and a zero pass
+// over a gradient larger than the caches streams it through DRAM once more before the kernel touches it.
+#pragma once
+
+#include <ATen/ops/empty.h>
+#include <c10/core/CPUAllocator.h>
+
+#include <sys/mman.h>
+
+#include <cstdint>
+
+namespace fastops {
+namespace cpu_memory {
+
+// Asks for transparent huge pages on the whole 2 MB pages of [ptr, ptr + n) before their first touch, so the
+// kernel faults them in 2 MB at a time. Advice only: errors are ignored; small blocks are left alone.
+inline void advise_huge_pages(void* ptr, size_t n) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (n < 4 * kHuge) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(ptr);
+  const uintptr_t lo = (a + kHuge - 1) & ~(kHuge - 1), hi = (a + n) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)ptr, (void)n;
+#endif
+}
+
+inline void advise_huge_pages(const at::Tensor& t) { advise_huge_pages(t.data_ptr(), t.nbytes()); }
+
+struct MmapBlock {
+  void* ptr;
+  size_t bytes;
+};
+
+inline void free_mmap_block(void* ctx) {
+  auto* b = static_cast<MmapBlock*>(ctx);
+  munmap(b->ptr, b->bytes);
+  delete b;
+}
+
+// A zero-filled tensor of `sizes` in `format` (Contiguous or ChannelsLast), without a zero pass when it is
+// large: fresh anonymous mmap, whose pages the OS supplies zeroed at their first touch (by the kernel that
+// fills the tensor, while the page is in cache), with huge-page advice. Small tensors: at::empty + zero_().
+// The storage stays resizable through the ordinary CPU allocator. `sizes` were checked by the caller (no
+// overflow of the product).
+inline at::Tensor zeros_fresh(at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryFormat format) {
+  const auto options = at::TensorOptions().dtype(dtype).device(at::kCPU);
+  int64_t numel = 1;
+  for (auto s : sizes) numel *= s;
+  const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  if (nbytes < (size_t(8) << 20)) return at::empty(sizes, options.memory_format(format)).zero_();
+  void* ptr = mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  TORCH_CHECK(ptr != MAP_FAILED, "fastops: cannot map ", nbytes, " bytes for a tensor of ", sizes,
+              " elements (out of memory)");
+  advise_huge_pages(ptr, nbytes);
+  auto* ctx = new MmapBlock{ptr, nbytes};
+  c10::DataPtr data(ptr, ctx, &free_mmap_block, at::Device(at::kCPU));
+  c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), c10::GetCPUAllocator(),
+                       /*resizable=*/true);
+  // Strides of `format` (what at::empty would give), then the storage swapped in.
+  const at::Tensor meta = at::empty(sizes, options.device(at::kMeta).memory_format(format));
+  return at::empty({0}, options).set_(storage, 0, sizes, meta.strides());
+}
+
+}  // namespace cpu_memory
+}  // namespace fastops
