@@ -190,7 +190,8 @@ class _BuildExt(BuildExtension.with_options(use_ninja=True)):
         super().build_extensions()
 
 
-packages = find_packages(include=["fastops", "fastops.*"]) + ["fastops.models"]
+# models/ installs as fastops.models; docs/ (the pages the docstrings point to) as fastops/docs/*.md in the wheel.
+packages = find_packages(include=["fastops", "fastops.*"]) + ["fastops.models", "fastops.docs"]
 
 def _version():
     # The version is defined once, in fastops/version.py.
@@ -205,7 +206,8 @@ setup(
     version=_version(),
     description="Fast C++/CUDA/Triton kernels for segmentation and keypoint models, as torch ops",
     packages=packages,
-    package_dir={"fastops.models": "models"},
+    package_dir={"fastops.models": "models", "fastops.docs": "docs"},
+    package_data={"fastops.docs": ["*.md"]},
     ext_modules=[] if os.environ.get("FASTOPS_NO_EXT") == "1" else [ext],
     cmdclass={"build_ext": _BuildExt},
     python_requires=">=3.10",

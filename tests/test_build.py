@@ -186,3 +186,19 @@ def test_avx2_copies_compile_their_vector_paths(family, pattern):
     dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", objs[0]], capture_output=True, text=True,
                          check=True).stdout
     assert len(re.findall(pattern, dis)) > 0, f"{family}: no {pattern} in the AVX2 copy"
+
+
+def test_wheel_carries_the_models_and_the_docs(tmp_path):
+    """Issue 12 (packaging): the wheel holds fastops.models and docs/*.md as fastops/docs/ (the docstrings point to
+    docs/<family>.md). Built without the extension (FASTOPS_NO_EXT=1): only the file list is checked here."""
+    import zipfile
+
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path)], env={**os.environ, "FASTOPS_NO_EXT": "1"}, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (whl,) = glob.glob(str(tmp_path / "fastops-*.whl"))
+    names = set(zipfile.ZipFile(whl).namelist())
+    docs = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))}
+    assert docs and {f"fastops/docs/{d}" for d in docs} <= names, sorted(names)
+    assert "fastops/models/__init__.py" in names and "fastops/patch.py" in names
