@@ -64,8 +64,19 @@ def test_patched_model_inference_matches():
         torch.testing.assert_close(a["keypoints_scores"], e["keypoints_scores"], atol=1e-3, rtol=1e-4)
 
 
+@pytest.fixture
+def fresh_jit_types():
+    """Scripting this model under the patch registers torchvision's module classes (ResNet's Bottleneck, ...) in
+    TorchScript's process-wide type store; a later test scripting Mask R-CNN then fails with "Can't redefine method:
+    forward on class Bottleneck". Forget them afterwards, so each scripting test starts from a clean store."""
+    yield
+    torch._C._jit_clear_class_registry()
+    torch.jit._recursive.concrete_type_store = torch.jit._recursive.ConcreteTypeStore()
+    torch.jit._state._clear_class_state()
+
+
 @torch.no_grad()
-def test_scripted_patched_model_runs_fastops(tmp_path):
+def test_scripted_patched_model_runs_fastops(tmp_path, fresh_jit_types):
     model = _boost_keypoint_head(_model()).eval()
     images = _images()
     with fastops.patch_torchvision():
