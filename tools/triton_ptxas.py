@@ -109,7 +109,10 @@ def _install_recorder():
 
     def run(self, *args, grid, warmup, **kwargs):
         try:
-            _record(self, args, kwargs)
+            # the project's kernels only: a test's own probe of the interpreter (test_corner_pool's bfloat16
+            # compare reproducer) is not shipped and cannot be imported by the compile step
+            if getattr(self.fn, "__module__", "").startswith("fastops."):
+                _record(self, args, kwargs)
         except Exception as exc:  # never let the recorder change a test's outcome; report it at the end
             _problems.append(f"{getattr(self.fn, '__qualname__', self)}: {type(exc).__name__}: {exc}")
         return original(self, *args, grid=grid, warmup=warmup, **kwargs)
