@@ -62,27 +62,27 @@ def _sample(ptr, base, Sw, y0, y1, x0, x1, lx0, lx1, ly0, ly1, msk, ACC: tl.cons
 
 
 @triton.jit
+def _channel_argmax(ptr, base, n, plane, Sw, y0, y1, x0, x1, lx0, lx1, ly0, ly1, py, msk, ACC: tl.constexpr):
+    """First channel of the n at `base` whose interpolated value is the largest (a NaN wins, as torch.argmax)."""
+    best = _sample(ptr, base, Sw, y0, y1, x0, x1, lx0, lx1, ly0, ly1, msk, ACC)
+    arg = tl.zeros_like(py)
+    for c in range(1, n):
+        s = _sample(ptr, base + c * plane, Sw, y0, y1, x0, x1, lx0, lx1, ly0, ly1, msk, ACC)
+        take = (s > best) | ((s != s) & (best == best))
+        best = tl.where(take, s, best)
+        arg = tl.where(take, c, arg)
+    return arg
+
+
+@triton.jit
 def _pixel_iuv(coarse, fine, u, v, r, Kc, K, Sh, Sw, w, h, py, px, msk, ACC: tl.constexpr):
     y0, y1, ly0, ly1 = _tap(py, Sh, h, ACC)
     x0, x1, lx0, lx1 = _tap(px, Sw, w, ACC)
     plane = Sh * Sw
     cb = r * Kc * plane
-    best = _sample(coarse, cb, Sw, y0, y1, x0, x1, lx0, lx1, ly0, ly1, msk, ACC)
-    arg = tl.zeros_like(py)
-    for c in range(1, Kc):
-        s = _sample(coarse, cb + c * plane, Sw, y0, y1, x0, x1, lx0, lx1, ly0, ly1, msk, ACC)
-        take = (s > best) | ((s != s) & (best == best))
-        best = tl.where(take, s, best)
-        arg = tl.where(take, c, arg)
-    fg = arg > 0
+    fg = _channel_argmax(coarse, cb, Kc, plane, Sw, y0, y1, x0, x1, lx0, lx1, ly0, ly1, py, msk, ACC) > 0
     fb = r * K * plane
-    best = _sample(fine, fb, Sw, y0, y1, x0, x1, lx0, lx1, ly0, ly1, msk, ACC)
-    arg = tl.zeros_like(py)
-    for c in range(1, K):
-        s = _sample(fine, fb + c * plane, Sw, y0, y1, x0, x1, lx0, lx1, ly0, ly1, msk, ACC)
-        take = (s > best) | ((s != s) & (best == best))
-        best = tl.where(take, s, best)
-        arg = tl.where(take, c, arg)
+    arg = _channel_argmax(fine, fb, K, plane, Sw, y0, y1, x0, x1, lx0, lx1, ly0, ly1, py, msk, ACC)
     lab = tl.where(fg, arg, 0)
     on = msk & (lab > 0)
     ub = fb + lab * plane
