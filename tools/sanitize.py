@@ -94,6 +94,10 @@ def run_tests(pytest_args):
     env["UBSAN_OPTIONS"] = f"halt_on_error=1:abort_on_error=1:print_stacktrace=1:log_path={REPORTS}/ubsan"
     env["PYTHONPATH"] = SITE + os.pathsep + env.get("PYTHONPATH", "")
     env["FASTOPS_SANITIZED"] = "1"
+    # The sanitized build has the baseline CPU copy only (no per-ISA dispatch), so torch runs its baseline kernels
+    # too: tests that compare bit for bit with torch (roi_heatmaps_to_keypoints against ATen's bicubic, whose
+    # AVX2 kernels fuse multiply-adds the baseline ones do not) then compare like with like.
+    env.setdefault("ATEN_CPU_CAPABILITY", "default")
     # tools/reliability_counts.py records the cases and hypothesis examples of this run (docs/reliability.md)
     env["PYTHONPATH"] += os.pathsep + os.path.join(ROOT, "tools")
     env.setdefault("FASTOPS_RELIABILITY_JSON", os.path.join(ROOT, "build", "reliability.json"))
