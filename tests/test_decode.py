@@ -246,6 +246,41 @@ def test_opcheck():
     _opcheck(torch.ops.fastops._soft_argmax_backward.default,
              (torch.randn(2, 3, 2, dtype=torch.float64), x.detach(), torch.rand(2, 3, 2, dtype=torch.float64), 1.5,
               True))
+    for dt in (torch.float64, torch.float32):
+        xd = x.detach().to(dt).requires_grad_(True)
+        _opcheck(torch.ops.fastops._soft_argmax_probs.default, (xd, 1.5, True))
+        probs = torch.softmax(xd.detach().flatten(2), -1).view_as(xd)
+        _opcheck(torch.ops.fastops._soft_argmax_probs_backward.default,
+                 (torch.randn(2, 3, 2, dtype=dt), probs, torch.rand(2, 3, 2, dtype=dt), 1.5, True))
+
+
+def test_soft_argmax_keeps_probs_for_backward():
+    """With a gradient to come, fastops.soft_argmax runs `_soft_argmax_probs` (p saved, float32 / float64), without
+    one the plain op; the direct op keeps its own (recomputing) backward. All three against the reference."""
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    g = torch.randn(2, 3, 2, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    out = fastops.soft_argmax(xr, 1.5, normalize=True)
+    assert "_soft_argmax_probs" in type(out.grad_fn).__name__, type(out.grad_fn).__name__
+    c, p = torch.ops.fastops._soft_argmax_probs(xr, 1.5, True)
+    assert p.dtype == torch.float64 and not p.requires_grad
+    close(p, torch.softmax(1.5 * x.flatten(2), -1).view_as(x), torch.float64, rtol=1e-12, atol=1e-15)
+    x2 = x.clone().requires_grad_(True)
+    want = R.soft_argmax(x2, 1.5, True)
+    (wg,) = torch.autograd.grad(want, x2, g)
+    (gi,) = torch.autograd.grad(out, xr, g)
+    close(gi, wg, torch.float64, rtol=1e-10, atol=1e-14)
+    (gd,) = torch.autograd.grad(torch.ops.fastops.soft_argmax(xr, 1.5, True), xr, g)
+    close(gd, wg, torch.float64, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda h: torch.ops.fastops.soft_argmax(h, 0.7, False), (xr,))
+    with torch.no_grad():
+        assert fastops.soft_argmax(xr, 1.5).grad_fn is None
+    # low precision: p in float32, the gradient back in the maps' dtype
+    xh = x.to(torch.bfloat16).requires_grad_(True)
+    c, p = torch.ops.fastops._soft_argmax_probs(xh, 1.0, False)
+    assert c.dtype == torch.bfloat16 and p.dtype == torch.float32
+    (gh,) = torch.autograd.grad(c, xh, g.to(torch.bfloat16))
+    assert gh.dtype == torch.bfloat16
 
 
 def test_compile_fullgraph_and_export():
@@ -326,6 +361,24 @@ def test_soft_argmax_onnx(dynamo, normalize):
     hm3 = torch.randn(3, 3, 7, 9)  # another batch size through the dynamic axis
     (got3,) = onnx_roundtrip(M(), (hm3,), dynamo)
     close(got3, fastops.soft_argmax(hm3, 1.5, normalize=normalize), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_soft_argmax_onnx_with_grad(dynamo):
+    """Maps that require a gradient (a trained head exported in grad mode) still export as soft_argmax's graph."""
+    from keypoints_helpers import onnx_roundtrip
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(1.25))
+
+        def forward(self, h):
+            return fastops.soft_argmax(h * self.scale, 1.5)
+
+    hm = torch.randn(2, 3, 7, 9)
+    (got,) = onnx_roundtrip(M(), (hm,), dynamo)
+    close(got, fastops.soft_argmax(hm * 1.25, 1.5), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])

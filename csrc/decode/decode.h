@@ -183,6 +183,24 @@ FASTOPS_HD void refine_dark_udp(const T* h, int H, int W, int x, int y, A origin
   }
 }
 
+// soft_argmax: coordinates of one map from S = sum e, Sx = sum e * x, Sy = sum e * y (e = exp(beta * h - max)).
+template <typename A>
+FASTOPS_HD void soft_argmax_coords(A S, A Sx, A Sy, int H, int W, bool normalize, A& cx, A& cy) {
+  cx = Sx / S;
+  cy = Sy / S;
+  if (normalize) {
+    cx /= (A)W;
+    cy /= (A)H;
+  }
+}
+
+// soft_argmax backward at one pixel (x, y): d/dh of gx * cx + gy * cy = f * e * (gx * (x ux - cx) + gy * (y uy - cy))
+// with f * e = beta * p (p the softmax probability); ux, uy = 1 (pixels) or 1/W, 1/H (normalize).
+template <typename A>
+FASTOPS_HD A soft_argmax_grad_at(A fe, A gx, A gy, A x, A y, A cx, A cy, A ux, A uy) {
+  return fe * (gx * (x * ux - cx) + gy * (y * uy - cy));
+}
+
 // The NaN/inf rule of the refinements: a coordinate that is not finite falls back to the integer location.
 template <typename A>
 FASTOPS_HD void keep_finite(int x, int y, A& kx, A& ky) {
@@ -203,6 +221,7 @@ namespace heatmaps {
 int parse_refine(c10::string_view s);
 void check_argmax_args(const at::Tensor& hm, int refine, int64_t blur_kernel);
 void check_soft_argmax_args(const at::Tensor& hm, double beta);
+void check_soft_argmax_probs_backward_args(const at::Tensor& grad, const at::Tensor& probs, const at::Tensor& coords);
 
 }  // namespace heatmaps
 }  // namespace fastops

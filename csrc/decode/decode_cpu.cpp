@@ -196,35 +196,87 @@ bool grad_map(const A* e, int H, int W, A f, A gx, A gy, A cx, A cy, A ux, A uy,
   return false;
 }
 
-Tensor soft_argmax_cpu(const Tensor& heatmaps, double beta, bool normalize) {
-  check_soft_argmax_args(heatmaps, beta);
-  const Tensor hm = heatmaps.contiguous();
+// Forward; with `probs` defined (float32 or float64, [B, K, H, W]) also writes p = e / S there (the map is still
+// in L1 when it is scaled).
+void soft_argmax_maps(const Tensor& hm, double beta, bool normalize, Tensor& coords, Tensor* probs) {
   const int64_t B = hm.size(0), K = hm.size(1);
   const int H = (int)hm.size(2), W = (int)hm.size(3);
-  Tensor coords = at::empty({B, K, 2}, hm.options());
-  if (B * K == 0) return coords;
+  if (B * K == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hm.scalar_type(), "soft_argmax", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* hp = hm.data_ptr<scalar_t>();
     scalar_t* cp = coords.data_ptr<scalar_t>();
+    A* pp = probs ? probs->data_ptr<A>() : nullptr;
     const int64_t plane = (int64_t)H * W;
     at::parallel_for(0, B * K, 8, [&](int64_t begin, int64_t end) {
       std::vector<A> buf;
       for (int64_t m = begin; m < end; ++m) {
         const A* q = as_acc<scalar_t, A>(hp + m * plane, plane, buf);
-        A s, sx, sy;
-        softmax_sums(q, H, W, (A)beta, nullptr, s, sx, sy);
-        A cx = sx / s, cy = sy / s;
-        if (normalize) {
-          cx /= (A)W;
-          cy /= (A)H;
+        A* e = pp ? pp + m * plane : nullptr;
+        A s, sx, sy, cx, cy;
+        softmax_sums(q, H, W, (A)beta, e, s, sx, sy);
+        soft_argmax_coords(s, sx, sy, H, W, normalize, cx, cy);
+        if (e) {
+          const A inv = A(1) / s;
+          for (int64_t i = 0; i < plane; ++i) e[i] *= inv;
         }
         cp[2 * m] = (scalar_t)cx;
         cp[2 * m + 1] = (scalar_t)cy;
       }
     });
   });
+}
+
+Tensor soft_argmax_cpu(const Tensor& heatmaps, double beta, bool normalize) {
+  check_soft_argmax_args(heatmaps, beta);
+  const Tensor hm = heatmaps.contiguous();
+  Tensor coords = at::empty({hm.size(0), hm.size(1), 2}, hm.options());
+  soft_argmax_maps(hm, beta, normalize, coords, nullptr);
   return coords;
+}
+
+std::tuple<Tensor, Tensor> soft_argmax_probs_cpu(const Tensor& heatmaps, double beta, bool normalize) {
+  check_soft_argmax_args(heatmaps, beta);
+  const Tensor hm = heatmaps.contiguous();
+  Tensor coords = at::empty({hm.size(0), hm.size(1), 2}, hm.options());
+  Tensor probs = at::empty(hm.sizes(), hm.options().dtype(hm.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  soft_argmax_maps(hm, beta, normalize, coords, &probs);
+  return {coords, probs};
+}
+
+// d coord / d h_i = beta * p_i * (pos_i - coord) from the saved probabilities: one read of p, one write.
+Tensor soft_argmax_probs_backward_cpu(const Tensor& grad, const Tensor& probs, const Tensor& coords, double beta,
+                                     bool normalize) {
+  check_soft_argmax_probs_backward_args(grad, probs, coords);
+  const Tensor pr = probs.contiguous();
+  const Tensor g = grad.to(pr.scalar_type()).contiguous();
+  const Tensor cd = coords.to(pr.scalar_type()).contiguous();
+  const int64_t B = pr.size(0), K = pr.size(1);
+  const int H = (int)pr.size(2), W = (int)pr.size(3);
+  Tensor gin = at::empty(pr.sizes(), pr.options());
+  if (gin.numel() == 0) return gin;
+  AT_DISPATCH_FLOATING_TYPES(pr.scalar_type(), "soft_argmax_probs_backward", [&] {
+    using A = scalar_t;
+    const A* pp = pr.data_ptr<A>();
+    const A* gp = g.data_ptr<A>();
+    const A* cp = cd.data_ptr<A>();
+    A* op = gin.data_ptr<A>();
+    const int64_t plane = (int64_t)H * W;
+    const A ux = normalize ? A(1) / (A)W : A(1), uy = normalize ? A(1) / (A)H : A(1);
+    at::parallel_for(0, B * K, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        const A gx = gp[2 * m], gy = gp[2 * m + 1], cx = cp[2 * m], cy = cp[2 * m + 1];
+        const A* p = pp + m * plane;
+        A* o = op + m * plane;
+        if (grad_map(p, H, W, (A)beta, gx, gy, cx, cy, ux, uy, o)) continue;
+        for (int y = 0; y < H; ++y)
+          for (int x = 0; x < W; ++x)
+            o[(int64_t)y * W + x] =
+                soft_argmax_grad_at((A)beta * p[(int64_t)y * W + x], gx, gy, (A)x, (A)y, cx, cy, ux, uy);
+      }
+    });
+  });
+  return gin;
 }
 
 Tensor soft_argmax_backward_cpu(const Tensor& grad, const Tensor& heatmaps, const Tensor& coords, double beta,
@@ -257,12 +309,10 @@ Tensor soft_argmax_backward_cpu(const Tensor& grad, const Tensor& heatmaps, cons
         const A f = (A)beta / s;
         scalar_t* o = op + m * plane;
         if (grad_map(e, H, W, f, gx, gy, cx, cy, ux, uy, o)) continue;
-        for (int y = 0; y < H; ++y) {
-          const A ty = gy * ((A)y * uy - cy);
-          const A* er = e + (int64_t)y * W;
-          scalar_t* orow = o + (int64_t)y * W;
-          for (int x = 0; x < W; ++x) orow[x] = (scalar_t)(f * er[x] * (gx * ((A)x * ux - cx) + ty));
-        }
+        for (int y = 0; y < H; ++y)
+          for (int x = 0; x < W; ++x)
+            o[(int64_t)y * W + x] =
+                (scalar_t)soft_argmax_grad_at(f * e[(int64_t)y * W + x], gx, gy, (A)x, (A)y, cx, cy, ux, uy);
       }
     });
   });
@@ -278,4 +328,6 @@ TORCH_LIBRARY_IMPL(fastops, CPU, m) {
   m.impl("heatmap_argmax", &heatmap_argmax_cpu);
   m.impl("soft_argmax", &soft_argmax_cpu);
   m.impl("_soft_argmax_backward", &soft_argmax_backward_cpu);
+  m.impl("_soft_argmax_probs", &soft_argmax_probs_cpu);
+  m.impl("_soft_argmax_probs_backward", &soft_argmax_probs_backward_cpu);
 }

@@ -92,6 +92,55 @@ FASTOPS_HD void point_axis(A g, int S, int& lo, int& hi, A& w) {
   w = gh - (A)l;
 }
 
+// One point's four taps in an S x S plane (BilinearInterpolationHelper: point_axis on both axes) with the weights
+// rounded to T, as detectron2 computes them in the maps' dtype.
+template <typename T>
+struct PointTaps {
+  int64_t o00, o01, o10, o11;
+  acc_t<T> w00, w01, w10, w11;
+};
+
+template <typename T>
+FASTOPS_HD PointTaps<T> point_taps(acc_t<T> px, acc_t<T> py, int Sh, int Sw) {
+  using A = acc_t<T>;
+  int xl, xh, yl, yh;
+  A wx, wy;
+  point_axis<A>(px, Sw, xl, xh, wx);
+  point_axis<A>(py, Sh, yl, yh, wy);
+  PointTaps<T> t;
+  t.o00 = (int64_t)yl * Sw + xl;
+  t.o01 = (int64_t)yl * Sw + xh;
+  t.o10 = (int64_t)yh * Sw + xl;
+  t.o11 = (int64_t)yh * Sw + xh;
+  t.w00 = (A)(T)(((A)1 - wx) * ((A)1 - wy));
+  t.w01 = (A)(T)(wx * ((A)1 - wy));
+  t.w10 = (A)(T)(((A)1 - wx) * wy);
+  t.w11 = (A)(T)(wx * wy);
+  return t;
+}
+
+// The sampled value of plane m at a point, summed in detectron2's order with each step rounded to T.
+template <typename T>
+FASTOPS_HD T sample_point(const T* m, const PointTaps<T>& t) {
+  using A = acc_t<T>;
+  A s = (A)(T)((A)m[t.o00] * t.w00);
+  s = (A)(T)(s + (A)(T)((A)m[t.o01] * t.w01));
+  s = (A)(T)(s + (A)(T)((A)m[t.o10] * t.w10));
+  return (T)(s + (A)(T)((A)m[t.o11] * t.w11));
+}
+
+// Adds one point's gradient gv to its four taps of plane g (the backward of sample_point). A zero gradient adds
+// nothing and is skipped: the U/V losses read one part's channel of 25, so most (point, channel) gradients are zero
+// and their taps are never written (the fresh zero pages of the gradient stay untouched where no point lands).
+template <typename T>
+FASTOPS_HD void add_point_grad(acc_t<T>* g, const PointTaps<T>& t, acc_t<T> gv) {
+  if (gv == acc_t<T>(0)) return;
+  g[t.o00] += gv * t.w00;
+  g[t.o01] += gv * t.w01;
+  g[t.o10] += gv * t.w10;
+  g[t.o11] += gv * t.w11;
+}
+
 }  // namespace densepose
 }  // namespace fastops
 

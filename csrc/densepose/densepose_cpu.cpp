@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_memory.h"
 #include "densepose/densepose.h"
 
 namespace fastops {
@@ -226,33 +227,6 @@ Tensor paste_iuv_cpu(const Tensor& coarse_, const Tensor& fine_, const Tensor& u
 
 // ---- roi_point_sample -----------------------------------------------------------------------------------------
 
-template <typename T>
-struct PointTaps {
-  int64_t o00, o01, o10, o11;
-  acc_t<T> w00, w01, w10, w11;
-};
-
-template <typename T>
-PointTaps<T> point_taps(const T* pts, int64_t p, int64_t r, int Sh, int Sw) {
-  using A = acc_t<T>;
-  int xl, xh, yl, yh;
-  A wx, wy;
-  point_axis<A>((A)pts[2 * p], Sw, xl, xh, wx);
-  point_axis<A>((A)pts[2 * p + 1], Sh, yl, yh, wy);
-  PointTaps<T> t;
-  const int64_t base = 0;
-  (void)r;
-  t.o00 = base + (int64_t)yl * Sw + xl;
-  t.o01 = base + (int64_t)yl * Sw + xh;
-  t.o10 = base + (int64_t)yh * Sw + xl;
-  t.o11 = base + (int64_t)yh * Sw + xh;
-  t.w00 = (A)(T)(((A)1 - wx) * ((A)1 - wy));
-  t.w01 = (A)(T)(wx * ((A)1 - wy));
-  t.w10 = (A)(T)(((A)1 - wx) * wy);
-  t.w11 = (A)(T)(wx * wy);
-  return t;
-}
-
 Tensor roi_point_sample_cpu(const Tensor& maps_, const Tensor& roi_index_, const Tensor& points_) {
   check_point_args(maps_, roi_index_, points_, true);
   const Tensor maps = maps_.contiguous(), ri = roi_index_.contiguous();
@@ -270,14 +244,9 @@ Tensor roi_point_sample_cpu(const Tensor& maps_, const Tensor& roi_index_, const
     const int64_t plane = (int64_t)Sh * Sw;
     at::parallel_for(0, P, 64, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
-        const PointTaps<scalar_t> t = point_taps<scalar_t>(pp, p, rp[p], Sh, Sw);
+        const PointTaps<scalar_t> t = point_taps<scalar_t>((A)pp[2 * p], (A)pp[2 * p + 1], Sh, Sw);
         const scalar_t* m = mp + rp[p] * C * plane;
-        for (int64_t c = 0; c < C; ++c, m += plane) {
-          A s = (A)(scalar_t)((A)m[t.o00] * t.w00);
-          s = (A)(scalar_t)(s + (A)(scalar_t)((A)m[t.o01] * t.w01));
-          s = (A)(scalar_t)(s + (A)(scalar_t)((A)m[t.o10] * t.w10));
-          op[p * C + c] = (scalar_t)(s + (A)(scalar_t)((A)m[t.o11] * t.w11));
-        }
+        for (int64_t c = 0; c < C; ++c, m += plane) op[p * C + c] = sample_point(m, t);
       }
     });
   });
@@ -296,10 +265,10 @@ Tensor roi_point_sample_backward_cpu(const Tensor& grad_, const Tensor& maps, co
   const Tensor points = points_.to(maps.scalar_type()).contiguous();
   const int Sh = (int)maps.size(2), Sw = (int)maps.size(3);
   const at::ScalarType acc = maps.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  // zeroed inside the parallel region, each RoI's planes by the thread that accumulates them: one pass over the
-  // (usually freshly mapped) gradient, its page faults spread over the threads
-  Tensor gacc = at::empty(maps.sizes(), maps.options().dtype(acc));
-  if (P * C == 0) return gacc.zero_().to(maps.scalar_type());
+  // Fresh zero pages (cpu_memory.h, huge-page advice): no zero pass; only the taps of nonzero point gradients are
+  // written, each RoI's planes by the thread that owns the RoI.
+  Tensor gacc = cpu_memory::zeros_fresh(maps.sizes(), acc, at::MemoryFormat::Contiguous);
+  if (P * C == 0) return gacc.to(maps.scalar_type());
   const int64_t* rp = ri.data_ptr<int64_t>();
   std::vector<int64_t> start((size_t)R + 1, 0), order((size_t)P);
   for (int64_t p = 0; p < P; ++p) ++start[(size_t)rp[p] + 1];
@@ -317,19 +286,11 @@ Tensor roi_point_sample_backward_cpu(const Tensor& grad_, const Tensor& maps, co
     at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         A* g = out + r * C * plane;
-        std::fill(g, g + C * plane, A(0));
         for (int64_t k = start[(size_t)r]; k < start[(size_t)r + 1]; ++k) {
           const int64_t p = order[(size_t)k];
-          const PointTaps<scalar_t> t = point_taps<scalar_t>(pp, p, r, Sh, Sw);
+          const PointTaps<scalar_t> t = point_taps<scalar_t>((A)pp[2 * p], (A)pp[2 * p + 1], Sh, Sw);
           const scalar_t* gr = gp + p * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const A v = (A)gr[c];
-            A* gc = g + c * plane;
-            gc[t.o00] += v * t.w00;
-            gc[t.o01] += v * t.w01;
-            gc[t.o10] += v * t.w10;
-            gc[t.o11] += v * t.w11;
-          }
+          for (int64_t c = 0; c < C; ++c) add_point_grad(g + c * plane, t, (A)gr[c]);
         }
       }
     });

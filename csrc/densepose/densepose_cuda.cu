@@ -120,17 +120,8 @@ __global__ void point_fwd_kernel(int64_t total, int64_t C, int Sh, int Sw, const
   using A = acc_t<T>;
   FASTOPS_KERNEL_LOOP(i, total) {
     const int64_t p = i / C, c = i % C;
-    int xl, xh, yl, yh;
-    A wx, wy;
-    point_axis<A>((A)pts[2 * p], Sw, xl, xh, wx);
-    point_axis<A>((A)pts[2 * p + 1], Sh, yl, yh, wy);
-    const T* m = maps + (ri[p] * C + c) * (int64_t)Sh * Sw;
-    const A w00 = (A)(T)(((A)1 - wx) * ((A)1 - wy)), w01 = (A)(T)(wx * ((A)1 - wy));
-    const A w10 = (A)(T)(((A)1 - wx) * wy), w11 = (A)(T)(wx * wy);
-    A s = (A)(T)((A)m[yl * Sw + xl] * w00);
-    s = (A)(T)(s + (A)(T)((A)m[yl * Sw + xh] * w01));
-    s = (A)(T)(s + (A)(T)((A)m[yh * Sw + xl] * w10));
-    out[i] = (T)(s + (A)(T)((A)m[yh * Sw + xh] * w11));
+    const PointTaps<T> t = point_taps<T>((A)pts[2 * p], (A)pts[2 * p + 1], Sh, Sw);
+    out[i] = sample_point(maps + (ri[p] * C + c) * (int64_t)Sh * Sw, t);
   }
 }
 
@@ -147,15 +138,7 @@ __global__ void point_bwd_kernel(int64_t total, int64_t C, int Sh, int Sw, const
     A* g = gmaps + i * (int64_t)Sh * Sw;
     for (int64_t k = start[r]; k < start[r + 1]; ++k) {
       const int64_t p = order[k];
-      int xl, xh, yl, yh;
-      A wx, wy;
-      point_axis<A>((A)pts[2 * p], Sw, xl, xh, wx);
-      point_axis<A>((A)pts[2 * p + 1], Sh, yl, yh, wy);
-      const A gv = (A)grad[p * C + c];
-      g[yl * Sw + xl] += gv * (A)(T)(((A)1 - wx) * ((A)1 - wy));
-      g[yl * Sw + xh] += gv * (A)(T)(wx * ((A)1 - wy));
-      g[yh * Sw + xl] += gv * (A)(T)(((A)1 - wx) * wy);
-      g[yh * Sw + xh] += gv * (A)(T)(wx * wy);
+      add_point_grad(g, point_taps<T>((A)pts[2 * p], (A)pts[2 * p + 1], Sh, Sw), (A)grad[p * C + c]);
     }
   }
 }

@@ -100,7 +100,11 @@ def soft_argmax(heatmaps: Tensor, beta: float = 1.0, normalize: bool = False, im
     NaN/inf: as ``torch.softmax``: a NaN in a map, or +inf (beta > 0) / -inf (beta < 0), makes that map's
     coordinates and gradients NaN.
 
-    Speed: one read of the maps forward; forward+backward reads the maps twice and writes the gradient once.
+    Speed: one read of the maps forward. With a gradient to come (``heatmaps.requires_grad`` under grad mode, eager
+    or torch.compile) the forward also writes ``p`` (float32; kept for the backward, as torch.softmax keeps its
+    output) and the backward is one read of ``p`` and one write of the gradient: forward+backward moves 4 x the maps'
+    bytes (27 MB for 32x17x64x48 float32) and computes one exp per pixel. Distance from one read + one write: see
+    docs/heatmaps.md (performance).
 
     ONNX (both exporters, opset >= 15): Softmax of beta * h over H*W, then ReduceSum against Range index grids
     (dynamic batch and map sizes); onnxruntime matches eager to ~1e-6.
@@ -125,6 +129,16 @@ def _soft_argmax(heatmaps, beta, normalize, impl):
         raise ValueError(f"normalize must be a bool, got {normalize!r}")
     return dispatch(
         "soft_argmax", impl, heatmaps.device,
-        cpp=lambda: torch.ops.fastops.soft_argmax(heatmaps, beta, normalize),
+        cpp=lambda: _soft_argmax_cpp(heatmaps, beta, normalize),
         reference=lambda: reference_module("decode").soft_argmax(heatmaps, beta, normalize),
         triton=lambda: triton_module("decode").soft_argmax_triton(heatmaps, beta, normalize))
+
+
+def _soft_argmax_cpp(heatmaps, beta, normalize):
+    """The compiled op; when a gradient will be asked for, the variant that keeps the probabilities for the backward
+    (`_soft_argmax_probs`: one read of p and one write instead of the softmax recomputed). Tracing and exporting
+    keep `soft_argmax` itself (its ONNX symbolic, its own autograd)."""
+    if heatmaps.requires_grad and torch.is_grad_enabled() and not (
+            torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()):
+        return torch.ops.fastops._soft_argmax_probs(heatmaps, beta, normalize)[0]
+    return torch.ops.fastops.soft_argmax(heatmaps, beta, normalize)

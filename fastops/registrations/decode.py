@@ -63,18 +63,53 @@ def soft_argmax_backward(backward_op):
     return backward
 
 
+def _probs_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def soft_argmax_probs_fake(heatmaps, beta, normalize):
+    return (heatmaps.new_empty((heatmaps.size(0), heatmaps.size(1), 2)),
+            heatmaps.new_empty(heatmaps.shape, dtype=_probs_dtype(heatmaps.dtype)))
+
+
+def soft_argmax_probs_backward_fake(grad, probs, coords, beta, normalize):
+    return probs.new_empty(probs.shape)
+
+
+def soft_argmax_probs_setup_context(ctx, inputs, output):
+    """The autograd path of fastops.soft_argmax (`_soft_argmax_probs`): the forward's probabilities are saved, so
+    the backward is one read of p and one write (no softmax recomputed). p is internal: not differentiable."""
+    heatmaps, beta, normalize = inputs
+    coords, probs = output
+    ctx.mark_non_differentiable(probs)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(probs, coords)
+    ctx.args = (beta, normalize, heatmaps.dtype)
+
+
+def soft_argmax_probs_backward(ctx, grad, _grad_probs):
+    probs, coords = ctx.saved_tensors
+    beta, normalize, dtype = ctx.args
+    if grad is None:
+        return None, None, None
+    return torch.ops.fastops._soft_argmax_probs_backward(grad, probs, coords, beta, normalize).to(dtype), None, None
+
+
 FAKES = {"heatmap_argmax": argmax_fake, "soft_argmax": soft_argmax_fake,
-         "_soft_argmax_backward": soft_argmax_backward_fake}
+         "_soft_argmax_backward": soft_argmax_backward_fake, "_soft_argmax_probs": soft_argmax_probs_fake,
+         "_soft_argmax_probs_backward": soft_argmax_probs_backward_fake}
 
 for _name, _fake in FAKES.items():
     torch.library.register_fake(f"fastops::{_name}")(_fake)
 torch.library.register_autograd("fastops::soft_argmax", soft_argmax_backward(torch.ops.fastops._soft_argmax_backward),
                                 setup_context=soft_argmax_setup_context)
+torch.library.register_autograd("fastops::_soft_argmax_probs", soft_argmax_probs_backward,
+                                setup_context=soft_argmax_probs_setup_context)
 
 # Autocast (CPU and CUDA): float16/bfloat16 maps are decoded in float32, outputs float32 (softmax is float32
 # under autocast; a bfloat16 coordinate cannot hold a quarter-pixel refinement); fastops.ops.decode does the same
 # for every impl (_keypoints.autocast_float32).
-AUTOCAST_FLOAT32 = ("heatmap_argmax", "soft_argmax")
+AUTOCAST_FLOAT32 = ("heatmap_argmax", "soft_argmax", "_soft_argmax_probs")
 for _name in AUTOCAST_FLOAT32:
     for _device in ("cpu", "cuda"):
         torch.library.register_autocast(f"fastops::{_name}", _device, torch.float32)
