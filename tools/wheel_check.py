@@ -94,7 +94,9 @@ def main() -> int:
             if os.path.isfile(os.path.join(HERE, f)):
                 os.makedirs(os.path.dirname(os.path.join(src, f)), exist_ok=True)
                 shutil.copy2(os.path.join(HERE, f), os.path.join(src, f))
-        env = dict(os.environ, FASTOPS_CUDA="0", MAX_JOBS=os.environ.get("MAX_JOBS", "2"),
+        # ccache (when on PATH): paths relative to the copy, so a second run hits what the first one compiled
+        env = dict(os.environ, FASTOPS_CUDA="0", MAX_JOBS=os.environ.get("MAX_JOBS", "2"), CCACHE_BASEDIR=src,
+                   CCACHE_NOHASHDIR="1",
                    PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
         env.pop("FASTOPS_NO_EXT", None)
         env.pop("FASTOPS_MARCH", None)
