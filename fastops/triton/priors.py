@@ -220,7 +220,7 @@ def _best_gt_kernel(gt, counts, pri, bt, bi, G, P, BLOCK_: tl.constexpr, IS_F64:
     pcy = tl.load(pri + p * 4 + 1, mask=m, other=0.0)
     pw = tl.load(pri + p * 4 + 2, mask=m, other=0.0)
     ph = tl.load(pri + p * 4 + 3, mask=m, other=0.0)
-    n = tl.load(counts + b)
+    n = tl.load(counts + b).to(tl.int32)  # the loop index stays int32, like arg
     best = tl.zeros([BLOCK_], pcx.dtype)
     arg = tl.zeros([BLOCK_], tl.int32)
     for j in range(0, n):
