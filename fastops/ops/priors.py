@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 import fastops.registrations.priors as _reg
-from fastops._library import check_int, check_tensor, dispatch, reference_module
+from fastops._library import check_int, check_tensor, dispatch, reference_module, triton_module
 from fastops.ops._keypoints import autocast_float32, choice, finite_float, traced_call
 
 MODES = tuple(_reg.MODES)
@@ -119,7 +119,9 @@ def _prior_nms(loc, scores, landms, priors, scale_xy, score_threshold, iou_thres
         cpp=lambda: torch.ops.fastops.prior_nms(loc, scores, landms, priors, v0, v1, sx, sy, sthr, ithr, top_k,
                                                 max_det, pad, plus_one),
         reference=lambda: reference_module("priors").prior_nms(loc, scores, landms, priors, (v0, v1), (sx, sy),
-                                                               sthr, ithr, top_k, max_det, pad, plus_one)))
+                                                               sthr, ithr, top_k, max_det, pad, plus_one),
+        triton=lambda: triton_module("priors").prior_nms_triton(loc, scores, landms, priors, v0, v1, sx, sy, sthr,
+                                                                ithr, top_k, max_det, pad, plus_one)))
 
 
 def split_detections(boxes: Tensor, scores: Tensor, landms: Tensor, counts: Tensor) -> List[Tuple[Tensor, Tensor,
@@ -216,7 +218,9 @@ def _match_priors(gt_boxes, gt_labels, priors, counts, gt_landms, pos_threshold,
         cpp=lambda: torch.ops.fastops.match_priors(gt_boxes, gt_labels, gt_landms, counts, priors, pos, neg, v0, v1,
                                                    mode, hard),
         reference=lambda: reference_module("priors").match_priors(gt_boxes, gt_labels, gt_landms, counts, priors,
-                                                                  pos, neg, (v0, v1), mode, hard)))
+                                                                  pos, neg, (v0, v1), mode, hard),
+        triton=lambda: triton_module("priors").match_priors_triton(gt_boxes, gt_labels, gt_landms, counts, priors,
+                                                                   pos, neg, v0, v1, mode, hard)))
 
 
 # the original functions: torch.fx.wrap patches the module globals while tracing, the leaf records these
