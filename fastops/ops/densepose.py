@@ -165,7 +165,11 @@ def roi_point_sample(maps: Tensor, roi_index: Tensor, points: Tensor, impl: str 
     filter with ``valid`` first), ``roi_index`` in range (ValueError).
 
     Backward: gradient for ``maps`` (points and indices get none); on the CPU each RoI's points are summed in point
-    order by one thread (no atomics: the same bits for any thread count, deterministic mode honoured).
+    order by one thread (no atomics: the same bits for any thread count, deterministic mode honoured). Speed: the
+    gradient ``[R, C, Sh, Sw]`` is bandwidth-bound at one write of fresh memory; the CPU kernel writes only the taps
+    of nonzero point gradients into fresh zero pages (2 MB pages advised), so it is below one zero pass: 64 RoIs x
+    25 x 112^2 float32 (80 MB), 12544 points, 1 thread on the 2-core dev VM: 14.0 ms, ``torch.zeros`` of the same
+    80 MB 71.9 ms (docs/densepose.md, Figures).
     NaN/inf in maps propagate to the samples that read them. Autocast: float32 compute and output.
     TorchScript: scripts. ONNX (both exporters, opset 18; R and P dynamic): the taps as ``GatherND`` on the maps
     transposed to ``[R, Sh, Sw, C]``, the kernels' weights and summation order (equal to eager's bits in the
