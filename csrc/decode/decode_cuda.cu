@@ -158,28 +158,11 @@ __device__ void map_softmax_stats(const T* p, int H, int W, A beta, A* sh, A& mx
 }
 
 // Forward: one block per map. Traffic: the maps read twice (2 x 6.7 MB for 32x17x64x48, the second mostly from
-// L2: ~3-5 us on H100), 2 values written per map.
+// L2: ~3-5 us on H100), 2 values written per map. With `probs` (the autograd path) also p = softmax(beta * h) in
+// the accumulation type: a third read of the map (L2) and p written once, ~6.7 + 6.7 MB from HBM (~4-6 us).
 template <typename T>
 __global__ void soft_argmax_kernel(const T* __restrict__ hm, int H, int W, double beta, bool normalize,
-                                   T* __restrict__ coords) {
-  using A = acc_t<T>;
-  __shared__ A sh[kMapThreads];
-  const int64_t m = blockIdx.x;
-  A mx, S, Sx, Sy;
-  map_softmax_stats<T, A>(hm + m * (int64_t)H * W, H, W, (A)beta, sh, mx, S, Sx, Sy);
-  if (threadIdx.x == 0) {
-    A cx, cy;
-    soft_argmax_coords(S, Sx, Sy, H, W, normalize, cx, cy);
-    coords[2 * m] = (T)cx;
-    coords[2 * m + 1] = (T)cy;
-  }
-}
-
-// Forward that also writes p = softmax(beta * h) in the accumulation type (the autograd path). Traffic: maps read
-// 3x (L2 after the first), p written once: ~6.7 + 6.7 MB from HBM for 32x17x64x48 float32 (~4-6 us on H100).
-template <typename T>
-__global__ void soft_argmax_probs_kernel(const T* __restrict__ hm, int H, int W, double beta, bool normalize,
-                                         T* __restrict__ coords, acc_t<T>* __restrict__ probs) {
+                                   T* __restrict__ coords, acc_t<T>* __restrict__ probs) {
   using A = acc_t<T>;
   __shared__ A sh[kMapThreads];
   const int64_t m = blockIdx.x;
@@ -187,8 +170,10 @@ __global__ void soft_argmax_probs_kernel(const T* __restrict__ hm, int H, int W,
   const T* p = hm + m * n;
   A mx, S, Sx, Sy;
   map_softmax_stats<T, A>(p, H, W, (A)beta, sh, mx, S, Sx, Sy);
-  const A inv = A(1) / S;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) probs[m * n + i] = ::exp((A)beta * (A)p[i] - mx) * inv;
+  if (probs) {
+    const A inv = A(1) / S;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) probs[m * n + i] = ::exp((A)beta * (A)p[i] - mx) * inv;
+  }
   if (threadIdx.x == 0) {
     A cx, cy;
     soft_argmax_coords(S, Sx, Sy, H, W, normalize, cx, cy);
@@ -235,19 +220,36 @@ __global__ void soft_argmax_backward_kernel(const T* __restrict__ grad, const T*
   }
 }
 
+// coords, and p when `probs` is given (float32, float64 for float64 maps).
+void soft_argmax_launch(const Tensor& hm, double beta, bool normalize, Tensor& coords, Tensor* probs) {
+  const int64_t B = hm.size(0), K = hm.size(1);
+  if (B * K == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hm.scalar_type(), "soft_argmax_cuda", [&] {
+    using A = acc_t<scalar_t>;
+    soft_argmax_kernel<scalar_t><<<(unsigned)(B * K), kMapThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        hm.data_ptr<scalar_t>(), (int)hm.size(2), (int)hm.size(3), beta, normalize, coords.data_ptr<scalar_t>(),
+        probs ? probs->data_ptr<A>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 Tensor soft_argmax_cuda(const Tensor& heatmaps, double beta, bool normalize) {
   check_soft_argmax_args(heatmaps, beta);
   c10::cuda::CUDAGuard guard(heatmaps.device());
   const Tensor hm = heatmaps.contiguous();
-  const int64_t B = hm.size(0), K = hm.size(1);
-  Tensor coords = at::empty({B, K, 2}, hm.options());
-  if (B * K == 0) return coords;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hm.scalar_type(), "soft_argmax_cuda", [&] {
-    soft_argmax_kernel<scalar_t><<<(unsigned)(B * K), kMapThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        hm.data_ptr<scalar_t>(), (int)hm.size(2), (int)hm.size(3), beta, normalize, coords.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  Tensor coords = at::empty({hm.size(0), hm.size(1), 2}, hm.options());
+  soft_argmax_launch(hm, beta, normalize, coords, nullptr);
   return coords;
+}
+
+std::tuple<Tensor, Tensor> soft_argmax_probs_cuda(const Tensor& heatmaps, double beta, bool normalize) {
+  check_soft_argmax_args(heatmaps, beta);
+  c10::cuda::CUDAGuard guard(heatmaps.device());
+  const Tensor hm = heatmaps.contiguous();
+  Tensor coords = at::empty({hm.size(0), hm.size(1), 2}, hm.options());
+  Tensor probs = at::empty(hm.sizes(), hm.options().dtype(hm.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  soft_argmax_launch(hm, beta, normalize, coords, &probs);
+  return {coords, probs};
 }
 
 Tensor soft_argmax_backward_cuda(const Tensor& grad, const Tensor& heatmaps, const Tensor& coords, double beta,
@@ -267,24 +269,6 @@ Tensor soft_argmax_backward_cuda(const Tensor& grad, const Tensor& heatmaps, con
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return gin;
-}
-
-std::tuple<Tensor, Tensor> soft_argmax_probs_cuda(const Tensor& heatmaps, double beta, bool normalize) {
-  check_soft_argmax_args(heatmaps, beta);
-  c10::cuda::CUDAGuard guard(heatmaps.device());
-  const Tensor hm = heatmaps.contiguous();
-  const int64_t B = hm.size(0), K = hm.size(1);
-  Tensor coords = at::empty({B, K, 2}, hm.options());
-  Tensor probs = at::empty(hm.sizes(), hm.options().dtype(hm.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
-  if (B * K == 0) return {coords, probs};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, hm.scalar_type(), "soft_argmax_probs_cuda", [&] {
-    using A = acc_t<scalar_t>;
-    soft_argmax_probs_kernel<scalar_t><<<(unsigned)(B * K), kMapThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        hm.data_ptr<scalar_t>(), (int)hm.size(2), (int)hm.size(3), beta, normalize, coords.data_ptr<scalar_t>(),
-        probs.data_ptr<A>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {coords, probs};
 }
 
 Tensor soft_argmax_probs_backward_cuda(const Tensor& grad, const Tensor& probs, const Tensor& coords, double beta,
