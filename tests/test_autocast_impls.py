@@ -96,19 +96,19 @@ def test_priors_autocast_float32_every_impl():
     args = [t.to(BF16) for t in (loc, scores, landms, priors)]
     for pad in (False, True):
         outs = _impls(lambda impl: fastops.prior_nms(*args, (64.0, 64.0), 0.3, 0.4, 20, 10, (0.1, 0.2), pad, True,
-                                                     impl), ("cpp", "reference"))
+                                                     impl), ("cpp", "reference", "triton"))
         _same_dtypes(outs, [torch.float32] * 3 + [torch.int64])
-        assert torch.equal(outs["cpp"][3], outs["reference"][3])
+        assert torch.equal(outs["cpp"][3], outs["reference"][3]) and torch.equal(outs["cpp"][3], outs["triton"][3])
     gt = torch.rand(2, 3, 4, generator=g) * 0.5
     gt[..., 2:] += gt[..., :2] + 0.05
     labels = torch.ones(2, 3, dtype=torch.int64)
     gl = torch.rand(2, 3, 10, generator=g)
     outs = _impls(lambda impl: fastops.match_priors(gt.to(BF16), labels, priors.to(BF16), None, gl.to(BF16),
-                                                    impl=impl), ("cpp", "reference"))
+                                                    impl=impl), ("cpp", "reference", "triton"))
     outs["direct"] = _autocast(lambda: torch.ops.fastops.match_priors(
         gt.to(BF16), labels, gl.to(BF16), torch.full((2,), 3), priors.to(BF16), 0.35, 0.35, 0.1, 0.2, "ssd", None))
     _same_dtypes(outs, [torch.float32, torch.int64, torch.float32, torch.float32, torch.int64])
-    assert torch.equal(outs["cpp"][4], outs["reference"][4])
+    assert torch.equal(outs["cpp"][4], outs["reference"][4]) and torch.equal(outs["cpp"][4], outs["triton"][4])
 
 
 # ---- densepose ------------------------------------------------------------------------------------------------
