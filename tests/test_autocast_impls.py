@@ -47,7 +47,11 @@ def _paste_inputs(seed=0):
 def test_paste_masks_autocast_keeps_masks_dtype(masks_dtype, boxes_dtype, threshold):
     masks, boxes = _paste_inputs()
     masks, boxes = masks.to(masks_dtype), boxes.to(boxes_dtype)
-    tv = _autocast(lambda: paste_masks_in_image(masks, boxes, (40, 45)))
+    try:
+        tv = _autocast(lambda: paste_masks_in_image(masks, boxes, (40, 45)))
+    except RuntimeError as e:  # torchvision's own torch.stack of float16 masks fails under bfloat16 autocast
+        assert masks_dtype == torch.float16 and "prioritize" in str(e)
+        tv = paste_masks_in_image(masks, boxes, (40, 45))
     want_dtype = torch.bool if threshold is not None else tv.dtype
     assert tv.dtype == masks_dtype  # torchvision's behaviour, the rule fastops follows
     outs = _impls(lambda impl: fastops.paste_masks(masks, boxes, (40, 45), 1, threshold, impl),
@@ -61,7 +65,7 @@ def test_paste_masks_autocast_keeps_masks_dtype(masks_dtype, boxes_dtype, thresh
             torch.testing.assert_close(outs[impl], expect, rtol=0, atol=1e-2 if masks_dtype != torch.float32 else 1e-6)
         else:
             assert (outs[impl] != expect).float().mean() < 0.01
-    assert torch.equal(outs["direct"][:, None], outs["cpp"])
+    assert torch.equal(outs["direct"].reshape(outs["cpp"].shape), outs["cpp"])
     if threshold is None:  # and torchvision's values, to the masks dtype's rounding
         tol = 1e-2 if masks_dtype != torch.float32 else 1e-6
         torch.testing.assert_close(outs["cpp"].float(), tv.float(), rtol=0, atol=tol)
@@ -92,19 +96,19 @@ def test_priors_autocast_float32_every_impl():
     args = [t.to(BF16) for t in (loc, scores, landms, priors)]
     for pad in (False, True):
         outs = _impls(lambda impl: fastops.prior_nms(*args, (64.0, 64.0), 0.3, 0.4, 20, 10, (0.1, 0.2), pad, True,
-                                                     impl), ("cpp", "reference"))
+                                                     impl), ("cpp", "reference", "triton"))
         _same_dtypes(outs, [torch.float32] * 3 + [torch.int64])
-        assert torch.equal(outs["cpp"][3], outs["reference"][3])
+        assert torch.equal(outs["cpp"][3], outs["reference"][3]) and torch.equal(outs["cpp"][3], outs["triton"][3])
     gt = torch.rand(2, 3, 4, generator=g) * 0.5
     gt[..., 2:] += gt[..., :2] + 0.05
     labels = torch.ones(2, 3, dtype=torch.int64)
     gl = torch.rand(2, 3, 10, generator=g)
     outs = _impls(lambda impl: fastops.match_priors(gt.to(BF16), labels, priors.to(BF16), None, gl.to(BF16),
-                                                    impl=impl), ("cpp", "reference"))
+                                                    impl=impl), ("cpp", "reference", "triton"))
     outs["direct"] = _autocast(lambda: torch.ops.fastops.match_priors(
         gt.to(BF16), labels, gl.to(BF16), torch.full((2,), 3), priors.to(BF16), 0.35, 0.35, 0.1, 0.2, "ssd", None))
     _same_dtypes(outs, [torch.float32, torch.int64, torch.float32, torch.float32, torch.int64])
-    assert torch.equal(outs["cpp"][4], outs["reference"][4])
+    assert torch.equal(outs["cpp"][4], outs["reference"][4]) and torch.equal(outs["cpp"][4], outs["triton"][4])
 
 
 # ---- densepose ------------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ print(f"  fastops {fastops.__version__} from {fastops.__file__}, compiled CUDA: 
 
 
 def run(cmd, **kw):
-    print("+", " ".join(cmd), flush=True)
+    print("+", " ".join(a if len(a) < 200 else a.strip().splitlines()[0] + " ..." for a in cmd), flush=True)
     subprocess.run(cmd, check=True, **kw)
 
 
