@@ -1,4 +1,5 @@
 """Helpers for the side-by-side benchmarks (see conftest.py)."""
+import contextlib
 import os
 import resource
 
@@ -10,6 +11,15 @@ def record(benchmark, op, workload, threads, side, peak_mb=None):
     benchmark.extra_info.update(op=op, workload=workload, threads=threads, side=side)
     if peak_mb is not None:
         benchmark.extra_info["peak_mb"] = peak_mb
+
+
+def patched(side):
+    """fastops.patch_torchvision() on the fastops side, nothing on the anchor side (torchvision model benchmarks)."""
+    if side == "fastops":
+        import fastops
+
+        return fastops.patch_torchvision()
+    return contextlib.nullcontext()
 
 
 def run(benchmark, fn, *, rounds=5, warmup=1):

@@ -3,8 +3,7 @@ import pytest
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-import fastops
-from benchutil import record, run
+from benchutil import patched, record, run
 
 _MODEL = {}
 
@@ -24,10 +23,7 @@ def test_maskrcnn_inference(benchmark, threads, side):
     model, images = _model()
 
     def step():
-        with torch.no_grad():
-            if side == "fastops":
-                with fastops.patch_torchvision():
-                    return model(images)
+        with torch.no_grad(), patched(side):
             return model(images)
 
     record(benchmark, "maskrcnn_resnet50_fpn", "inference 1x800x1216, 100 dets", threads, side)
