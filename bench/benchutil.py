@@ -27,6 +27,44 @@ def run(benchmark, fn, *, rounds=5, warmup=1):
     return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup)
 
 
+# docs/heatmaps.md's keypoint workload: 32 samples x 17 keypoints on 64x48 heatmaps.
+HEATMAP_SHAPE = (32, 17, 64, 48)
+
+
+def heatmap_keypoints(shape=HEATMAP_SHAPE):
+    """[B, K, 2] (x, y) keypoints uniform inside the [H, W] map of shape = (B, K, H, W) (seed 0)."""
+    b, k, h, w = shape
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(b, k, 2, generator=g) * torch.tensor([w - 1.0, h - 1.0])
+
+
+_DETECTORS = {}
+
+
+def torchvision_detector(builder):
+    """(model, [image]) for a torchvision detector builder at random init (seed 0), cached, and one 800x1216 image.
+
+    A random head scores every box ~1/num_classes: box_score_thresh=0 keeps all detections, so the post-processing
+    does the work it does on a trained model (100 detections)."""
+    if builder not in _DETECTORS:
+        torch.manual_seed(0)
+        model = builder(weights=None, weights_backbone=None, box_score_thresh=0.0).eval()
+        _DETECTORS[builder] = (model, [torch.rand(3, 800, 1216, generator=torch.Generator().manual_seed(1))])
+    return _DETECTORS[builder]
+
+
+def run_patched_inference(benchmark, threads, side, builder, rounds):
+    """One inference of torchvision_detector(builder) without (anchor) / with (fastops) fastops.patch_torchvision()."""
+    model, images = torchvision_detector(builder)
+
+    def step():
+        with torch.no_grad(), patched(side):
+            return model(images)
+
+    record(benchmark, builder.__name__, "inference 1x800x1216, 100 dets", threads, side)
+    run(benchmark, step, rounds=rounds)
+
+
 def _rss_kb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)

@@ -5,22 +5,17 @@ import torch
 
 import fastops
 
-from benchutil import record, run
+from benchutil import HEATMAP_SHAPE, heatmap_keypoints, record, run
 
 SIDES = ("anchor", "fastops")
-B, K, H, W = 32, 17, 64, 48
-
-
-def _keypoints():
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(B, K, 2, generator=g) * torch.tensor([W - 1.0, H - 1.0])
+B, K, H, W = HEATMAP_SHAPE
 
 
 def _maps():
     from fastops.reference import render as RR
 
     g = torch.Generator().manual_seed(1)
-    hm, _ = RR.render_gaussian_heatmaps(_keypoints(), (H, W), 2.0, None, "dark")
+    hm, _ = RR.render_gaussian_heatmaps(heatmap_keypoints(), (H, W), 2.0, None, "dark")
     return hm + 0.01 * torch.rand(hm.shape, generator=g)
 
 

@@ -9,7 +9,7 @@ from torchvision.models.detection import keypointrcnn_resnet50_fpn
 from torchvision.models.detection.roi_heads import heatmaps_to_keypoints as tv_heatmaps_to_keypoints
 
 import fastops
-from benchutil import patched, record, run
+from benchutil import patched, record, run, run_patched_inference
 
 SIDES = ("anchor", "fastops")
 
@@ -40,28 +40,9 @@ def test_heatmaps_to_keypoints(benchmark, threads, side, maps_kind):
     run(benchmark, fn, rounds=3 if side == "anchor" else 10)
 
 
-_MODEL = {}
-
-
-def _model():
-    if not _MODEL:
-        torch.manual_seed(0)
-        # A random head scores ~1/2 per box: keep every detection so the post-processing sees 100 of them.
-        _MODEL["m"] = keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0).eval()
-        _MODEL["x"] = [torch.rand(3, 800, 1216, generator=torch.Generator().manual_seed(1))]
-    return _MODEL["m"], _MODEL["x"]
-
-
 @pytest.mark.parametrize("side", SIDES)
 def test_keypointrcnn_inference(benchmark, threads, side):
-    model, images = _model()
-
-    def step():
-        with torch.no_grad(), patched(side):
-            return model(images)
-
-    record(benchmark, "keypointrcnn_resnet50_fpn", "inference 1x800x1216, 100 dets", threads, side)
-    run(benchmark, step, rounds=1)
+    run_patched_inference(benchmark, threads, side, keypointrcnn_resnet50_fpn, rounds=1)
 
 
 def _training_inputs():

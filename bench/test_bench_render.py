@@ -6,22 +6,17 @@ import torch
 import fastops
 from fastops.reference import render as R
 
-from benchutil import record, run
+from benchutil import HEATMAP_SHAPE, heatmap_keypoints, record, run
 
 SIDES = ("anchor", "fastops")
-B, K, H, W = 32, 17, 64, 48
-
-
-def _keypoints():
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(B, K, 2, generator=g) * torch.tensor([W - 1.0, H - 1.0])
+B, K, H, W = HEATMAP_SHAPE
 
 
 @pytest.mark.parametrize("mode", ["msra", "udp", "dark"])
 @pytest.mark.parametrize("side", SIDES)
 def test_render_gaussian_heatmaps(benchmark, threads, mode, side):
     """anchor: mmpose's per-sample NumPy encoder."""
-    kp = _keypoints()
+    kp = heatmap_keypoints()
     vis = torch.ones(B, K)
     record(benchmark, "render_gaussian_heatmaps", f"{B}x{K} kpts {H}x{W} sigma2 {mode}", threads, side)
     impl = "reference" if side == "anchor" else "cpp"
@@ -33,7 +28,7 @@ def test_render_gaussian_heatmaps(benchmark, threads, mode, side):
 def test_render_gaussian_heatmaps_floor(benchmark, threads):
     """The spec's "best plain PyTorch" for MSRA targets: whole-batch, separable and exact
     (fastops.reference.render.render_msra_torch); listed as "floor" beside the msra row."""
-    kp = _keypoints()
+    kp = heatmap_keypoints()
     record(benchmark, "render_gaussian_heatmaps", f"{B}x{K} kpts {H}x{W} sigma2 msra", threads, "floor")
     run(benchmark, lambda: R.render_msra_torch(kp, (H, W), 2.0), rounds=50)
 

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from model_helpers import random_images, run_both
+from model_helpers import assert_state_dicts_equal, random_images, run_both
 
 from fastops.models.centernet import CenterNet, CornerNetHead, CornerPool, build_centernet
 
@@ -143,9 +143,7 @@ def test_state_dict_round_trip(model, tmp_path):
     torch.save(model.state_dict(), path)
     torch.manual_seed(123)
     loaded = build_centernet(NUM_CLASSES, checkpoint=path).eval()
-    for (n, a), (n2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert n == n2
-        assert torch.equal(a, b), n
+    assert_state_dicts_equal(loaded, model)
     x = _images(b=1, seed=11)
     torch.testing.assert_close(loaded.detect(x), model.detect(x), rtol=0, atol=0)
     # CenterNet's own checkpoint layout: {"epoch", "state_dict"} with DataParallel's "module." prefix

@@ -6,7 +6,7 @@ tests) keep the file fast on a 2-core CPU."""
 import pytest
 import torch
 
-from model_helpers import assert_grads_close, run_both
+from model_helpers import assert_grads_close, assert_state_dicts_equal, detection_images, random_boxes, run_both
 
 import fastops
 from fastops.models.densepose import DensePoseRCNN, convert_detectron2_densepose, load_densepose_checkpoint
@@ -33,8 +33,7 @@ def model():
 
 
 def _images(seed=1, n=2):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(3, H, W, generator=g) for _ in range(n)]
+    return detection_images(H, W, seed, n)
 
 
 def _targets(seed=2, n=2):
@@ -42,9 +41,7 @@ def _targets(seed=2, n=2):
     out = []
     for _ in range(n):
         k = 3
-        ctr = torch.rand(k, 2, generator=g) * torch.tensor([W * 0.5, H * 0.5]) + torch.tensor([W * 0.25, H * 0.25])
-        wh = torch.rand(k, 2, generator=g) * 30 + 12
-        boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], 1)
+        boxes = random_boxes(g, k, H, W, 0.25, 0.5, 30, 12)
         J = 40
         idx = torch.randint(0, k, (J,), generator=g)
         out.append({"boxes": boxes, "labels": torch.ones(k, dtype=torch.int64), "dp_index": idx,
@@ -156,8 +153,7 @@ def test_state_dict_round_trip_and_detectron2_mapping(tmp_path):
     torch.manual_seed(1)
     b = DensePoseRCNN(2, min_size=H, max_size=W, impl="reference")
     load_densepose_checkpoint(b, str(path))
-    for k, t in a.state_dict().items():
-        assert torch.equal(t, b.state_dict()[k]), k
+    assert_state_dicts_equal(b, a)
     # detectron2 naming of the DensePose branch
     d2 = {"roi_heads.densepose_head." + k[len("densepose_head."):]: t for k, t in a.state_dict().items()
           if k.startswith("densepose_head.")}

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from model_helpers import random_images, run_both
+from model_helpers import assert_state_dicts_equal, random_images, run_both
 
 from fastops.models.hourglass import StackedHourglass, build_hourglass
 
@@ -146,8 +146,7 @@ def test_state_dict_round_trip(model, tmp_path):
     torch.save(model.state_dict(), path)
     torch.manual_seed(99)
     loaded = build_hourglass(**CFG, checkpoint=path).eval()
-    for (n, a), (n2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert n == n2 and torch.equal(a, b), n
+    assert_state_dicts_equal(loaded, model)
     x = _images(b=1, seed=9)
     for got, want in zip(loaded.predict(x), model.predict(x)):
         torch.testing.assert_close(got, want, rtol=0, atol=0)

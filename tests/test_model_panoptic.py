@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from model_helpers import assert_grads_close
+from model_helpers import assert_grads_close, assert_state_dicts_equal, detection_images, random_boxes, reload_from_file
 
 import fastops
 from fastops.models.panoptic import UPSNet, load_panoptic_checkpoint
@@ -44,8 +44,7 @@ def pair():
 
 
 def _images(seed=1, n=2):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(3, H, W, generator=g) for _ in range(n)]
+    return detection_images(H, W, seed, n)
 
 
 def _targets(seed=2, n=2):
@@ -53,9 +52,7 @@ def _targets(seed=2, n=2):
     out = []
     for _ in range(n):
         k = 3
-        ctr = torch.rand(k, 2, generator=g) * torch.tensor([W * 0.6, H * 0.6]) + torch.tensor([W * 0.2, H * 0.2])
-        wh = torch.rand(k, 2, generator=g) * 30 + 16
-        boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], 1)
+        boxes = random_boxes(g, k, H, W, 0.2, 0.6, 30, 16)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W - 1)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H - 1)
         masks = torch.zeros(k, H, W, dtype=torch.uint8)
@@ -182,12 +179,7 @@ def test_compile_postprocess(pair):
 
 def test_state_dict_roundtrip(pair, tmp_path):
     fast, _ = pair
-    path = tmp_path / "upsnet.pth"
-    torch.save(fast.state_dict(), path)
-    other = _build(seed=7)
-    load_panoptic_checkpoint(other, str(path))
-    for k, v in fast.state_dict().items():
-        torch.testing.assert_close(other.state_dict()[k], v, rtol=0, atol=0)
+    other = reload_from_file(fast, _build(seed=7), load_panoptic_checkpoint, tmp_path / "upsnet.pth")
     imgs = _images(seed=8, n=1)
     with torch.no_grad():
         _assert_results_equal(other(imgs), fast(imgs), max_pan_mismatch=0)
@@ -205,8 +197,7 @@ def test_checkpoint_wrappers_load(pair, tmp_path, wrap):
     torch.save(obj, path)
     other = _build(seed=9)
     load_panoptic_checkpoint(other, str(path))
-    for k, v in fast.state_dict().items():
-        torch.testing.assert_close(other.state_dict()[k], v, rtol=0, atol=0)
+    assert_state_dicts_equal(other, fast)
 
 
 def test_torchvision_maskrcnn_checkpoint_loads(pair, tmp_path):

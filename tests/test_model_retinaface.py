@@ -7,7 +7,7 @@ initialisation the scores spread around 0.5 instead of saturating, and boxes sta
 import pytest
 import torch
 
-from model_helpers import run_both
+from model_helpers import assert_state_dicts_equal, run_both
 
 import fastops
 from fastops.models.retinaface import RetinaFace, build_retinaface, prior_boxes
@@ -67,8 +67,7 @@ def test_checkpoint_file_round_trip(tmp_path, mnet):
     path = tmp_path / "mobilenet0.25_Final.pth"
     torch.save(sd, path)
     m = build_retinaface("mobilenet0.25", checkpoint=path)
-    for k, v in mnet.state_dict().items():
-        assert torch.equal(m.state_dict()[k], v), k
+    assert_state_dicts_equal(m, mnet)
     x = _images(1)
     mnet.eval()
     m.eval()

@@ -9,7 +9,7 @@ from itertools import product
 import pytest
 import torch
 
-from model_helpers import assert_grads_close
+from model_helpers import assert_grads_close, reload_from_file
 
 import fastops
 from fastops.models.yolact import (Yolact, YolactEdge, decode_boxes, encode_boxes, load_yolact_checkpoint,
@@ -220,12 +220,7 @@ def test_compile_postprocess(yolact_pair, images):
 
 def test_state_dict_roundtrip(yolact_pair, images, tmp_path):
     fast, _ = yolact_pair
-    path = tmp_path / "yolact.pth"
-    torch.save(fast.state_dict(), path)
-    other = _build(seed=5)
-    load_yolact_checkpoint(other, str(path))
-    for k, v in fast.state_dict().items():
-        torch.testing.assert_close(other.state_dict()[k], v, rtol=0, atol=0)
+    other = reload_from_file(fast, _build(seed=5), load_yolact_checkpoint, tmp_path / "yolact.pth")
     with torch.no_grad():
         _assert_dets_equal(other(images[:1]), fast(images[:1]), max_mask_mismatch=0)
 
