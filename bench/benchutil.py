@@ -1,4 +1,5 @@
 """Helpers for the side-by-side benchmarks (see conftest.py)."""
+import contextlib
 import os
 import resource
 
@@ -10,6 +11,15 @@ def record(benchmark, op, workload, threads, side, peak_mb=None):
     benchmark.extra_info.update(op=op, workload=workload, threads=threads, side=side)
     if peak_mb is not None:
         benchmark.extra_info["peak_mb"] = peak_mb
+
+
+def patched(side):
+    """fastops.patch_torchvision() on the fastops side, nothing on the anchor side (torchvision model benchmarks)."""
+    if side == "fastops":
+        import fastops
+
+        return fastops.patch_torchvision()
+    return contextlib.nullcontext()
 
 
 def run(benchmark, fn, *, rounds=5, warmup=1):
@@ -45,15 +55,10 @@ def torchvision_detector(builder):
 
 def run_patched_inference(benchmark, threads, side, builder, rounds):
     """One inference of torchvision_detector(builder) without (anchor) / with (fastops) fastops.patch_torchvision()."""
-    import fastops
-
     model, images = torchvision_detector(builder)
 
     def step():
-        with torch.no_grad():
-            if side == "fastops":
-                with fastops.patch_torchvision():
-                    return model(images)
+        with torch.no_grad(), patched(side):
             return model(images)
 
     record(benchmark, builder.__name__, "inference 1x800x1216, 100 dets", threads, side)

@@ -9,7 +9,7 @@ from torchvision.models.detection import keypointrcnn_resnet50_fpn
 from torchvision.models.detection.roi_heads import heatmaps_to_keypoints as tv_heatmaps_to_keypoints
 
 import fastops
-from benchutil import record, run, run_patched_inference
+from benchutil import patched, record, run, run_patched_inference
 
 SIDES = ("anchor", "fastops")
 
@@ -71,10 +71,7 @@ def test_keypointrcnn_training_step(benchmark, threads, side):
     def step():
         torch.manual_seed(123)  # the samplers draw the same proposals on both sides
         model.zero_grad(set_to_none=True)
-        if side == "fastops":
-            with fastops.patch_torchvision():
-                losses = model(images, targets)
-        else:
+        with patched(side):
             losses = model(images, targets)
         sum(losses.values()).backward()
 

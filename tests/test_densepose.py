@@ -93,6 +93,34 @@ def test_paste_iuv_matches_transcription():
     assert got[0].any()
 
 
+def test_paste_iuv_clamps_uv_outside_unit_range():
+    # an untrained head's U/V leave [0, 1]: detectron2 quantizes (x * 255).clamp(0, 255) (a dropped upper clamp
+    # wraps 1.5 * 255 to 126 in uint8 and passed every other test)
+    R = 4
+    coarse, fine, u, v = _maps(R, 14, seed=5)
+    coarse[:, 1] += 2.0  # foreground almost everywhere
+    u, v = u * 3 - 1, v * 3 - 1  # [-1, 2)
+    boxes = _boxes(R, seed=6, hi=40.0, img=50.0)
+    scores = torch.rand(R, generator=torch.Generator().manual_seed(7))
+    got = fastops.densepose_paste_iuv(coarse, fine, u, v, boxes, scores, 50, 50)
+    want = ref.paste_iuv(coarse, fine, u, v, boxes, scores, 50, 50)
+    fg = want[0] > 0
+    assert (want[1][fg] == 255).any() and (want[2][fg] == 0).any()
+    assert torch.equal(got[0], want[0]) and (got.int() - want.int()).abs().max() <= 1
+
+
+def test_roi_point_sample_last_cell_reads_only_its_taps():
+    # a point in a row's last cell (x in [Sw - 1, Sw]) has its right tap clamped onto the same cell with weight 0:
+    # an infinite value in the next row's first cell must not leak in (a right tap at xl + 1 gives inf * 0 = NaN)
+    maps = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    maps[..., 0] = float("inf")
+    ri = torch.tensor([0, 1, 1, 0])
+    pts = torch.tensor([[6.0, 0.5], [5.5, 2.25], [5.0, 3.0], [5.75, 4.0]], dtype=torch.float64)
+    got = fastops.roi_point_sample(maps, ri, pts)
+    want = ref.roi_point_sample(maps, ri, pts)
+    assert torch.isfinite(want).all() and torch.equal(got, want)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_roi_point_sample_matches_transcription(dtype):
     maps, ri, pts = _points(dtype=dtype)
