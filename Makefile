@@ -15,7 +15,7 @@ export CCACHE_BASEDIR ?= $(abspath $(CURDIR)/..)
 export CCACHE_NOHASHDIR ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: venv build test bench bench-compare ptxas triton-ptxas sanitize clean
+.PHONY: venv build test bench bench-compare ptxas triton-ptxas sanitize wheel-check clean
 
 $(VENV)/.stamp:
 	$(PY) -m venv $(VENV)
@@ -66,6 +66,12 @@ triton-ptxas:
 SANITIZE_ARGS ?= tests -q
 sanitize: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) tools/sanitize.py $(SANITIZE_ARGS)
+
+# Packaging check (not in CI: builds the CPU extension from a copy of the tree, several minutes): the wheel
+# (FASTOPS_CUDA=0), a fresh venv with torch/torchvision from the configured index, the wheel, pip check, one op of
+# every family, fastops/docs shipped, fastops.models imported (tools/wheel_check.py).
+wheel-check: venv
+	$(VPY) tools/wheel_check.py
 
 # Progress per benchmark (-v), each run saved under .benchmarks/ (`make bench-compare`: the last two runs),
 # table build/speedup_table.md and chart build/speedup.png. Default environment (no THP_MEM_ALLOC_ENABLE);

@@ -79,3 +79,27 @@ def test_multi_scale_roi_align_offsets_past_2_31():
     expected = fastops.roi_align(small, shifted, (4, 4), 1.0, 2, True)
     assert bool((expected.abs() > 0.1).any(dim=(1, 2, 3)).all())
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(bool(__import__("os").environ.get("FASTOPS_SANITIZED")), reason="8.6 GB output (+1/8 shadow)")
+def test_flow_warp_forward_offsets_past_2_31():
+    """flow_warp: channel c's plane starts at c * H * W, past 2^31 for the last channels. The output (8.6 GB) is
+    written in full; the input is reserved, and only its last channels' window is filled."""
+    n, c, h, w = 1, 4096, 725, 725
+    assert n * c * h * w > 2 ** 31
+    x = _lazy_map((n, c, h, w))
+    try:
+        flow = torch.zeros(n, 2, h, w)
+        flow[:, 0], flow[:, 1] = 0.25, -0.75  # fractional: 4 taps per pixel
+        out = fastops.flow_warp(x, flow)
+    except (RuntimeError, MemoryError) as exc:
+        pytest.skip(f"cannot allocate the 8.6 GB output: {exc}")
+    tail = slice(c - 16, c)  # planes starting at 2,143,100,000 .. 2,151,981,250 (the last 9 past 2^31)
+    small = x[:, tail, -WIN:, -WIN:].contiguous()
+    expected = fastops.flow_warp(small, flow[:, :, -WIN:, -WIN:])
+    # Inside the window (away from its top edge, where the sample reads unfilled rows above it) the warp of the
+    # small copy is the warp of the big map.
+    got = out[:, tail, -WIN + 1:, -WIN:-1]
+    assert bool((got.abs() > 0.1).all())
+    torch.testing.assert_close(got, expected[:, :, 1:, :-1], rtol=0, atol=0)
+    del out

@@ -194,6 +194,97 @@ def test_prior_nms_property(B, side, seed, thr, iou, top_k, keep, pad):
     _close_dets(fastops.prior_nms(*args), fastops.prior_nms(*args, impl="reference"))
 
 
+@pytest.mark.parametrize("impl", ["cpp", "triton"])
+def test_prior_nms_threshold_strict_and_ties(impl):
+    # scores exactly at the threshold never pass (`score > threshold`); equal scores keep prior order in the top-k
+    pri = prior_boxes((32, 32))
+    loc, _, lm = _heads(2, pri.size(0), 14)
+    sc = torch.tensor([0.5, 0.75, 0.25]).repeat(pri.size(0) // 3 + 1)[: pri.size(0)].repeat(2, 1)
+    sc[1, 5:] = 0.75
+    for top_k in (-1, 7):
+        args = (loc, sc, lm, pri, (32.0, 32.0), 0.5, 0.4, top_k, 40)
+        a = fastops.prior_nms(*args, impl=impl)
+        _close_dets(a, fastops.prior_nms(*args, impl="reference"))
+        assert (a[1] > 0.5).all()
+
+
+# ---- Triton (TRITON_INTERPRET=1, set by conftest.py): small shapes against the original code -----------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pad,top_k,keep,thr,plus_one", [(False, 60, 12, 0.3, True), (True, -1, 25, 0.6, True),
+                                                         (False, 0, -1, 0.8, False), (True, 400, 5, 0.02, True)])
+def test_triton_prior_nms_matches_original(dtype, pad, top_k, keep, thr, plus_one):
+    pri = prior_boxes((32, 48)).to(dtype)
+    loc, sc, lm = _heads(2, pri.size(0), 11, dtype)
+    args = (loc, sc, lm, pri, (48.0, 32.0), thr, 0.4, top_k, keep, VAR, pad, plus_one)
+    a = fastops.prior_nms(*args, impl="triton")
+    _close_dets(a, fastops.prior_nms(*args, impl="reference"))
+    assert a[3].sum() > 0
+
+
+def test_triton_prior_nms_nan_empty_and_ties():
+    pri = prior_boxes((32, 32))
+    loc, sc, lm = _heads(3, pri.size(0), 12)
+    sc[0, ::7] = float("nan")
+    loc[0, ::5, 2] = float("nan")
+    loc[1, ::4, 3] = 1e3                      # exp overflow: infinite box, dropped before NMS
+    lm[1, ::2, 3] = float("nan")
+    sc[2] = torch.tensor([0.5, 0.7]).repeat(sc.size(1) // 2)  # ties: lower prior index first
+    for args in [(loc, sc, lm, pri), (loc, sc * 0, lm, pri), (loc[:0], sc[:0], lm[:0], pri), (loc, sc, None, pri)]:
+        for pad in (False, True):
+            kw = dict(scale_xy=(32.0, 32.0), pre_nms_top_k=50, max_det=20, pad=pad)
+            a = fastops.prior_nms(*args, **kw, impl="triton")
+            r = fastops.prior_nms(*args, **kw, impl="reference")
+            assert torch.equal(a[3], r[3])
+            for u, v in zip(a[:3], r[:3]):
+                assert u.shape == v.shape and u.dtype == v.dtype
+                torch.testing.assert_close(u, v, rtol=2e-6, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode,kw", [("ssd", dict(hard_threshold=0.2)), ("ssd", {}),
+                                     ("yolact", dict(pos_threshold=0.5, neg_threshold=0.4))])
+def test_triton_match_matches_original(dtype, mode, kw):
+    pri = prior_boxes((32, 32)).to(dtype)
+    boxes, labels, lmk, counts = _gt(4, 6, 13, dtype)
+    counts[0], counts[1] = 0, 6
+    a = fastops.match_priors(boxes, labels, pri, counts, lmk, mode=mode, impl="triton", **kw)
+    _close_match(a, fastops.match_priors(boxes, labels, pri, counts, lmk, mode=mode, impl="reference", **kw))
+    assert (a[4][0] == -1).all() and (a[1][1] != 0).any()
+
+
+def test_triton_match_ties_nan_and_few_priors():
+    pri = prior_boxes((32, 32))
+    box = torch.tensor([0.2, 0.2, 0.7, 0.7])
+    dup = torch.stack([box, box, box + 0.01, torch.tensor([0.0, 0.0, 1.0, 1.0])])[None]
+    boxes, labels, lmk, _ = _gt(3, 5, 7)
+    boxes[0, 1, 2] = float("nan")          # NaN IoUs win torch.max
+    boxes[1, 2, 2:] = boxes[1, 2, :2]      # zero-size gt: log(0) = -inf targets
+    fb, fl, _, _ = _gt(2, 7, 6)
+    cases = [((dup, torch.tensor([[1, 2, 3, 4]]), pri), {}),   # two gts with the same best prior: the later keeps it
+             ((boxes, labels, pri, None, lmk), {}),
+             ((boxes, labels, pri, None, lmk), dict(hard_threshold=0.2)),
+             ((fb, fl, pri[:3]), {})]                          # YOLACT: more gts than priors, -1 rows go on
+    for args, kw in cases:
+        for mode in ("ssd", "yolact"):
+            if mode == "yolact" and kw:
+                continue
+            _close_match(fastops.match_priors(*args, mode=mode, impl="triton", **kw),
+                         fastops.match_priors(*args, mode=mode, impl="reference", **kw))
+
+
+def test_triton_opcheck():
+    import fastops.triton.priors  # noqa: F401  (registers the _triton ops)
+    pri, loc, sc, lm, boxes, labels, lmk, counts = _small()
+    torch.library.opcheck(torch.ops.fastops.prior_nms_triton,
+                          (loc, sc, lm, pri, 0.1, 0.2, 32.0, 32.0, 0.3, 0.4, 100, 20, True, True))
+    torch.library.opcheck(torch.ops.fastops.prior_nms_triton,
+                          (loc, sc, lm, pri, 0.1, 0.2, 32.0, 32.0, 0.3, 0.4, 100, 20, False, True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    torch.library.opcheck(torch.ops.fastops.match_priors_triton,
+                          (boxes, labels, lmk, counts, pri, 0.35, 0.35, 0.1, 0.2, "yolact", None))
+
+
 # ---- drop-in: opcheck, compile, TorchScript, autocast, fx --------------------------------------------------------
 
 def _small():
@@ -314,5 +405,3 @@ def test_errors():
         fastops.match_priors(boxes, labels.int(), pri)
     with pytest.raises(ValueError, match="priors"):
         fastops.match_priors(boxes, labels, pri[:, :3])
-    with pytest.raises(ValueError, match="impl='triton'"):
-        fastops.match_priors(boxes, labels, pri, impl="triton")

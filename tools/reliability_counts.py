@@ -255,13 +255,16 @@ Tested (the map or output has more than 2^31 elements):
   tests (channel, image, FPN); the other two take paths that injection does not touch.
 - `paste_masks`: `tests/test_bad_inputs_masks.py::test_paste_masks_offsets_past_2_31` (2.2 GB bool output).
 - `yolact_masks`, `heatmap_argmax`: correct past 2^31 when probed (issue 11); no test kept (> 8 GB).
+- `flow_warp` forward, CPU: `tests/test_large_offsets.py::test_flow_warp_forward_offsets_past_2_31` (4096 x 725 x 725:
+  the last 9 channel planes start past 2^31; 8.6 GB output written, 9.9 GB peak RSS, ~25-50 s). A 32-bit plane
+  offset injected in the NCHW channel-block loop (`int32_t((c + k) * sC)`) failed it.
 
 Read, not tested (CPU `*_cpu.cpp` and CUDA `*.cu`): flat element indices are `int64_t` (CUDA:
 `FASTOPS_KERNEL_LOOP` in `csrc/cuda_utils.cuh`); a coordinate along one axis may be `int` (every size is checked
 to be < 2^31, most < 2^30), and every offset multiplies it by an `int64_t` stride or row length before adding:
 - `roi_align` backward: plane pointers `batch * sN + c * sC`, rows `yi * sH` (`int` times `int64_t`); the packed
   float32 forward stores row offsets as int32 and is used only when `H * sH < 2^31` (else the sparse walk).
-- `flow_warp`: every index and stride `int64_t` (`flow_warp_cpu.cpp`, `flow_warp_backward_cpu.cpp`,
+- `flow_warp` backward and CUDA: every index and stride `int64_t` (`flow_warp_backward_cpu.cpp`,
   `flow_warp_cuda.cu`; the deterministic CUDA backward's sort keys are checked to fit 62 bits).
 - `render_gaussian_heatmaps` / `render_center_heatmap`: plane `m * (int64_t)H * W`, rows `(int64_t)y * W`.
 - `corner_pool`: rows `y * ld` with `int64_t ld`. One 32-bit offset was found and fixed: the AVX2 left/right

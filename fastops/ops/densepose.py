@@ -70,6 +70,8 @@ def densepose_chart_to_iuv(coarse: Tensor, fine: Tensor, u: Tensor, v: Tensor, b
     NaN/inf: boxes must be finite (ValueError); a NaN score wins its argmax (as torch.argmax); NaN U/V stay NaN in
     ``uv``. float16/bfloat16 maps are interpolated in float32 and rounded to their dtype before the argmax (as
     F.interpolate returns them). Autocast: float32. TorchScript: scripts (the compiled kernel).
+
+    ONNX: not exported; both exporters stop with a RuntimeError (docs/densepose.md, "ONNX").
     """
     if torch.jit.is_scripting():
         return torch.ops.fastops.densepose_chart_to_iuv(coarse, fine, u, v, boxes)
@@ -97,7 +99,8 @@ def densepose_paste_iuv(coarse: Tensor, fine: Tensor, u: Tensor, v: Tensor, boxe
     index); background pixels of a detection never overwrite. Pixels no detection claims are ``(0, 0, 0)``.
 
     ``scores [R]`` (NaN rejected), ``height``, ``width`` in ``[0, 2**18]``. Only the visible part of each box is
-    computed. Autocast: float32. TorchScript: scripts.
+    computed. Autocast: float32. TorchScript: scripts. ONNX: not exported; both exporters stop with a
+    RuntimeError (docs/densepose.md, "ONNX").
     """
     if torch.jit.is_scripting():
         return torch.ops.fastops.densepose_paste_iuv(coarse, fine, u, v, boxes, scores, height, width)
@@ -164,7 +167,10 @@ def roi_point_sample(maps: Tensor, roi_index: Tensor, points: Tensor, impl: str 
     Backward: gradient for ``maps`` (points and indices get none); on the CPU each RoI's points are summed in point
     order by one thread (no atomics: the same bits for any thread count, deterministic mode honoured).
     NaN/inf in maps propagate to the samples that read them. Autocast: float32 compute and output.
-    TorchScript: scripts.
+    TorchScript: scripts. ONNX (both exporters, opset 18; R and P dynamic): the taps as ``GatherND`` on the maps
+    transposed to ``[R, Sh, Sw, C]``, the kernels' weights and summation order (equal to eager's bits in the
+    tests); the range checks on points / roi_index are not in the graph (out-of-range inputs give undefined
+    values or a runtime error in onnxruntime).
     """
     if torch.jit.is_scripting():
         return torch.ops.fastops.roi_point_sample(maps, roi_index, points)

@@ -35,7 +35,11 @@ def roi_heatmaps_to_keypoints(maps: Tensor, rois: Tensor, impl: str = "auto") ->
     propagate as in torchvision. RoIs must be finite (ValueError, as torchvision's ``int(nan)``) and at most
     65536 px a side; empty or inverted RoIs are 1 x 1 px (torchvision's clamp).
 
-    ONNX: not exported (torchvision's own ONNX path loops over RoIs; see docs/keypoint_rcnn.md).
+    ONNX (both exporters, opset 16, R dynamic): the bicubic taps as ``GatherElements`` per axis, ATen's weights,
+    every RoI's map on one grid padded to the largest ``ceil(h) x ceil(w)`` (-inf outside its own size), ``ArgMax``
+    (first maximum), the coordinates as above; no Loop. Memory ``R x K x max h x max w`` values. onnxruntime sums
+    in ATen's unfused (baseline) order: scores within a few ulp of eager's, keypoints equal unless two upsampled
+    values are within those ulp (docs/keypoint_rcnn.md).
 
     Autocast (CPU and CUDA): computed in float32, outputs float32.
 

@@ -236,6 +236,11 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
     NaN/inf: a box with a non-finite coordinate (or one whose expanded corner is beyond 2^40 pixels) pastes
     nothing, where torchvision's int64 cast is undefined; NaN in ``masks`` propagates to the pixels that blend it.
 
+    Autocast (CPU and CUDA): no effect, for every impl (and the compiled op's autocast kernel): the result has the
+    masks' dtype (bool with a threshold) and the boxes are expanded in their own dtype, as torchvision's
+    ``paste_masks_in_image`` does under autocast (``F.interpolate`` keeps the dtype). bfloat16 / float16 masks are
+    resized in float32 and rounded once to their dtype.
+
     ONNX: exports (both exporters) to torchvision's box arithmetic (expand, int64 truncation), ``Pad``, per-box
     interpolation matrices from ``Range`` grids (torchvision's ``align_corners=False`` taps) applied as two batched
     ``MatMul``, the window test as comparisons (``Where``); ``Greater`` for a threshold
@@ -326,6 +331,12 @@ def _paste_masks(masks, boxes, image_shape, padding, threshold, impl):
     leaf = _fx_leaf(paste_masks, (masks, boxes, image_shape, padding, threshold, impl))
     if leaf is not None:
         return leaf
+    if isinstance(masks, Tensor) and masks.device.type in ("cpu", "cuda") and \
+            torch.is_autocast_enabled(masks.device.type):
+        # autocast leaves paste_masks alone (registrations/masks.py, paste_masks_autocast): every impl runs as
+        # without autocast and returns the masks' dtype, as torchvision's paste_masks_in_image
+        with torch.autocast(masks.device.type, enabled=False):
+            return _paste_masks(masks, boxes, image_shape, padding, threshold, impl)
     m3, boxes, H, W, padding = _paste_inputs(masks, boxes, image_shape, padding)
     thr = _check_threshold(threshold)
     if isinstance(H, int) and isinstance(W, int):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 import fastops.registrations.priors as _reg
-from fastops._library import check_int, check_tensor, dispatch, reference_module
+from fastops._library import check_int, check_tensor, dispatch, reference_module, triton_module
 from fastops.ops._keypoints import autocast_float32, choice, finite_float, traced_call
 
 MODES = tuple(_reg.MODES)
@@ -58,8 +58,11 @@ def prior_nms(loc: Tensor, scores: Tensor, landms: Optional[Tensor], priors: Ten
     index (the original's NumPy quicksort is unstable there).
 
     Autocast (CPU and CUDA): float16/bfloat16 inputs are computed in float32 and the outputs are float32.
-    ONNX: not exported (no decomposition is registered). TorchScript: scripts (the scripted function calls the
-    compiled op).
+    ONNX (both exporters, opset 18; batch and prior counts dynamic): the decode arithmetic, ``TopK`` per image,
+    one ``NonMaxSuppression`` over the batch (candidates scored by their rank, so the order is TopK's), ``GatherND``
+    / ``ScatterND`` for the outputs. Differences (docs/priors.md): onnxruntime's ``Exp`` (boxes and landmarks
+    within a few ulp), its float32 IoU (float64 inputs too), so a decision can change for an IoU within ~1e-6 of
+    the threshold. TorchScript: scripts (the scripted function calls the compiled op).
     """
     if torch.jit.is_scripting():
         lm = landms if landms is not None else loc.new_zeros((loc.size(0), loc.size(1), 0))
@@ -116,7 +119,9 @@ def _prior_nms(loc, scores, landms, priors, scale_xy, score_threshold, iou_thres
         cpp=lambda: torch.ops.fastops.prior_nms(loc, scores, landms, priors, v0, v1, sx, sy, sthr, ithr, top_k,
                                                 max_det, pad, plus_one),
         reference=lambda: reference_module("priors").prior_nms(loc, scores, landms, priors, (v0, v1), (sx, sy),
-                                                               sthr, ithr, top_k, max_det, pad, plus_one)))
+                                                               sthr, ithr, top_k, max_det, pad, plus_one),
+        triton=lambda: triton_module("priors").prior_nms_triton(loc, scores, landms, priors, v0, v1, sx, sy, sthr,
+                                                                ithr, top_k, max_det, pad, plus_one)))
 
 
 def split_detections(boxes: Tensor, scores: Tensor, landms: Tensor, counts: Tensor) -> List[Tuple[Tensor, Tensor,
@@ -159,7 +164,8 @@ def match_priors(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, counts: Op
     = -inf`` box targets). Equal to the per-image loop (fastops.reference.priors.match_priors) up to the last ulp
     of ``log`` (libm vs ATen); indices, conf and overlaps exactly.
 
-    Autocast (CPU and CUDA): float16/bfloat16 boxes are matched in float32. ONNX: not exported.
+    Autocast (CPU and CUDA): float16/bfloat16 boxes are matched in float32. ONNX: not exported (training targets,
+    not part of an inference graph): both exporters stop with a RuntimeError saying so.
     TorchScript: scripts (the scripted function calls the compiled op).
     """
     if torch.jit.is_scripting():
@@ -212,7 +218,9 @@ def _match_priors(gt_boxes, gt_labels, priors, counts, gt_landms, pos_threshold,
         cpp=lambda: torch.ops.fastops.match_priors(gt_boxes, gt_labels, gt_landms, counts, priors, pos, neg, v0, v1,
                                                    mode, hard),
         reference=lambda: reference_module("priors").match_priors(gt_boxes, gt_labels, gt_landms, counts, priors,
-                                                                  pos, neg, (v0, v1), mode, hard)))
+                                                                  pos, neg, (v0, v1), mode, hard),
+        triton=lambda: triton_module("priors").match_priors_triton(gt_boxes, gt_labels, gt_landms, counts, priors,
+                                                                   pos, neg, v0, v1, mode, hard)))
 
 
 # the original functions: torch.fx.wrap patches the module globals while tracing, the leaf records these

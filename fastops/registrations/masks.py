@@ -147,12 +147,13 @@ register_float32_autocast(("yolact_masks", "yolact_mask_loss"))
 
 def paste_masks_autocast(masks: Tensor, boxes: Tensor, image_h: int, image_w: int, padding: int,
                          threshold: Optional[float]) -> Tensor:
-    """paste_masks under autocast: the masks are resized in float32 (float64 stays), the boxes keep their dtype.
-    torchvision's paste_masks_in_image has no autocast rule: it expands and truncates the boxes in their own dtype
-    (bfloat16 in an autocast Mask R-CNN), and a float32 expansion would move boxes by a pixel."""
+    """paste_masks under autocast: the op as without autocast (autocast off inside, no casts), so the result has
+    the masks' dtype, as torchvision's paste_masks_in_image (no autocast rule of its own; F.interpolate keeps the
+    dtype under autocast). The boxes keep their dtype too: torchvision expands and truncates them in their own
+    dtype, and a float32 expansion of bfloat16 boxes would move them by a pixel. fastops.ops.masks does the same
+    for every impl."""
     with torch.autocast(masks.device.type, enabled=False):
-        m = masks if masks.dtype == torch.float64 else masks.float()
-        return torch.ops.fastops.paste_masks(m, boxes, image_h, image_w, padding, threshold)
+        return torch.ops.fastops.paste_masks(masks, boxes, image_h, image_w, padding, threshold)
 
 
 _lib = torch.library.Library("fastops", "IMPL")

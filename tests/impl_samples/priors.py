@@ -1,5 +1,5 @@
 """prior_nms (flat and padded) and match_priors (ssd with the hard-gt rule, yolact): samples for
-tests/test_impls.py. No Triton implementation exists for this family (docs/priors.md)."""
+tests/test_impls.py (cpp and Triton)."""
 import torch
 
 import fastops
@@ -38,8 +38,8 @@ def _match(mode):
 
 
 SAMPLES = [
-    Sample("prior_nms-flat", fastops.prior_nms, _nms(False), impls=("cpp",), atol=1e-4, rtol=2e-6),
-    Sample("prior_nms-pad", fastops.prior_nms, _nms(True), impls=("cpp",), atol=1e-4, rtol=2e-6),
-    Sample("match_priors-ssd", fastops.match_priors, _match("ssd"), impls=("cpp",), atol=2e-6, rtol=2e-6),
-    Sample("match_priors-yolact", fastops.match_priors, _match("yolact"), impls=("cpp",), atol=2e-6, rtol=2e-6),
+    Sample("prior_nms-flat", fastops.prior_nms, _nms(False), atol=1e-4, rtol=2e-6),
+    Sample("prior_nms-pad", fastops.prior_nms, _nms(True), atol=1e-4, rtol=2e-6),
+    Sample("match_priors-ssd", fastops.match_priors, _match("ssd"), atol=2e-6, rtol=2e-6),
+    Sample("match_priors-yolact", fastops.match_priors, _match("yolact"), atol=2e-6, rtol=2e-6),
 ]
