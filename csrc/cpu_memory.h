@@ -41,20 +41,24 @@ inline void free_mmap_block(void* ctx) {
 }
 
 // A zero-filled tensor of `sizes` in `format` (Contiguous or ChannelsLast), without a zero pass when it is
-// large: fresh anonymous mmap, whose pages the OS supplies zeroed at their first touch (by the kernel that
-// fills the tensor, while the page is in cache), with huge-page advice. Small tensors: at::empty + zero_().
-// The storage stays resizable through the ordinary CPU allocator. `sizes` were checked by the caller (no
-// overflow of the product).
-inline at::Tensor zeros_fresh(at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryFormat format) {
+// large (>= min_mmap_bytes): fresh anonymous mmap, whose pages the OS supplies zeroed at their first touch (by the
+// kernel that fills the tensor, while the page is in cache), with huge-page advice when `huge_pages`. Pages a
+// kernel never writes are never touched (no RSS): for sparse writes (the masks' boxes) pass huge_pages = false,
+// or one written byte would fault in 2 MB. Small tensors: at::empty + zero_(). The storage stays resizable
+// through the ordinary CPU allocator. `sizes` were checked by the caller (no overflow of the product).
+// (calloc is not enough: glibc serves blocks below its dynamic mmap threshold, up to 32 MB, from the heap and
+// memsets them.)
+inline at::Tensor zeros_fresh(at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryFormat format,
+                              size_t min_mmap_bytes = size_t(8) << 20, bool huge_pages = true) {
   const auto options = at::TensorOptions().dtype(dtype).device(at::kCPU);
   int64_t numel = 1;
   for (auto s : sizes) numel *= s;
   const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
-  if (nbytes < (size_t(8) << 20)) return at::empty(sizes, options.memory_format(format)).zero_();
+  if (nbytes < min_mmap_bytes) return at::empty(sizes, options.memory_format(format)).zero_();
   void* ptr = mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   TORCH_CHECK(ptr != MAP_FAILED, "fastops: cannot map ", nbytes, " bytes for a tensor of ", sizes,
               " elements (out of memory)");
-  advise_huge_pages(ptr, nbytes);
+  if (huge_pages) advise_huge_pages(ptr, nbytes);
   auto* ctx = new MmapBlock{ptr, nbytes};
   c10::DataPtr data(ptr, ctx, &free_mmap_block, at::Device(at::kCPU));
   c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), c10::GetCPUAllocator(),
@@ -62,6 +66,11 @@ inline at::Tensor zeros_fresh(at::IntArrayRef sizes, at::ScalarType dtype, at::M
   // Strides of `format` (what at::empty would give), then the storage swapped in.
   const at::Tensor meta = at::empty(sizes, options.device(at::kMeta).memory_format(format));
   return at::empty({0}, options).set_(storage, 0, sizes, meta.strides());
+}
+
+// Whether t's memory is a zeros_fresh mmap block (its untouched pages are still the OS's zero pages).
+inline bool is_fresh_mapping(const at::Tensor& t) {
+  return t.storage().data_ptr().get_deleter() == &free_mmap_block;
 }
 
 }  // namespace cpu_memory

@@ -5,6 +5,8 @@
 //                                    the grid-stride loop covers the rest, so any n launches (n == 0 gives 0)
 //   launch_1d(kernel, n, stream, ...) skips empty launches, checks the launch
 //   unravel(i, sizes...)             row-major index decomposition
+//   first_max_better(v1, i1, v2, i2) numpy/torch argmax order of (value, index) candidates
+//   block_arg_reduce(sv, si, ...)    fixed-order shared-memory (value, index) tree reduction of a block
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -48,6 +50,38 @@ __host__ __device__ __forceinline__ Index<N> unravel(int64_t i, const int64_t (&
     i /= sizes[k];
   }
   return out;
+}
+
+// (value, index) order of numpy's / torch's first maximum: a NaN beats every number (the first NaN wins), then the
+// larger value, then the lower index.
+template <typename A>
+__device__ __forceinline__ bool first_max_better(A v1, int64_t i1, A v2, int64_t i2) {
+  const bool n1 = v1 != v1, n2 = v2 != v2;
+  if (n1 || n2) return n1 && (!n2 || i1 < i2);
+  return v1 > v2 || (v1 == v2 && i1 < i2);
+}
+struct FirstMax {  // first_max_better as a functor, for block_arg_reduce
+  template <typename A>
+  __device__ __forceinline__ bool operator()(A v1, int64_t i1, A v2, int64_t i2) const {
+    return first_max_better(v1, i1, v2, i2);
+  }
+};
+
+// Block-wide (value, index) reduction in a fixed tree order (deterministic): every thread of the block passes its
+// candidate (v, i); afterwards sv[0], si[0] hold the winner, where better(v, i, bv, bi) says whether (v, i) replaces
+// (bv, bi). sv and si are __shared__ arrays of `threads` = blockDim.x (a power of 2) entries; every thread must call.
+template <typename A, typename Better>
+__device__ __forceinline__ void block_arg_reduce(A* sv, int64_t* si, A v, int64_t i, int threads, Better better) {
+  sv[threadIdx.x] = v;
+  si[threadIdx.x] = i;
+  __syncthreads();
+  for (int s = threads / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s && better(sv[threadIdx.x + s], si[threadIdx.x + s], sv[threadIdx.x], si[threadIdx.x])) {
+      sv[threadIdx.x] = sv[threadIdx.x + s];
+      si[threadIdx.x] = si[threadIdx.x + s];
+    }
+    __syncthreads();
+  }
 }
 
 }  // namespace cuda

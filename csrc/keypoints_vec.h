@@ -102,24 +102,16 @@ inline vfloat vfma(vfloat a, vfloat b, vfloat c) {
 }
 
 // a > b ? a : b and a < b ? a : b lane by lane (x86's maxps/minps rule: b when either is NaN).
-inline vfloat vmax(vfloat a, vfloat b) {
 #if defined(__AVX512F__)
-  return (vfloat)_mm512_max_ps((__m512)a, (__m512)b);
+inline vfloat vmax(vfloat a, vfloat b) { return (vfloat)_mm512_max_ps((__m512)a, (__m512)b); }
+inline vfloat vmin(vfloat a, vfloat b) { return (vfloat)_mm512_min_ps((__m512)a, (__m512)b); }
 #elif defined(__AVX__)
-  return (vfloat)_mm256_max_ps((__m256)a, (__m256)b);
+inline vfloat vmax(vfloat a, vfloat b) { return (vfloat)_mm256_max_ps((__m256)a, (__m256)b); }
+inline vfloat vmin(vfloat a, vfloat b) { return (vfloat)_mm256_min_ps((__m256)a, (__m256)b); }
 #else
-  return a > b ? a : b;
+inline vfloat vmax(vfloat a, vfloat b) { return a > b ? a : b; }
+inline vfloat vmin(vfloat a, vfloat b) { return a < b ? a : b; }
 #endif
-}
-inline vfloat vmin(vfloat a, vfloat b) {
-#if defined(__AVX512F__)
-  return (vfloat)_mm512_min_ps((__m512)a, (__m512)b);
-#elif defined(__AVX__)
-  return (vfloat)_mm256_min_ps((__m256)a, (__m256)b);
-#else
-  return a < b ? a : b;
-#endif
-}
 
 // Cephes' expf per lane (~1 ulp); 0 below -87, NaN lanes stay NaN. Round-to-nearest by the 1.5 * 2^23 trick;
 // the clamp (x86 max/min return the constant for a NaN lane) keeps NaN away from the integer conversion. Fused

@@ -37,7 +37,8 @@ from torch import Tensor
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 import fastops
-from fastops._library import check_impl, reference_module
+from fastops._library import reference_module
+from fastops.models._impl import ImplChoice
 from fastops.models._checkpoint import load_checkpoint
 
 __all__ = ["DensePoseRCNN", "DensePoseV1ConvXHead", "DensePoseChartPredictor", "densepose_chart_losses",
@@ -97,7 +98,7 @@ class DensePoseChartPredictor(nn.Module):
                 self._up(self.v_lowres(x)))
 
 
-class DensePoseRCNN(nn.Module):
+class DensePoseRCNN(ImplChoice, nn.Module):
     """DensePose R-CNN (see the module docstring).
 
     Args:
@@ -124,13 +125,7 @@ class DensePoseRCNN(nn.Module):
         self.roi_heads.box_roi_pool = self.box_pool
         self.impl = impl
 
-    @property
-    def impl(self) -> str:
-        return self._impl
-
-    @impl.setter
-    def impl(self, value: str):
-        self._impl = check_impl(value)
+    def _use_impl(self, value: str) -> None:
         self.box_pool.impl = value
         self.densepose_pool.impl = value
 

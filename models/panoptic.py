@@ -37,7 +37,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.ops import boxes as box_ops
 
 import fastops
-from fastops._library import check_impl
+from fastops.models._impl import ImplChoice
 from fastops.models._checkpoint import load_checkpoint
 
 __all__ = ["UPSNet", "FCNHead", "FlowNetLite", "TemporalFuse", "load_panoptic_checkpoint"]
@@ -118,7 +118,7 @@ class TemporalFuse(nn.Module):
         return cur + self.conv(torch.cat([cur, a * warped], 1))
 
 
-class UPSNet(nn.Module):
+class UPSNet(ImplChoice, nn.Module):
     """UPSNet-style panoptic model on torchvision's Mask R-CNN (see the module docstring).
 
     Args:
@@ -161,13 +161,7 @@ class UPSNet(nn.Module):
         }
         self.impl = impl
 
-    @property
-    def impl(self) -> str:
-        return self._impl
-
-    @impl.setter
-    def impl(self, value: str):
-        self._impl = check_impl(value)
+    def _use_impl(self, value: str) -> None:
         key = "reference" if value == "reference" else "auto"
         box_pool, mask_pool = self._pools[key]
         if key == "auto":

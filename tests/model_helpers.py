@@ -30,10 +30,16 @@ def assert_grads_close(got, want, rtol):
         assert (got[k] - want[k]).norm() <= rtol * want[k].norm() + 1e-12, k
 
 
-def detection_images(h, w, seed, n):
+def detection_images(h, w, seed=1, n=2):
     """n images [3, h, w] in [0, 1), as the detection models take them (a list)."""
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(3, h, w, generator=g) for _ in range(n)]
+
+
+def detection_targets(make_target, seed=2, n=2):
+    """[make_target(g) for each of n images], all drawing from one generator g seeded with seed."""
+    g = torch.Generator().manual_seed(seed)
+    return [make_target(g) for _ in range(n)]
 
 
 def random_boxes(g, k, h, w, lo, span, side, min_side):

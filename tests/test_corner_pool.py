@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import fastops
 from fastops.reference import corner_pool as R
 from keypoints_helpers import LOW, POOL_MODES, REFINES, close, realistic_maps, special_keypoints  # noqa: F401
+from helpers import assert_all_equal, per_thread_count
 
 
 def _check_against_cornernet(x, g, mode, impl="auto"):
@@ -129,22 +130,17 @@ def test_interpreter_bfloat16_compare_reproducer():
 # ---- threads, errors, opcheck, compile, enums ----------------------------------------------------------------------
 
 def test_same_results_one_and_two_threads():
-    old = torch.get_num_threads()
     x = torch.randn(2, 8, 16, 16)
-    outs = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            for mode in POOL_MODES:
-                xr = x.clone().requires_grad_(True)
-                y = fastops.corner_pool(xr, mode)
-                (gi,) = torch.autograd.grad(y, xr, torch.ones_like(y))
-                outs.append((n, y, gi))
-    finally:
-        torch.set_num_threads(old)
-    half = len(outs) // 2
-    for (_, a, ga), (_, b, gb) in zip(outs[:half], outs[half:]):
-        assert torch.equal(a, b) and torch.equal(ga, gb)
+
+    def run():
+        outs = []
+        for mode in POOL_MODES:
+            xr = x.clone().requires_grad_(True)
+            y = fastops.corner_pool(xr, mode)
+            outs += [y, *torch.autograd.grad(y, xr, torch.ones_like(y))]
+        return outs
+
+    assert_all_equal(*per_thread_count(run))
 
 
 def test_errors():

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import fastops
 from fastops.reference import decode as R
 from keypoints_helpers import LOW, POOL_MODES, REFINES, close, realistic_maps, special_keypoints  # noqa: F401
+from helpers import assert_all_equal, per_thread_count
 
 
 @pytest.mark.parametrize("refine", REFINES)
@@ -203,17 +204,8 @@ def test_triton_argmax():
 # ---- threads, errors, bad inputs, opcheck, compile, enums ----------------------------------------------------------
 
 def test_same_results_one_and_two_threads():
-    old = torch.get_num_threads()
     hm = realistic_maps(8, 17, 32, 24)
-    outs = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            outs.append([*fastops.heatmap_argmax(hm, refine="dark"), fastops.soft_argmax(hm)])
-    finally:
-        torch.set_num_threads(old)
-    for a, b in zip(*outs):
-        assert torch.equal(a, b)
+    assert_all_equal(*per_thread_count(lambda: [*fastops.heatmap_argmax(hm, refine="dark"), fastops.soft_argmax(hm)]))
 
 
 def test_errors():

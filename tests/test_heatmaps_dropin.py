@@ -1,22 +1,14 @@
 """The heatmap families (render, decode, peaks, corner_pool) as drop-ins (issue 12): TorchScript (script, save,
 load, same result), torch.fx leaves, and autocast (the rule each op's docstring states)."""
-import io
 
 import pytest
 import torch
 
 import fastops
 from keypoints_helpers import realistic_maps
+from helpers import script_roundtrip
 
 LOW = (torch.bfloat16, torch.float16)
-
-
-def _roundtrip(fn):
-    scripted = torch.jit.script(fn)
-    buf = io.BytesIO()
-    torch.jit.save(scripted, buf)
-    buf.seek(0)
-    return scripted, torch.jit.load(buf)
 
 
 def _equal(a, b):
@@ -75,7 +67,7 @@ def test_every_function_scripts_saves_loads_and_matches_eager():
     scripted = {}
     for fn, args in cases:
         if fn not in scripted:
-            scripted[fn] = _roundtrip(fn)
+            scripted[fn] = script_roundtrip(fn)
             assert "fastops::" in str(scripted[fn][0].graph), fn.__name__
         want = fn(*args)
         for s in scripted[fn]:
@@ -114,7 +106,7 @@ def _head_args(t):
 def test_scripted_module_saves_loads_and_matches_eager():
     t = _inputs(2)
     head = _CenterNetHead()
-    scripted, loaded = _roundtrip(head)
+    scripted, loaded = script_roundtrip(head)
     want = head(*_head_args(t))
     _equal(scripted(*_head_args(t)), want)
     _equal(loaded(*_head_args(t)), want)

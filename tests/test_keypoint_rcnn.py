@@ -13,6 +13,7 @@ from torchvision.models.detection.roi_heads import heatmaps_to_keypoints as tv_h
 
 import fastops
 from fastops.reference import keypoint_rcnn as REF
+from helpers import per_thread_count
 
 
 def random_boxes(R, lo=32.0, hi=400.0, gen=None, dtype=torch.float32):
@@ -168,16 +169,8 @@ def test_triton_matches_torchvision():
 # ---- threads, opcheck, compile, TorchScript, fx, autocast -------------------------------------------------------
 
 def test_same_results_one_and_two_threads():
-    old = torch.get_num_threads()
     maps, rois = torch.randn(7, 17, 56, 56), random_boxes(7)
-    outs = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            outs.append(fastops.roi_heatmaps_to_keypoints(maps, rois))
-    finally:
-        torch.set_num_threads(old)
-    assert_same(outs[0], outs[1])
+    assert_same(*per_thread_count(lambda: fastops.roi_heatmaps_to_keypoints(maps, rois)))
 
 
 def test_opcheck():

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import fastops
 from fastops._library import TRITON_INTERPRET
 from fastops.reference import masks as ref
+from helpers import assert_all_equal, per_thread_count
 
 HP, WP, P = 24, 30, 8
 
@@ -189,15 +190,7 @@ def test_yolact_masks_large_output_mmap_path():
 
 def test_yolact_masks_threads_identical():
     protos, coeffs, boxes = _yolact_inputs(23, kind="border")
-    old = torch.get_num_threads()
-    try:
-        res = []
-        for t in (1, 2):
-            torch.set_num_threads(t)
-            res.append(fastops.yolact_masks(protos, coeffs, boxes, (70, 90), threshold=None))
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(res[0], res[1])
+    assert_all_equal(*per_thread_count(lambda: [fastops.yolact_masks(protos, coeffs, boxes, (70, 90), threshold=None)]))
 
 
 @given(hp=st.integers(1, 19), wp=st.integers(1, 19), p=st.integers(1, 20), n=st.integers(0, 5),
@@ -303,19 +296,14 @@ def test_mask_loss_zero_and_one(n):
 
 def test_mask_loss_threads_identical():
     protos, coeffs, boxes, gt = _loss_inputs(13, kind="border")
-    old = torch.get_num_threads()
-    res = []
-    try:
-        for t in (1, 2):
-            torch.set_num_threads(t)
-            p, c = protos.clone().requires_grad_(), coeffs.clone().requires_grad_()
-            loss = fastops.yolact_mask_loss(p, c, boxes, gt)
-            loss.sum().backward()
-            res.append((loss, p.grad, c.grad))
-    finally:
-        torch.set_num_threads(old)
-    for a, b in zip(*res):
-        assert torch.equal(a, b)
+
+    def run():
+        p, c = protos.clone().requires_grad_(), coeffs.clone().requires_grad_()
+        loss = fastops.yolact_mask_loss(p, c, boxes, gt)
+        loss.sum().backward()
+        return loss, p.grad, c.grad
+
+    assert_all_equal(*per_thread_count(run))
 
 
 # ---- paste_masks ----------------------------------------------------------------------------------------------
@@ -416,15 +404,7 @@ def test_paste_masks_zero_and_one(n):
 
 def test_paste_masks_threads_identical():
     masks, boxes, shape = _paste_inputs(17, "crossing")
-    old = torch.get_num_threads()
-    try:
-        res = []
-        for t in (1, 2):
-            torch.set_num_threads(t)
-            res.append(fastops.paste_masks(masks, boxes, shape))
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(res[0], res[1])
+    assert_all_equal(*per_thread_count(lambda: [fastops.paste_masks(masks, boxes, shape)]))
 
 
 @given(n=st.integers(0, 4), mh=st.integers(1, 9), mw=st.integers(1, 9), H=st.integers(1, 37), W=st.integers(1, 37),

@@ -3,10 +3,13 @@ RoIAlign and the detectron2 transcription of the chart post-processing and losse
 
 Small images and a narrow DensePose head (64 channels, 2 convs; the default 512 x 8 is built for the state-dict
 tests) keep the file fast on a 2-core CPU."""
+import functools
+
 import pytest
 import torch
 
-from model_helpers import assert_grads_close, assert_state_dicts_equal, detection_images, random_boxes, run_both
+from model_helpers import (assert_grads_close, assert_state_dicts_equal, detection_images, detection_targets,
+                           random_boxes, run_both)
 
 import fastops
 from fastops.models.densepose import DensePoseRCNN, convert_detectron2_densepose, load_densepose_checkpoint
@@ -32,24 +35,20 @@ def model():
     return _build()
 
 
-def _images(seed=1, n=2):
-    return detection_images(H, W, seed, n)
+_images = functools.partial(detection_images, H, W)
 
 
-def _targets(seed=2, n=2):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        k = 3
-        boxes = random_boxes(g, k, H, W, 0.25, 0.5, 30, 12)
-        J = 40
-        idx = torch.randint(0, k, (J,), generator=g)
-        out.append({"boxes": boxes, "labels": torch.ones(k, dtype=torch.int64), "dp_index": idx,
-                    "dp_x": torch.rand(J, generator=g) * 256, "dp_y": torch.rand(J, generator=g) * 256,
-                    "dp_I": torch.randint(0, 25, (J,), generator=g), "dp_U": torch.rand(J, generator=g),
-                    "dp_V": torch.rand(J, generator=g),
-                    "dp_masks": (torch.rand(k, 32, 32, generator=g) > 0.4).long()})
-    return out
+def _target(g, k=3, J=40):
+    """k boxes and J annotated DensePose points."""
+    boxes = random_boxes(g, k, H, W, 0.25, 0.5, 30, 12)
+    idx = torch.randint(0, k, (J,), generator=g)
+    return {"boxes": boxes, "labels": torch.ones(k, dtype=torch.int64), "dp_index": idx,
+            "dp_x": torch.rand(J, generator=g) * 256, "dp_y": torch.rand(J, generator=g) * 256,
+            "dp_I": torch.randint(0, 25, (J,), generator=g), "dp_U": torch.rand(J, generator=g),
+            "dp_V": torch.rand(J, generator=g), "dp_masks": (torch.rand(k, 32, 32, generator=g) > 0.4).long()}
+
+
+_targets = functools.partial(detection_targets, _target)
 
 
 def test_detect_matches_reference(model):

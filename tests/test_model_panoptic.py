@@ -5,11 +5,14 @@ Small images (96x128) and few proposals keep the file fast on a 2-core CPU. The 
 re-initialised with a larger spread so that detection scores are well separated (no near-ties whose order could
 depend on the last bit of a RoIAlign sum).
 """
+import functools
+
 import pytest
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from model_helpers import assert_grads_close, assert_state_dicts_equal, detection_images, random_boxes, reload_from_file
+from model_helpers import (assert_grads_close, assert_state_dicts_equal, detection_images, detection_targets,
+                           random_boxes, reload_from_file)
 
 import fastops
 from fastops.models.panoptic import UPSNet, load_panoptic_checkpoint
@@ -43,27 +46,25 @@ def pair():
     return _pair()
 
 
-def _images(seed=1, n=2):
-    return detection_images(H, W, seed, n)
+_images = functools.partial(detection_images, H, W)
 
 
-def _targets(seed=2, n=2):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        k = 3
-        boxes = random_boxes(g, k, H, W, 0.2, 0.6, 30, 16)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W - 1)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H - 1)
-        masks = torch.zeros(k, H, W, dtype=torch.uint8)
-        sem = torch.randint(0, NUM_STUFF, (H, W), generator=g)
-        labels = torch.randint(1, NUM_THINGS + 1, (k,), generator=g)
-        for i, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
-            masks[i, y1:y2, x1:x2] = 1
-            sem[y1:y2, x1:x2] = NUM_STUFF + labels[i] - 1
-        sem[:4] = 255
-        out.append({"boxes": boxes, "labels": labels, "masks": masks, "semantic": sem})
-    return out
+def _target(g, k=3):
+    """k boxes inside the image, their box-shaped masks, and the semantic map they are painted into."""
+    boxes = random_boxes(g, k, H, W, 0.2, 0.6, 30, 16)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H - 1)
+    masks = torch.zeros(k, H, W, dtype=torch.uint8)
+    sem = torch.randint(0, NUM_STUFF, (H, W), generator=g)
+    labels = torch.randint(1, NUM_THINGS + 1, (k,), generator=g)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+        masks[i, y1:y2, x1:x2] = 1
+        sem[y1:y2, x1:x2] = NUM_STUFF + labels[i] - 1
+    sem[:4] = 255
+    return {"boxes": boxes, "labels": labels, "masks": masks, "semantic": sem}
+
+
+_targets = functools.partial(detection_targets, _target)
 
 
 def _assert_grads_close(got, want, rtol=2e-3):

@@ -11,6 +11,7 @@ from torchvision.ops.boxes import _batched_nms_vanilla
 
 import fastops
 from fastops.reference import nms as ref
+from helpers import assert_all_equal, per_thread_count
 
 LOW = (torch.float16, torch.bfloat16)
 
@@ -120,15 +121,7 @@ def test_threads_identical():
                 *fastops.multiclass_nms(mb, ms, 0.2, 0.5, max_det=-1), *fastops.fast_nms(yb, ys, 0.5, 200, -1),
                 *fastops.fast_nms(yb, ys, 0.5, 200, -1, cross_class=True))
 
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        a = run()
-        torch.set_num_threads(2)
-        b = run()
-    finally:
-        torch.set_num_threads(old)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert_all_equal(*per_thread_count(run))
 
 
 # ---- batched_nms --------------------------------------------------------------------------------------------------

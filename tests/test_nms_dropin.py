@@ -1,12 +1,12 @@
 """NMS family as a drop-in for torchvision.ops (issue 12): TorchScript, torch.fx, autocast, quantized inputs,
 exception types, the empty shortcut of batched_nms, deterministic mode."""
-import io
 
 import pytest
 import torch
 import torchvision
 
 import fastops
+from helpers import script_roundtrip
 
 
 def _case(n=300, seed=0):
@@ -14,14 +14,6 @@ def _case(n=300, seed=0):
     xy = torch.rand(n, 2, generator=g) * 100
     boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 40 + 1], 1)
     return boxes, torch.rand(n, generator=g), torch.randint(0, 4, (n,), generator=g)
-
-
-def _script_roundtrip(fn):
-    scripted = torch.jit.script(fn)
-    buf = io.BytesIO()
-    torch.jit.save(scripted, buf)
-    buf.seek(0)
-    return scripted, torch.jit.load(buf)
 
 
 # ---- TorchScript ---------------------------------------------------------------------------------------------------
@@ -34,7 +26,7 @@ class _Post(torch.nn.Module):
 def test_script_nms_batched_nms_functions():
     boxes, scores, idxs = _case()
     for fn, args in ((fastops.nms, (boxes, scores, 0.5)), (fastops.batched_nms, (boxes, scores, idxs, 0.5))):
-        scripted, loaded = _script_roundtrip(fn)
+        scripted, loaded = script_roundtrip(fn)
         want = fn(*args)
         # a loaded script function keeps no default values (TorchScript): pass impl too
         assert torch.equal(scripted(*args), want) and torch.equal(loaded(*args, "auto"), want)
@@ -43,14 +35,14 @@ def test_script_nms_batched_nms_functions():
 
 def test_script_module_and_other_ops():
     boxes, scores, idxs = _case()
-    scripted, loaded = _script_roundtrip(_Post())
+    scripted, loaded = script_roundtrip(_Post())
     for a, b in zip(loaded(boxes, scores, idxs), _Post()(boxes, scores, idxs)):
         assert torch.equal(a, b)
     ys = torch.rand(3, boxes.size(0))
-    _, fast = _script_roundtrip(fastops.fast_nms)
+    _, fast = script_roundtrip(fastops.fast_nms)
     for a, b in zip(fast(boxes, ys, 0.5, 50, 40, 0.05, True, "auto"), fastops.fast_nms(boxes, ys, 0.5, 50, 40, 0.05, True)):
         assert torch.equal(a, b)
-    _, soft = _script_roundtrip(fastops.soft_nms)
+    _, soft = script_roundtrip(fastops.soft_nms)
     for a, b in zip(soft(boxes, scores, 0.3, 0.5, 1e-3, "gaussian", "auto"),
                     fastops.soft_nms(boxes, scores, 0.3, 0.5, 1e-3, "gaussian")):
         assert torch.equal(a, b)
@@ -66,7 +58,7 @@ class _MultiClass(torch.nn.Module):
 def test_script_multiclass_nms_keeps_the_outputs_of_both_arities():
     boxes, _, _ = _case(200)
     scores = torch.rand(200, 3, generator=torch.Generator().manual_seed(5))
-    scripted, loaded = _script_roundtrip(fastops.multiclass_nms)
+    scripted, loaded = script_roundtrip(fastops.multiclass_nms)
     for pad in (False, True):
         args = (boxes, scores, 0.1, 0.5, -1, 30, pad)
         want = fastops.multiclass_nms(*args)
@@ -79,13 +71,13 @@ def test_script_multiclass_nms_keeps_the_outputs_of_both_arities():
     per_class = boxes[:, None].repeat(1, 3, 1)  # [N, C, 4] boxes
     assert all(torch.equal(a, b) for a, b in zip(scripted(per_class, scores, 0.1, 0.5),
                                                    fastops.multiclass_nms(per_class, scores, 0.1, 0.5)))
-    _, module = _script_roundtrip(_MultiClass())
+    _, module = script_roundtrip(_MultiClass())
     for a, b in zip(module(boxes, scores), _MultiClass()(boxes, scores)):
         assert torch.equal(a, b)
 
 
 def test_script_batched_nms_empty_shortcut():
-    _, loaded = _script_roundtrip(fastops.batched_nms)
+    _, loaded = script_roundtrip(fastops.batched_nms)
     out = loaded(torch.empty((0,)), torch.empty((0,)), torch.empty((0,), dtype=torch.int64), 0.5, "auto")
     assert out.dtype == torch.int64 and out.shape == (0,)
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import fastops
 from fastops.reference import peaks as R
 from keypoints_helpers import LOW, POOL_MODES, REFINES, close, realistic_maps, special_keypoints  # noqa: F401
+from helpers import assert_all_equal, per_thread_count
 
 
 def test_peaks_match_centernet_topk():
@@ -99,17 +100,8 @@ def test_triton_peaks_and_decode():
 # ---- threads, errors, opcheck, compile -------------------------------------------------------------------------------
 
 def test_same_results_one_and_two_threads():
-    old = torch.get_num_threads()
     heat = torch.rand(2, 20, 32, 32)
-    outs = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            outs.append([*fastops.heatmap_peaks(heat, 100)])
-    finally:
-        torch.set_num_threads(old)
-    for a, b in zip(*outs):
-        assert torch.equal(a, b)
+    assert_all_equal(*per_thread_count(lambda: fastops.heatmap_peaks(heat, 100)))
 
 
 def test_opcheck():

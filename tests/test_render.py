@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import fastops
 from fastops.reference import render as R
 from keypoints_helpers import LOW, POOL_MODES, REFINES, close, realistic_maps, special_keypoints  # noqa: F401
+from helpers import assert_all_equal, per_thread_count
 
 
 @pytest.mark.parametrize("mode", ["msra", "udp", "dark"])
@@ -157,18 +158,9 @@ def test_triton_center_heatmap_and_radius():
 # ---- threads, errors, bad inputs, opcheck, compile, enums ----------------------------------------------------------
 
 def test_same_results_one_and_two_threads():
-    old = torch.get_num_threads()
     kp = special_keypoints(8, 17, 32, 24)
-    outs = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            outs.append([*fastops.render_gaussian_heatmaps(kp, (32, 24), 2.0, mode="dark"),
-                         *fastops.render_gaussian_heatmaps(kp, (32, 24), 2.0, mode="msra")])
-    finally:
-        torch.set_num_threads(old)
-    for a, b in zip(*outs):
-        assert torch.equal(a, b)
+    assert_all_equal(*per_thread_count(lambda: [*fastops.render_gaussian_heatmaps(kp, (32, 24), 2.0, mode="dark"),
+                                                *fastops.render_gaussian_heatmaps(kp, (32, 24), 2.0, mode="msra")]))
 
 
 def test_errors():

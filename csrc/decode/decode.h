@@ -208,6 +208,31 @@ FASTOPS_HD void keep_finite(int x, int y, A& kx, A& ky) {
   if (!finite_((double)ky)) ky = (A)y;
 }
 
+// One map's keypoint from its first maximum `best` at flat index idx: the integer location (-1, -1 when best <= 0),
+// refined by `refine` (kc: the blur kernel of ksize taps, read by the dark refinements only), then keep_finite.
+template <typename T, typename A>
+FASTOPS_HD void keypoint_from_max(const T* p, int H, int W, A best, int64_t idx, int refine, const A* kc, int ksize,
+                                  A& kx, A& ky) {
+  int x, y;
+  if (best <= A(0)) {
+    kx = ky = A(-1);
+    x = y = -1;
+  } else {
+    x = (int)(idx % W);
+    y = (int)(idx / W);
+    kx = (A)x;
+    ky = (A)y;
+  }
+  switch (refine) {
+    case kQuarter: refine_quarter<T, A>(p, H, W, x, y, kx, ky); break;
+    case kHourglass: refine_hourglass<T, A>(p, H, W, x, y, best, kx, ky); break;
+    case kDark: refine_dark<T, A>(p, H, W, x, y, best, kc, ksize, kx, ky); break;
+    case kDarkUDP: refine_dark_udp<T, A>(p, H, W, x, y, best, kc, ksize, kx, ky); break;
+    default: break;
+  }
+  keep_finite(x, y, kx, ky);
+}
+
 }  // namespace heatmaps
 }  // namespace fastops
 

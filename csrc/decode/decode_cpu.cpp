@@ -67,24 +67,7 @@ std::tuple<Tensor, Tensor> heatmap_argmax_cpu(const Tensor& heatmaps, c10::strin
         A best;
         const int64_t idx = argmax_fast<scalar_t, A>(p, plane, best, buf);
         A kx, ky;
-        int x, y;
-        if (best <= A(0)) {
-          kx = ky = A(-1);
-          x = y = -1;
-        } else {
-          x = (int)(idx % W);
-          y = (int)(idx / W);
-          kx = (A)x;
-          ky = (A)y;
-        }
-        switch (refine) {
-          case kQuarter: refine_quarter<scalar_t, A>(p, H, W, x, y, kx, ky); break;
-          case kHourglass: refine_hourglass<scalar_t, A>(p, H, W, x, y, best, kx, ky); break;
-          case kDark: refine_dark<scalar_t, A>(p, H, W, x, y, best, kc, (int)blur_kernel, kx, ky); break;
-          case kDarkUDP: refine_dark_udp<scalar_t, A>(p, H, W, x, y, best, kc, (int)blur_kernel, kx, ky); break;
-          default: break;
-        }
-        keep_finite(x, y, kx, ky);
+        keypoint_from_max<scalar_t, A>(p, H, W, best, idx, refine, kc, (int)blur_kernel, kx, ky);
         cp[2 * m] = (scalar_t)kx;
         cp[2 * m + 1] = (scalar_t)ky;
         sp[m] = (scalar_t)best;

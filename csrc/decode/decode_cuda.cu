@@ -15,17 +15,12 @@ namespace heatmaps {
 namespace {
 
 using at::Tensor;
+using fastops::cuda::block_arg_reduce;
 using fastops::cuda::blocks_for;
+using fastops::cuda::first_max_better;
+using fastops::cuda::FirstMax;
 using fastops::cuda::kThreads;
 constexpr int kMapThreads = 128;  // threads per map for the per-map reductions (one block per map)
-
-// (value, index) "better" for numpy's argmax: NaN first (lowest index), then larger, then lower index.
-template <typename A>
-__device__ __forceinline__ bool arg_better(A v1, int64_t i1, A v2, int64_t i2) {
-  const bool n1 = v1 != v1, n2 = v2 != v2;
-  if (n1 || n2) return n1 && (!n2 || i1 < i2);
-  return v1 > v2 || (v1 == v2 && i1 < i2);
-}
 
 // One block of kMapThreads per map: strided first-maximum scan, shared-memory tree reduction (fixed order:
 // deterministic), then thread 0 refines (DARK blurs only the 13 (7 for dark_udp) values it needs, 121 taps each
@@ -44,48 +39,19 @@ __global__ void argmax_kernel(const T* __restrict__ hm, int H, int W, int refine
   int64_t bi = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     const A v = (A)p[i];
-    if (arg_better(v, i, bv, bi)) {
+    if (first_max_better(v, i, bv, bi)) {
       bv = v;
       bi = i;
     }
   }
-  sv[threadIdx.x] = bv;
-  si[threadIdx.x] = bi;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s && arg_better(sv[threadIdx.x + s], si[threadIdx.x + s], sv[threadIdx.x], si[threadIdx.x])) {
-      sv[threadIdx.x] = sv[threadIdx.x + s];
-      si[threadIdx.x] = si[threadIdx.x + s];
-    }
-    __syncthreads();
-  }
+  block_arg_reduce(sv, si, bv, bi, blockDim.x, FirstMax{});
   if (threadIdx.x != 0) return;
   const A best = sv[0];
   const int64_t idx = si[0];
+  A kc[kMaxBlur];
+  if (refine == kDark || refine == kDarkUDP) opencv_gauss_kernel<A>(ksize, kc);
   A kx, ky;
-  int x, y;
-  if (best <= A(0)) {
-    kx = ky = A(-1);
-    x = y = -1;
-  } else {
-    x = (int)(idx % W);
-    y = (int)(idx / W);
-    kx = (A)x;
-    ky = (A)y;
-  }
-  if (refine == kQuarter) {
-    refine_quarter<T, A>(p, H, W, x, y, kx, ky);
-  } else if (refine == kHourglass) {
-    refine_hourglass<T, A>(p, H, W, x, y, best, kx, ky);
-  } else if (refine == kDark || refine == kDarkUDP) {
-    A kc[kMaxBlur];
-    opencv_gauss_kernel<A>(ksize, kc);
-    if (refine == kDark)
-      refine_dark<T, A>(p, H, W, x, y, best, kc, ksize, kx, ky);
-    else
-      refine_dark_udp<T, A>(p, H, W, x, y, best, kc, ksize, kx, ky);
-  }
-  keep_finite(x, y, kx, ky);
+  keypoint_from_max<T, A>(p, H, W, best, idx, refine, kc, ksize, kx, ky);
   coords[2 * m] = (T)kx;
   coords[2 * m + 1] = (T)ky;
   scores[m] = (T)best;

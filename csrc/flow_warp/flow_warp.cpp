@@ -1,4 +1,5 @@
 // flow_warp: schemas and the host-side argument checks shared by the CPU and CUDA kernels.
+#include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "flow_warp/flow_warp.h"
@@ -45,6 +46,24 @@ void check_backward_inputs(const at::Tensor& grad_output, const at::Tensor& inpu
               " ", grad_output.dtype());
   TORCH_CHECK(grad_output.device() == input.device(), "flow_warp backward: grad_output must be on the input's "
               "device");
+}
+
+ForwardArgs prepare_forward(const at::Tensor& input, const at::Tensor& flow, c10::string_view padding_mode,
+                            bool align_corners, c10::string_view units, bool return_mask) {
+  check_inputs(input, flow);
+  const Options o = parse_options(padding_mode, align_corners, units);
+  return {o, at::empty_like(input, at::MemoryFormat::Preserve),
+          return_mask ? at::empty({input.size(0), 1, input.size(2), input.size(3)}, input.options())
+                      : at::empty({0}, input.options())};
+}
+
+BackwardArgs prepare_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& flow,
+                              c10::string_view padding_mode, bool align_corners, c10::string_view units,
+                              bool need_input, bool need_flow) {
+  check_backward_inputs(grad_output, input, flow);
+  const Options o = parse_options(padding_mode, align_corners, units);
+  return {o, need_input ? at::empty_like(input, at::MemoryFormat::Preserve) : at::empty({0}, input.options()),
+          need_flow ? at::empty_like(flow, at::MemoryFormat::Preserve) : at::empty({0}, flow.options())};
 }
 
 }  // namespace flow_warp

@@ -164,12 +164,40 @@ struct Options {
   bool normalized;
 };
 
+// The x and y sampling axes (make_axis) of an H x W map under the options.
+template <typename A>
+struct Axes {
+  Axis<A> x, y;
+};
+template <typename A>
+inline Axes<A> axes_of(int64_t H, int64_t W, const Options& o) {
+  return {make_axis<A>(W, o.align_corners, o.normalized), make_axis<A>(H, o.align_corners, o.normalized)};
+}
+
 // padding_mode / units strings -> Options (RuntimeError naming the argument otherwise).
 Options parse_options(c10::string_view padding_mode, bool align_corners, c10::string_view units);
 // input [B, C, H, W] floating point, flow [B, 2, H, W] of the same dtype and device.
 void check_inputs(const at::Tensor& input, const at::Tensor& flow);
 // The above, plus grad_output of the input's shape and dtype.
 void check_backward_inputs(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& flow);
+
+// What the forward / backward entry points of both devices do before their kernels (call under the device
+// guard): check the inputs, parse the options, allocate the outputs -- forward: out (input's layout) and mask
+// [B, 1, H, W] (or [0] without return_mask); backward: grad_input and grad_flow in the layouts of input and flow
+// (or [0] when not needed).
+struct ForwardArgs {
+  Options o;
+  at::Tensor out, mask;
+};
+ForwardArgs prepare_forward(const at::Tensor& input, const at::Tensor& flow, c10::string_view padding_mode,
+                            bool align_corners, c10::string_view units, bool return_mask);
+struct BackwardArgs {
+  Options o;
+  at::Tensor gin, gflow;
+};
+BackwardArgs prepare_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& flow,
+                              c10::string_view padding_mode, bool align_corners, c10::string_view units,
+                              bool need_input, bool need_flow);
 
 }  // namespace flow_warp
 }  // namespace fastops

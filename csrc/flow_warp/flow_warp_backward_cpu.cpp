@@ -35,8 +35,7 @@ void grad_flow_kernel(const Tensor& grad, const Tensor& input, const Tensor& flo
   const T* gp = grad.const_data_ptr<T>();
   const T* fl = flow.const_data_ptr<T>();
   T* res = gflow.data_ptr<T>();
-  const Axis<A> axx = make_axis<A>(W, o.align_corners, o.normalized);
-  const Axis<A> axy = make_axis<A>(H, o.align_corners, o.normalized);
+  const auto [axx, axy] = axes_of<A>(H, W, o);
   const bool cl = C > 1 && sC == 1;
   if (cl) {
     constexpr int L = 16;  // independent partial sums: a vectorisable, deterministic channel reduction
@@ -166,8 +165,7 @@ void grad_input_kernel(const Tensor& grad, const Tensor& flow, acc_t<T>* ws, int
   const int64_t fB = flow.stride(0), fC = flow.stride(1), fH = flow.stride(2), fW = flow.stride(3);
   const T* gp = grad.const_data_ptr<T>();
   const T* fl = flow.const_data_ptr<T>();
-  const Axis<A> axx = make_axis<A>(W, o.align_corners, o.normalized);
-  const Axis<A> axy = make_axis<A>(H, o.align_corners, o.normalized);
+  const auto [axx, axy] = axes_of<A>(H, W, o);
   // channels_last accumulator: big channel ranges (vector adds); NCHW: blocks of 16 planes per pass.
   const int64_t block = wC == 1 ? C : 16;
   const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(C, 16));
@@ -278,11 +276,9 @@ std::tuple<Tensor, Tensor> flow_warp_backward_cpu(const Tensor& grad_output, con
                                                   const Tensor& flow, c10::string_view padding_mode,
                                                   bool align_corners, c10::string_view units, bool need_input,
                                                   bool need_flow) {
-  check_backward_inputs(grad_output, input, flow);
-  const Options o = parse_options(padding_mode, align_corners, units);
+  auto [o, gin, gflow] =
+      prepare_backward(grad_output, input, flow, padding_mode, align_corners, units, need_input, need_flow);
   const int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  Tensor gin = need_input ? at::empty_like(input, at::MemoryFormat::Preserve) : at::empty({0}, input.options());
-  Tensor gflow = need_flow ? at::empty_like(flow, at::MemoryFormat::Preserve) : at::empty({0}, flow.options());
   if (B * H * W == 0 || C == 0) {
     if (need_flow) gflow.zero_();
     return {gin, gflow};

@@ -33,8 +33,7 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
   const T* in = input.const_data_ptr<T>();
   const T* fl = flow.const_data_ptr<T>();
   T* op = out.data_ptr<T>();
-  const Axis<A> axx = make_axis<A>(W, o.align_corners, o.normalized);
-  const Axis<A> axy = make_axis<A>(H, o.align_corners, o.normalized);
+  const auto [axx, axy] = axes_of<A>(H, W, o);
   const bool cl = C > 1 && sC == 1 && oC == 1;
   if (cl) {
     // channels_last: one contiguous vector of C channels per tap.
@@ -143,11 +142,7 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
 
 std::tuple<Tensor, Tensor> flow_warp_cpu(const Tensor& input, const Tensor& flow, c10::string_view padding_mode,
                                          bool align_corners, c10::string_view units, bool return_mask) {
-  check_inputs(input, flow);
-  const Options o = parse_options(padding_mode, align_corners, units);
-  Tensor out = at::empty_like(input, at::MemoryFormat::Preserve);
-  Tensor mask = return_mask ? at::empty({input.size(0), 1, input.size(2), input.size(3)}, input.options())
-                            : at::empty({0}, input.options());
+  auto [o, out, mask] = prepare_forward(input, flow, padding_mode, align_corners, units, return_mask);
   if (input.size(0) * input.size(2) * input.size(3) == 0) return {out, mask};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_cpu", [&] {
     forward_kernel<scalar_t>(input, flow, out, return_mask ? mask.data_ptr<scalar_t>() : nullptr, o);

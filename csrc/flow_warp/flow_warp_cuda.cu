@@ -66,27 +66,41 @@ __device__ __forceinline__ void sample_of(const scalar_t* __restrict__ flow, Str
   sample_pixel<A>(x, y, A(f[0]), A(f[fs.c]), axx, axy, H, W, border, s);
 }
 
-// The preambles of the kernels' grid-stride loops: the coordinates of flat index `idx` and the flow sample there.
+// The preambles of the kernels' grid-stride loops: the coordinates of flat index `idx` and the flow sample there
+// (kernels unpack them with a structured binding: `const auto [b, c, y, x, s] = element_sample<scalar_t>(...)`).
+template <typename A>
+struct ElementSample {
+  int64_t b, c, y, x;
+  Sample<A> s;
+};
+
+template <typename A>
+struct PixelSample {
+  int64_t b, y, x;
+  Sample<A> s;
+};
+
 // Per output element (b, c, y, x), in element_of's order:
 template <typename scalar_t>
-__device__ __forceinline__ void element_sample(int64_t idx, const Dims& d, bool channel_fastest,
-                                               const scalar_t* __restrict__ flow, Strides4 fs,
-                                               const Axis<acc_t<scalar_t>>& axx, const Axis<acc_t<scalar_t>>& axy,
-                                               bool border, int64_t& b, int64_t& c, int64_t& y, int64_t& x,
-                                               Sample<acc_t<scalar_t>>& s) {
-  element_of(idx, d, channel_fastest, b, c, y, x);
-  sample_of<scalar_t>(flow, fs, b, y, x, axx, axy, d.H, d.W, border, s);
+__device__ __forceinline__ ElementSample<acc_t<scalar_t>> element_sample(
+    int64_t idx, const Dims& d, bool channel_fastest, const scalar_t* __restrict__ flow, Strides4 fs,
+    const Axis<acc_t<scalar_t>>& axx, const Axis<acc_t<scalar_t>>& axy, bool border) {
+  ElementSample<acc_t<scalar_t>> e;
+  element_of(idx, d, channel_fastest, e.b, e.c, e.y, e.x);
+  sample_of<scalar_t>(flow, fs, e.b, e.y, e.x, axx, axy, d.H, d.W, border, e.s);
+  return e;
 }
 
 // Per pixel (b, y, x) of a [B, H, W] loop:
 template <typename scalar_t>
-__device__ __forceinline__ void pixel_sample(int64_t idx, const Dims& d, const scalar_t* __restrict__ flow,
-                                             Strides4 fs, const Axis<acc_t<scalar_t>>& axx,
-                                             const Axis<acc_t<scalar_t>>& axy, bool border, int64_t& b, int64_t& y,
-                                             int64_t& x, Sample<acc_t<scalar_t>>& s) {
+__device__ __forceinline__ PixelSample<acc_t<scalar_t>> pixel_sample(int64_t idx, const Dims& d,
+                                                                     const scalar_t* __restrict__ flow, Strides4 fs,
+                                                                     const Axis<acc_t<scalar_t>>& axx,
+                                                                     const Axis<acc_t<scalar_t>>& axy, bool border) {
   const auto i = unravel<3>(idx, {d.B, d.H, d.W});
-  b = i[0], y = i[1], x = i[2];
-  sample_of<scalar_t>(flow, fs, b, y, x, axx, axy, d.H, d.W, border, s);
+  PixelSample<acc_t<scalar_t>> p{i[0], i[1], i[2], {}};
+  sample_of<scalar_t>(flow, fs, p.b, p.y, p.x, axx, axy, d.H, d.W, border, p.s);
+  return p;
 }
 
 // Forward: one thread per output element, channel-fastest for channels_last (coalesced vectors of C per tap),
@@ -100,9 +114,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ in, Strides4 is, con
                                bool channel_fastest) {
   using A = acc_t<scalar_t>;
   FASTOPS_KERNEL_LOOP(idx, d.B * d.C * d.H * d.W) {
-    int64_t b, c, y, x;
-    Sample<A> s;
-    element_sample<scalar_t>(idx, d, channel_fastest, flow, fs, axx, axy, border, b, c, y, x, s);
+    const auto [b, c, y, x, s] = element_sample<scalar_t>(idx, d, channel_fastest, flow, fs, axx, axy, border);
     const scalar_t* p = in + b * is.b + c * is.c;
     // A tap outside the map: read only the in-map ones (NaN/inf rule, flow_warp.h edge_value).
     const A v = !s.all ? edge_value<A>(s, p, is.h, is.w) : s.w00 * A(p[s.y0 * is.h + s.x0 * is.w]) + s.w01 * A(p[s.y0 * is.h + s.x1 * is.w]) +
@@ -117,12 +129,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ in, Strides4 is, con
 template <typename scalar_t>
 __global__ void mask_kernel(const scalar_t* __restrict__ flow, Strides4 fs, scalar_t* __restrict__ mask, Dims d,
                             Axis<acc_t<scalar_t>> axx, Axis<acc_t<scalar_t>> axy, bool border) {
-  using A = acc_t<scalar_t>;
   FASTOPS_KERNEL_LOOP(idx, d.B * d.H * d.W) {
-    int64_t b, y, x;
-    Sample<A> s;
-    pixel_sample<scalar_t>(idx, d, flow, fs, axx, axy, border, b, y, x, s);
-    mask[idx] = scalar_t(s.valid ? 1 : 0);
+    mask[idx] = scalar_t(pixel_sample<scalar_t>(idx, d, flow, fs, axx, axy, border).s.valid ? 1 : 0);
   }
 }
 
@@ -136,9 +144,7 @@ __global__ void grad_flow_kernel(const scalar_t* __restrict__ grad, Strides4 gs,
                                  Axis<acc_t<scalar_t>> axy, bool border) {
   using A = acc_t<scalar_t>;
   FASTOPS_KERNEL_LOOP(idx, d.B * d.H * d.W) {
-    int64_t b, y, x;
-    Sample<A> s;
-    pixel_sample<scalar_t>(idx, d, flow, fs, axx, axy, border, b, y, x, s);
+    const auto [b, y, x, s] = pixel_sample<scalar_t>(idx, d, flow, fs, axx, axy, border);
     A su = A(0), sv = A(0);
     if (s.any) {
       const int64_t o00 = s.y0 * is.h + s.x0 * is.w, o01 = s.y0 * is.h + s.x1 * is.w;
@@ -171,9 +177,7 @@ __global__ void grad_input_atomic_kernel(const scalar_t* __restrict__ grad, Stri
                                          bool channel_fastest) {
   using A = acc_t<scalar_t>;
   FASTOPS_KERNEL_LOOP(idx, d.B * d.C * d.H * d.W) {
-    int64_t b, c, y, x;
-    Sample<A> s;
-    element_sample<scalar_t>(idx, d, channel_fastest, flow, fs, axx, axy, border, b, c, y, x, s);
+    const auto [b, c, y, x, s] = element_sample<scalar_t>(idx, d, channel_fastest, flow, fs, axx, axy, border);
     if (!s.any) continue;
     const A gv = A(grad[b * gs.b + c * gs.c + y * gs.h + x * gs.w]);
     A* p = ws + b * ws_s.b + c * ws_s.c;
@@ -242,19 +246,14 @@ __global__ void grad_input_gather_kernel(const scalar_t* __restrict__ grad, Stri
 
 std::tuple<Tensor, Tensor> flow_warp_cuda(const Tensor& input, const Tensor& flow, c10::string_view padding_mode,
                                           bool align_corners, c10::string_view units, bool return_mask) {
-  check_inputs(input, flow);
-  const Options o = parse_options(padding_mode, align_corners, units);
   c10::cuda::CUDAGuard guard(input.device());
-  Tensor out = at::empty_like(input, at::MemoryFormat::Preserve);
-  Tensor mask = return_mask ? at::empty({input.size(0), 1, input.size(2), input.size(3)}, input.options())
-                            : at::empty({0}, input.options());
+  auto [o, out, mask] = prepare_forward(input, flow, padding_mode, align_corners, units, return_mask);
   const Dims d{input.size(0), input.size(1), input.size(2), input.size(3)};
   if (d.B * d.H * d.W == 0) return {out, mask};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_cuda", [&] {
     using A = acc_t<scalar_t>;
-    const Axis<A> axx = make_axis<A>(d.W, o.align_corners, o.normalized);
-    const Axis<A> axy = make_axis<A>(d.H, o.align_corners, o.normalized);
+    const auto [axx, axy] = axes_of<A>(d.H, d.W, o);
     scalar_t* mp = return_mask ? mask.data_ptr<scalar_t>() : nullptr;
     if (d.C > 0) {
       const bool cf = is_channels_last(input) && is_channels_last(out);
@@ -273,20 +272,17 @@ std::tuple<Tensor, Tensor> flow_warp_backward_cuda(const Tensor& grad_output, co
                                                    const Tensor& flow, c10::string_view padding_mode,
                                                    bool align_corners, c10::string_view units, bool need_input,
                                                    bool need_flow) {
-  check_backward_inputs(grad_output, input, flow);
-  const Options o = parse_options(padding_mode, align_corners, units);
   c10::cuda::CUDAGuard guard(input.device());
+  auto [o, gin, gflow] =
+      prepare_backward(grad_output, input, flow, padding_mode, align_corners, units, need_input, need_flow);
   const Dims d{input.size(0), input.size(1), input.size(2), input.size(3)};
-  Tensor gin = need_input ? at::empty_like(input, at::MemoryFormat::Preserve) : at::empty({0}, input.options());
-  Tensor gflow = need_flow ? at::empty_like(flow, at::MemoryFormat::Preserve) : at::empty({0}, flow.options());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t HW = d.H * d.W;
   if (need_flow && gflow.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_grad_flow_cuda",
                                     [&] {
       using A = acc_t<scalar_t>;
-      const Axis<A> axx = make_axis<A>(d.W, o.align_corners, o.normalized);
-      const Axis<A> axy = make_axis<A>(d.H, o.align_corners, o.normalized);
+      const auto [axx, axy] = axes_of<A>(d.H, d.W, o);
       launch_1d(grad_flow_kernel<scalar_t>, d.B * HW, stream,
           grad_output.const_data_ptr<scalar_t>(), strides_of(grad_output), input.const_data_ptr<scalar_t>(),
           strides_of(input), flow.const_data_ptr<scalar_t>(), strides_of(flow), gflow.data_ptr<scalar_t>(),
@@ -302,8 +298,7 @@ std::tuple<Tensor, Tensor> flow_warp_backward_cuda(const Tensor& grad_output, co
       Tensor offsets;
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_keys_cuda", [&] {
         using A = acc_t<scalar_t>;
-        const Axis<A> axx = make_axis<A>(d.W, o.align_corners, o.normalized);
-        const Axis<A> axy = make_axis<A>(d.H, o.align_corners, o.normalized);
+        const auto [axx, axy] = axes_of<A>(d.H, d.W, o);
         launch_1d(tap_keys_kernel<scalar_t>, d.B * HW, stream,
             flow.const_data_ptr<scalar_t>(), strides_of(flow), keys.data_ptr<int64_t>(), d, axx, axy, o.border);
       });
@@ -314,8 +309,7 @@ std::tuple<Tensor, Tensor> flow_warp_backward_cuda(const Tensor& grad_output, co
       offsets = at::searchsorted(sorted, bounds);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_gather_cuda", [&] {
         using A = acc_t<scalar_t>;
-        const Axis<A> axx = make_axis<A>(d.W, o.align_corners, o.normalized);
-        const Axis<A> axy = make_axis<A>(d.H, o.align_corners, o.normalized);
+        const auto [axx, axy] = axes_of<A>(d.H, d.W, o);
         launch_1d(grad_input_gather_kernel<scalar_t>, d.B * d.C * HW, stream,
             grad_output.const_data_ptr<scalar_t>(), strides_of(grad_output), flow.const_data_ptr<scalar_t>(),
             strides_of(flow), sorted.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(),
@@ -328,8 +322,7 @@ std::tuple<Tensor, Tensor> flow_warp_backward_cuda(const Tensor& grad_output, co
       ws.zero_();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_atomic_cuda", [&] {
         using A = acc_t<scalar_t>;
-        const Axis<A> axx = make_axis<A>(d.W, o.align_corners, o.normalized);
-        const Axis<A> axy = make_axis<A>(d.H, o.align_corners, o.normalized);
+        const auto [axx, axy] = axes_of<A>(d.H, d.W, o);
         launch_1d(grad_input_atomic_kernel<scalar_t>, d.B * d.C * HW, stream,
             grad_output.const_data_ptr<scalar_t>(), strides_of(grad_output), flow.const_data_ptr<scalar_t>(),
             strides_of(flow), ws.data_ptr<A>(), strides_of(ws), d, axx, axy, o.border, cf);

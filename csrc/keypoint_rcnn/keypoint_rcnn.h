@@ -28,36 +28,20 @@ namespace {
 // Largest RoI side ceil(x2 - x1), ceil(y2 - y1) accepted (torchvision would allocate a [K, h, w] map per RoI).
 constexpr int64_t kMaxRoiSide = int64_t(1) << 16;
 
-// a * b, a + b and a * b + c, each rounded as ATen's CPU kernel rounds it (see the top of this file). On the host,
-// -ffp-contract=off keeps a * b + c two roundings; nvcc would contract it, hence the _rn intrinsics.
-FASTOPS_HD float mul_(float a, float b) {
+// a * b, a + b (float or double) and a * b + c, each rounded as ATen's CPU kernel rounds it (see the top of this
+// file). On the host, -ffp-contract=off keeps a * b + c two roundings; nvcc would contract it, hence the _rn
+// intrinsics.
 #if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
+template <typename A>
+FASTOPS_HD A mul_(A a, A b) { if constexpr (sizeof(A) == 4) return __fmul_rn(a, b); else return __dmul_rn(a, b); }
+template <typename A>
+FASTOPS_HD A add_(A a, A b) { if constexpr (sizeof(A) == 4) return __fadd_rn(a, b); else return __dadd_rn(a, b); }
 #else
-  return a * b;
+template <typename A>
+FASTOPS_HD A mul_(A a, A b) { return a * b; }
+template <typename A>
+FASTOPS_HD A add_(A a, A b) { return a + b; }
 #endif
-}
-FASTOPS_HD double mul_(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-FASTOPS_HD float add_(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-FASTOPS_HD double add_(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
 // a * b + c where ATen's FMA-capable kernels fuse it, two roundings where they cannot.
 template <typename A>
 FASTOPS_HD A madd_(A a, A b, A c) {

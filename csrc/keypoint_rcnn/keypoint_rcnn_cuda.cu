@@ -54,20 +54,9 @@ __global__ void heatmaps_to_keypoints_kernel(const A* __restrict__ maps, const G
       bi = o;
     }
   }
-  sv[threadIdx.x] = bv;
-  si[threadIdx.x] = bi;
-  __syncthreads();
-  for (int s = kBlock / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) {
-      const A v = sv[threadIdx.x + s];
-      const int64_t i = si[threadIdx.x + s];
-      if (i >= 0 && better(v, i, sv[threadIdx.x], si[threadIdx.x])) {
-        sv[threadIdx.x] = v;
-        si[threadIdx.x] = i;
-      }
-    }
-    __syncthreads();
-  }
+  // a thread without a candidate (bi < 0) never wins
+  fastops::cuda::block_arg_reduce(sv, si, bv, bi, kBlock,
+                                  [](A v, int64_t i, A w, int64_t j) { return i >= 0 && better(v, i, w, j); });
   if (threadIdx.x == 0) {
     const int64_t i = si[0];
     kps[3 * t + 0] = keypoint_coord(i % g.rw, g.cw, g.ox);

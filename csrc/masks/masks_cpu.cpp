@@ -15,6 +15,7 @@
 #include <optional>
 #include <vector>
 
+#include "cpu_memory.h"
 #include "masks/masks.h"
 
 namespace fastops {
@@ -23,37 +24,11 @@ namespace {
 
 using at::Tensor;
 
-// A tensor whose memory is fresh anonymous mmap (zero pages supplied lazily by the kernel): the pages a kernel
-// never writes are never touched (no memset, no RSS), so kernels write only the pixels inside their boxes.
-// (calloc is not enough: glibc serves blocks below its dynamic mmap threshold, up to 32 MB, from the heap and
-// memsets them.) The storage stays resizable through the ordinary CPU allocator.
-struct MmapBlock {
-  void* ptr;
-  size_t bytes;
-};
-
-void free_mmap_block(void* ctx) {
-  auto* b = static_cast<MmapBlock*>(ctx);
-  munmap(b->ptr, b->bytes);
-  delete b;
-}
-
+// Outputs are fresh zero pages (cpu_memory.h, from 1 MB, no huge pages): the pages a kernel never writes are never
+// touched (no memset, no RSS), so kernels write only the pixels inside their boxes.
 Tensor zeroed_cpu(at::IntArrayRef sizes, at::ScalarType dtype) {
   // sizes were checked by the op's host checks (checked_output_numel): the product cannot overflow
-  int64_t numel = 1;
-  for (auto s : sizes) numel *= s;
-  const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
-  if (nbytes < (size_t(1) << 20)) {
-    return at::zeros(sizes, at::TensorOptions().dtype(dtype).device(at::kCPU));
-  }
-  void* ptr = mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  TORCH_CHECK(ptr != MAP_FAILED, "fastops: cannot map ", nbytes, " bytes for an output of ", sizes,
-              " elements (out of memory)");
-  auto* ctx = new MmapBlock{ptr, nbytes};
-  c10::DataPtr data(ptr, ctx, &free_mmap_block, at::Device(at::kCPU));
-  c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), c10::GetCPUAllocator(),
-                       /*resizable=*/true);
-  return at::empty({0}, at::TensorOptions().dtype(dtype).device(at::kCPU)).set_(storage, 0, sizes);
+  return cpu_memory::zeros_fresh(sizes, dtype, at::MemoryFormat::Contiguous, size_t(1) << 20, /*huge_pages=*/false);
 }
 
 // The output before any box is drawn: 0, or for a thresholded output `0 > threshold` (True everywhere for a
@@ -79,12 +54,14 @@ inline void prefault(void* base, int64_t begin, int64_t end) {
 #endif
 }
 
-bool is_mmapped(const Tensor& t) { return t.storage().data_ptr().get_deleter() == &free_mmap_block; }
+std::vector<int64_t> order_by_cost_desc(const std::vector<int64_t>& cost);
 
-// Runs f(item, scratch_owner_thread_state) over `order` with dynamic scheduling on at::get_num_threads()
-// workers. Each item writes only its own outputs, so results do not depend on the thread count.
+// Runs f(item, scratch_owner_thread_state) over the items 0..cost.size()-1, costliest first (ties: lower index),
+// with dynamic scheduling on at::get_num_threads() workers. Each item writes only its own outputs, so results do
+// not depend on the thread count.
 template <typename MakeState, typename F>
-void dynamic_for(const std::vector<int64_t>& order, MakeState make_state, F f) {
+void dynamic_for(const std::vector<int64_t>& cost, MakeState make_state, F f) {
+  const std::vector<int64_t> order = order_by_cost_desc(cost);
   const int64_t n = static_cast<int64_t>(order.size());
   if (n == 0) return;
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
@@ -219,7 +196,7 @@ void yolact_masks_impl(const Tensor& protos, const Tensor& coeffs, const std::ve
   uint8_t* out_b = thresholded ? reinterpret_cast<uint8_t*>(out.data_ptr<bool>()) : nullptr;
   T* out_f = thresholded ? nullptr : out.data_ptr<T>();
   const int64_t plane = out_h * out_w;
-  const bool mapped = is_mmapped(out);
+  const bool mapped = cpu_memory::is_fresh_mapping(out);
   void* out_base = out.data_ptr();
 
   struct Det {
@@ -241,13 +218,8 @@ void yolact_masks_impl(const Tensor& protos, const Tensor& coeffs, const std::ve
     std::vector<A> sig, tmp, c;
   };
   dynamic_for(
-      order_by_cost_desc(cost),
-      [&] {
-        Scratch s;
-        s.tmp.assign(Wp, A(0));
-        s.c.resize(P);
-        return s;
-      },
+      cost,
+      [&] { return Scratch{{}, std::vector<A>(Wp, A(0)), std::vector<A>(P)}; },
       [&](int64_t n, Scratch& s) {
         const Det& d = dets[n];
         if (d.jx1 <= d.jx0 || d.jy1 <= d.jy0) return;
@@ -351,13 +323,8 @@ void mask_loss_fwd_impl(const Tensor& protos, const Tensor& coeffs, const Tensor
     std::vector<A> c, x;
   };
   dynamic_for(
-      order_by_cost_desc(cost),
-      [&] {
-        Scratch s;
-        s.c.resize(P);
-        s.x.resize(Wp);
-        return s;
-      },
+      cost,
+      [&] { return Scratch{std::vector<A>(P), std::vector<A>(Wp)}; },
       [&](int64_t n, Scratch& s) {
         const int64_t cx0 = crops[4 * n], cx1 = crops[4 * n + 1], cy0 = crops[4 * n + 2], cy1 = crops[4 * n + 3];
         const bool any = cx1 > cx0 && cy1 > cy0;
@@ -436,12 +403,8 @@ void mask_loss_bwd_impl(const Tensor& grad, const Tensor& protos, const Tensor& 
     std::vector<A> acc;
   };
   dynamic_for(
-      order_by_cost_desc(cost),
-      [&] {
-        Scratch s;
-        s.acc.resize(P);
-        return s;
-      },
+      cost,
+      [&] { return Scratch{std::vector<A>(P)}; },
       [&](int64_t n, Scratch& s) {
         const int64_t cx0 = crops[4 * n], cx1 = crops[4 * n + 1], cy0 = crops[4 * n + 2], cy1 = crops[4 * n + 3];
         std::fill(s.acc.begin(), s.acc.end(), A(0));
@@ -529,7 +492,7 @@ void paste_impl(const Tensor& masks, const std::vector<PasteGeom>& geoms, int64_
   const A thr = static_cast<A>(threshold);
   uint8_t* out_b = thresholded ? reinterpret_cast<uint8_t*>(out.data_ptr<bool>()) : nullptr;
   T* out_f = thresholded ? nullptr : out.data_ptr<T>();
-  const bool mapped = is_mmapped(out);
+  const bool mapped = cpu_memory::is_fresh_mapping(out);
   void* out_base = out.data_ptr();
   std::vector<int64_t> cost(N);
   for (int64_t n = 0; n < N; ++n) cost[n] = (geoms[n].xb - geoms[n].xa) * (geoms[n].yb - geoms[n].ya);
@@ -538,12 +501,8 @@ void paste_impl(const Tensor& masks, const std::vector<PasteGeom>& geoms, int64_
     std::vector<int32_t> i0, i1;
   };
   dynamic_for(
-      order_by_cost_desc(cost),
-      [&] {
-        Scratch s;
-        s.row.resize(Pw);
-        return s;
-      },
+      cost,
+      [&] { return Scratch{std::vector<A>(Pw), {}, {}, {}, {}}; },
       [&](int64_t n, Scratch& s) {
         const PasteGeom& g = geoms[n];
         if (g.xb <= g.xa || g.yb <= g.ya) return;

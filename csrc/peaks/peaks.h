@@ -34,6 +34,35 @@ FASTOPS_HD A peak_score(const T* plane, int H, int W, int y, int x, int pad) {
   return (m == v) ? v : A(0);
 }
 
+// NCHW strides of a map read in place (centernet_decode's wh and reg heads).
+struct MapStrides {
+  int64_t b, c, y, x;
+};
+
+// CenterNet's box of the peak (b, label, y, x) with score s: centre (x, y) plus the reg head's offset (0.5 without a
+// reg head: reg == nullptr), half sides from the wh head; d = [x1, y1, x2, y2, score, label].
+template <typename T, typename A>
+FASTOPS_HD void centernet_box(const T* wh, MapStrides ws, const T* reg, MapStrides rs, int64_t b, int64_t label,
+                              int64_t y, int64_t x, A s, T* d) {
+  A cx, cy;
+  if (reg) {
+    const T* r = reg + b * rs.b + y * rs.y + x * rs.x;
+    cx = (A)x + (A)r[0];
+    cy = (A)y + (A)r[rs.c];
+  } else {
+    cx = (A)x + A(0.5);
+    cy = (A)y + A(0.5);
+  }
+  const T* w = wh + b * ws.b + y * ws.y + x * ws.x;
+  const A hw = (A)w[0] / A(2), hh = (A)w[ws.c] / A(2);
+  d[0] = (T)(cx - hw);
+  d[1] = (T)(cy - hh);
+  d[2] = (T)(cx + hw);
+  d[3] = (T)(cy + hh);
+  d[4] = (T)s;
+  d[5] = (T)(A)label;
+}
+
 }  // namespace heatmaps
 }  // namespace fastops
 
@@ -42,6 +71,9 @@ FASTOPS_HD A peak_score(const T* plane, int H, int W, int y, int x, int pad) {
 
 namespace fastops {
 namespace heatmaps {
+
+// (centernet_decode: wh and reg read in place)
+inline MapStrides map_strides(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 // kernel is clamped to the map (a window wider than 2 max(H, W) + 1 sees the same pixels), so any int64 is safe.
 void check_peaks_args(const at::Tensor& hm, int64_t k, int64_t kernel, const char* name);

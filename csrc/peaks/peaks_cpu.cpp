@@ -215,34 +215,14 @@ Tensor centernet_decode_cpu(const Tensor& heat, const Tensor& wh, const c10::opt
     std::vector<Cand<A>> res;
     peaks_impl<scalar_t, A>(hm, ke, 3, res);
     // wh / reg are read in place through their strides (no permute copy)
-    const scalar_t* whp = wh.data_ptr<scalar_t>();
-    const int64_t wsb = wh.stride(0), wsc = wh.stride(1), wsy = wh.stride(2), wsx = wh.stride(3);
+    const MapStrides ws = map_strides(wh), rs = has_reg ? map_strides(*reg) : MapStrides{0, 0, 0, 0};
     const scalar_t* rgp = has_reg ? reg->data_ptr<scalar_t>() : nullptr;
-    const int64_t rsb = has_reg ? reg->stride(0) : 0, rsc = has_reg ? reg->stride(1) : 0;
-    const int64_t rsy = has_reg ? reg->stride(2) : 0, rsx = has_reg ? reg->stride(3) : 0;
     scalar_t* dp = dets.data_ptr<scalar_t>();
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = 0; j < ke; ++j) {
         const Cand<A>& c = res[b * ke + j];
         const int64_t label = c.i / (H * W), y = (c.i % (H * W)) / W, x = c.i % W;
-        A cx, cy;
-        if (has_reg) {
-          const scalar_t* r = rgp + b * rsb + y * rsy + x * rsx;
-          cx = (A)x + (A)r[0];
-          cy = (A)y + (A)r[rsc];
-        } else {
-          cx = (A)x + A(0.5);
-          cy = (A)y + A(0.5);
-        }
-        const scalar_t* w = whp + b * wsb + y * wsy + x * wsx;
-        const A hw = (A)w[0] / A(2), hh = (A)w[wsc] / A(2);
-        scalar_t* d = dp + (b * ke + j) * 6;
-        d[0] = (scalar_t)(cx - hw);
-        d[1] = (scalar_t)(cy - hh);
-        d[2] = (scalar_t)(cx + hw);
-        d[3] = (scalar_t)(cy + hh);
-        d[4] = (scalar_t)c.s;
-        d[5] = (scalar_t)(A)label;
+        centernet_box<scalar_t, A>(wh.data_ptr<scalar_t>(), ws, rgp, rs, b, label, y, x, c.s, dp + (b * ke + j) * 6);
       }
   });
   return dets;

@@ -68,9 +68,8 @@ template <typename T>
 __global__ void peaks_out_kernel(int64_t total, int64_t ke, const int64_t* __restrict__ keys,
                                  const int64_t* __restrict__ order, const T* __restrict__ sorted_scores, int H,
                                  int W, T* __restrict__ scores, int64_t* __restrict__ labels, int64_t* __restrict__ ys,
-                                 int64_t* __restrict__ xs, const T* __restrict__ wh, int64_t wsb, int64_t wsc,
-                                 int64_t wsy, int64_t wsx, const T* __restrict__ reg, int64_t rsb, int64_t rsc,
-                                 int64_t rsy, int64_t rsx, T* __restrict__ dets) {
+                                 int64_t* __restrict__ xs, const T* __restrict__ wh, MapStrides ws,
+                                 const T* __restrict__ reg, MapStrides rs, T* __restrict__ dets) {
   using A = acc_t<T>;
   FASTOPS_KERNEL_LOOP(i, total) {
     const int64_t b = i / ke;
@@ -92,24 +91,7 @@ __global__ void peaks_out_kernel(int64_t total, int64_t ke, const int64_t* __res
       xs[i] = x;
       continue;
     }
-    A cx, cy;
-    if (reg) {
-      const T* r = reg + b * rsb + y * rsy + x * rsx;
-      cx = (A)x + (A)r[0];
-      cy = (A)y + (A)r[rsc];
-    } else {
-      cx = (A)x + A(0.5);
-      cy = (A)y + A(0.5);
-    }
-    const T* w = wh + b * wsb + y * wsy + x * wsx;
-    const A hw = (A)w[0] / A(2), hh = (A)w[wsc] / A(2);
-    T* d = dets + i * 6;
-    d[0] = (T)(cx - hw);
-    d[1] = (T)(cy - hh);
-    d[2] = (T)(cx + hw);
-    d[3] = (T)(cy + hh);
-    d[4] = (T)s;
-    d[5] = (T)(A)label;
+    centernet_box<T, A>(wh, ws, reg, rs, b, label, y, x, s, dets + i * 6);
   }
 }
 
@@ -140,16 +122,15 @@ void peaks_cuda_impl(const Tensor& hm, int64_t ke, int64_t kernel, Tensor* score
     }
     const bool decode = dets != nullptr;
     const bool has_reg = decode && reg->has_value();
-    const Tensor& r = has_reg ? reg->value() : hm;
     fastops::cuda::launch_1d(peaks_out_kernel<scalar_t>, B * ke, stream,
         B * ke, ke, keys_top.defined() ? keys_top.data_ptr<int64_t>() : nullptr,
         order.defined() ? order.data_ptr<int64_t>() : nullptr,
         sorted.defined() ? sorted.data_ptr<scalar_t>() : nullptr, H, W,
         decode ? nullptr : scores->data_ptr<scalar_t>(), decode ? nullptr : labels->data_ptr<int64_t>(),
         decode ? nullptr : ys->data_ptr<int64_t>(), decode ? nullptr : xs->data_ptr<int64_t>(),
-        decode ? wh->data_ptr<scalar_t>() : nullptr, decode ? wh->stride(0) : 0, decode ? wh->stride(1) : 0,
-        decode ? wh->stride(2) : 0, decode ? wh->stride(3) : 0, has_reg ? r.data_ptr<scalar_t>() : nullptr,
-        has_reg ? r.stride(0) : 0, has_reg ? r.stride(1) : 0, has_reg ? r.stride(2) : 0, has_reg ? r.stride(3) : 0,
+        decode ? wh->data_ptr<scalar_t>() : nullptr, decode ? map_strides(*wh) : MapStrides{0, 0, 0, 0},
+        has_reg ? reg->value().data_ptr<scalar_t>() : nullptr,
+        has_reg ? map_strides(reg->value()) : MapStrides{0, 0, 0, 0},
         decode ? dets->data_ptr<scalar_t>() : nullptr);
   });
 }

@@ -6,6 +6,7 @@
 //               (the NMS family's op, through the dispatcher), keep-top-k; batched, flat or padded
 // match_priors  the MultiBox loss's prior-to-gt matching for a whole batch (padded gt + counts)
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <string>
@@ -97,6 +98,13 @@ int64_t check_match(const at::Tensor& gt_boxes, const at::Tensor& gt_labels, con
     TORCH_CHECK(cp[b] >= 0 && cp[b] <= G, "match_priors: counts[", b, "] must be in [0, G = ", G, "], got ", cp[b]);
   }
   return code;
+}
+
+at::Tensor call_nms(const at::Tensor& boxes, const at::Tensor& scores, double thr) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastops::nms", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
+  return op.call(boxes, scores, thr);
 }
 
 }  // namespace priors

@@ -94,6 +94,8 @@ void check_prior_nms(const at::Tensor& loc, const at::Tensor& scores, const at::
 // returns the mode code
 int64_t check_match(const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& gt_landms,
                     const at::Tensor& counts, const at::Tensor& priors, c10::string_view mode);
+// torch.ops.fastops.nms through the dispatcher (the device's kernel for boxes' device): prior_nms' per-class NMS.
+at::Tensor call_nms(const at::Tensor& boxes, const at::Tensor& scores, double thr);
 
 }  // namespace priors
 }  // namespace fastops

@@ -4,7 +4,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -18,13 +17,6 @@ namespace priors {
 namespace {
 
 using at::Tensor;
-
-at::Tensor call_nms(const Tensor& boxes, const Tensor& scores, double thr) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastops::nms", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
-  return op.call(boxes, scores, thr);
-}
 
 // ---- prior_nms ------------------------------------------------------------------------------------------------
 

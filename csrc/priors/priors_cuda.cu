@@ -5,7 +5,6 @@
 // at most: launch-bound (~3-5 us per launch) long before bandwidth-bound.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -21,13 +20,6 @@ namespace {
 using at::Tensor;
 using fastops::cuda::kThreads;
 constexpr int kRowThreads = 256;  // threads per (image, gt) row for the best-prior reduction
-
-at::Tensor call_nms(const Tensor& boxes, const Tensor& scores, double thr) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastops::nms", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
-  return op.call(boxes, scores, thr);
-}
 
 // One thread per (image, prior): decoded pixel box and landmarks. Traffic per prior: 16 B loc + 8L B landmarks +
 // 16 B prior read, as much written (16,800 priors, L = 5: 2.4 MB in all, < 1 us of H100 bandwidth).
@@ -142,14 +134,6 @@ __global__ void best_gt_kernel(const T* __restrict__ gt, const int64_t* __restri
   }
 }
 
-// (value, index) "better" for torch.max: NaN first (lowest index), then larger, then lower index.
-template <typename T>
-__device__ __forceinline__ bool arg_better(T v1, int64_t i1, T v2, int64_t i2) {
-  const bool n1 = v1 != v1, n2 = v2 != v2;
-  if (n1 || n2) return n1 && (!n2 || i1 < i2);
-  return v1 > v2 || (v1 == v2 && i1 < i2);
-}
-
 // One block per (image, gt row < count): the row's first maximum over the priors (its best prior), a fixed-order
 // shared-memory reduction (deterministic). Traffic: every prior (16 B) per row, from L2 after the first row of an
 // image: 1,600 rows x 269 KB = 430 MB of L2 reads (~40 us at H100 L2 bandwidth), 12 B written per row.
@@ -166,21 +150,12 @@ __global__ void best_prior_kernel(const T* __restrict__ gt, const int64_t* __res
   int64_t bidx = 0;
   for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
     const T v = iou_gt_prior<T>(g, pri + p * 4);
-    if (arg_better(v, p, bv, bidx)) {
+    if (fastops::cuda::first_max_better(v, p, bv, bidx)) {
       bv = v;
       bidx = p;
     }
   }
-  sv[threadIdx.x] = bv;
-  si[threadIdx.x] = bidx;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s && arg_better(sv[threadIdx.x + s], si[threadIdx.x + s], sv[threadIdx.x], si[threadIdx.x])) {
-      sv[threadIdx.x] = sv[threadIdx.x + s];
-      si[threadIdx.x] = si[threadIdx.x + s];
-    }
-    __syncthreads();
-  }
+  fastops::cuda::block_arg_reduce(sv, si, bv, bidx, blockDim.x, fastops::cuda::FirstMax{});
   if (threadIdx.x == 0) {
     rmax[row] = sv[0];
     ridx[row] = (int32_t)si[0];

@@ -57,6 +57,20 @@ void check_render_args(const at::Tensor& kp, const c10::optional<at::Tensor>& vi
   }
 }
 
+RenderArgs prepare_render(const at::Tensor& keypoints, const c10::optional<at::Tensor>& visible, int64_t height,
+                          int64_t width, double sigma, c10::string_view mode, c10::string_view kernel) {
+  RenderArgs a;
+  a.mode = parse_render_mode(mode);
+  a.kern = parse_render_kernel(kernel);
+  check_render_args(keypoints, visible, height, width, sigma);
+  a.kp = keypoints.contiguous();
+  if (visible.has_value()) a.vis = visible->to(a.kp.scalar_type()).contiguous();
+  const int64_t B = a.kp.size(0), N = a.kp.size(1), K = a.kp.size(2);
+  a.heatmaps = at::empty({B, K, height, width}, a.kp.options());
+  a.weights = at::empty({B, N, K}, a.kp.options());
+  return a;
+}
+
 void check_center_args(const at::Tensor& centers, const at::Tensor& radii, const at::Tensor& labels,
                        int64_t num_classes, int64_t height, int64_t width) {
   TORCH_CHECK(centers.dim() == 3 && centers.size(2) == 2, "render_center_heatmap: centers must be [B, N, 2], got ",
@@ -87,6 +101,17 @@ void check_radius_args(const at::Tensor& heights, const at::Tensor& widths, doub
   TORCH_CHECK(widths.device() == heights.device(), "gaussian_radius: widths must be on heights' device");
   TORCH_CHECK(min_overlap > 0 && min_overlap < 1, "gaussian_radius: min_overlap must be in (0, 1), got ",
               min_overlap);
+}
+
+RadiusArgs prepare_radius(const at::Tensor& heights, const at::Tensor& widths, double min_overlap,
+                          c10::string_view variant) {
+  RadiusArgs a;
+  a.variant = parse_radius_variant(variant);
+  check_radius_args(heights, widths, min_overlap);
+  a.h = heights.contiguous();
+  a.w = widths.to(heights.scalar_type()).contiguous();
+  a.out = at::empty_like(a.h, at::MemoryFormat::Contiguous);
+  return a;
 }
 
 }  // namespace heatmaps

@@ -152,5 +152,23 @@ void check_center_args(const at::Tensor& centers, const at::Tensor& radii, const
                        int64_t num_classes, int64_t height, int64_t width);
 void check_radius_args(const at::Tensor& heights, const at::Tensor& widths, double min_overlap);
 
+// What render_gaussian_heatmaps does on either device before its kernels (call it under the device guard): parse and
+// check the arguments; the keypoints contiguous, the visibility (when given) contiguous in their dtype; the outputs
+// allocated (heatmaps [B, K, height, width], weights [B, N, K]).
+struct RenderArgs {
+  int mode, kern;
+  at::Tensor kp, vis, heatmaps, weights;
+};
+RenderArgs prepare_render(const at::Tensor& keypoints, const c10::optional<at::Tensor>& visible, int64_t height,
+                          int64_t width, double sigma, c10::string_view mode, c10::string_view kernel);
+
+// gaussian_radius's: parse and check; heights contiguous, widths contiguous in their dtype, the output allocated.
+struct RadiusArgs {
+  int variant;
+  at::Tensor h, w, out;
+};
+RadiusArgs prepare_radius(const at::Tensor& heights, const at::Tensor& widths, double min_overlap,
+                          c10::string_view variant);
+
 }  // namespace heatmaps
 }  // namespace fastops

@@ -42,16 +42,10 @@ void fill_axis(A* g, int i0, int i1, double c, double inv2s2, int kern) {
 std::tuple<Tensor, Tensor> render_gaussian_heatmaps_cpu(const Tensor& keypoints, const c10::optional<Tensor>& visible,
                                                         int64_t height, int64_t width, double sigma,
                                                         c10::string_view mode_s, c10::string_view kernel_s) {
-  const int mode = parse_render_mode(mode_s);
-  const int kern = parse_render_kernel(kernel_s);
-  check_render_args(keypoints, visible, height, width, sigma);
-  const Tensor kp = keypoints.contiguous();
+  const auto [mode, kern, kp, vis, heatmaps, weights] =
+      prepare_render(keypoints, visible, height, width, sigma, mode_s, kernel_s);
   const int64_t B = kp.size(0), N = kp.size(1), K = kp.size(2);
   const int H = (int)height, W = (int)width;
-  Tensor vis;
-  if (visible.has_value()) vis = visible->to(kp.scalar_type()).contiguous();
-  Tensor heatmaps = at::empty({B, K, H, W}, kp.options());
-  Tensor weights = at::empty({B, N, K}, kp.options());
   if (heatmaps.numel() == 0 && weights.numel() == 0) return {heatmaps, weights};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, kp.scalar_type(), "render_gaussian_heatmaps", [&] {
     using A = acc_t<scalar_t>;
@@ -180,10 +174,7 @@ Tensor render_center_heatmap_cpu(const Tensor& centers, const Tensor& radii, con
 
 Tensor gaussian_radius_cpu(const Tensor& heights, const Tensor& widths, double min_overlap,
                           c10::string_view variant_s) {
-  const int variant = parse_radius_variant(variant_s);
-  check_radius_args(heights, widths, min_overlap);
-  const Tensor h = heights.contiguous(), w = widths.to(heights.scalar_type()).contiguous();
-  Tensor out = at::empty_like(h, at::MemoryFormat::Contiguous);
+  const auto [variant, h, w, out] = prepare_radius(heights, widths, min_overlap, variant_s);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "gaussian_radius", [&] {
     const scalar_t* hp = h.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();

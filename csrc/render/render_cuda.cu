@@ -61,17 +61,11 @@ std::tuple<Tensor, Tensor> render_gaussian_heatmaps_cuda(const Tensor& keypoints
                                                          const c10::optional<Tensor>& visible, int64_t height,
                                                          int64_t width, double sigma, c10::string_view mode_s,
                                                          c10::string_view kernel_s) {
-  const int mode = parse_render_mode(mode_s);
-  const int kern = parse_render_kernel(kernel_s);
-  check_render_args(keypoints, visible, height, width, sigma);
   c10::cuda::CUDAGuard guard(keypoints.device());
-  const Tensor kp = keypoints.contiguous();
+  const auto [mode, kern, kp, vis, heatmaps, weights] =
+      prepare_render(keypoints, visible, height, width, sigma, mode_s, kernel_s);
   const int64_t B = kp.size(0), N = kp.size(1), K = kp.size(2);
   const int H = (int)height, W = (int)width;
-  Tensor vis;
-  if (visible.has_value()) vis = visible->to(kp.scalar_type()).contiguous();
-  Tensor heatmaps = at::empty({B, K, H, W}, kp.options());
-  Tensor weights = at::empty({B, N, K}, kp.options());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, kp.scalar_type(), "render_gaussian_heatmaps_cuda", [&] {
     const scalar_t* vp = vis.defined() ? vis.data_ptr<scalar_t>() : nullptr;
@@ -138,11 +132,8 @@ __global__ void radius_kernel(int64_t n, const T* __restrict__ h, const T* __res
 
 Tensor gaussian_radius_cuda(const Tensor& heights, const Tensor& widths, double min_overlap,
                             c10::string_view variant_s) {
-  const int variant = parse_radius_variant(variant_s);
-  check_radius_args(heights, widths, min_overlap);
   c10::cuda::CUDAGuard guard(heights.device());
-  const Tensor h = heights.contiguous(), w = widths.to(heights.scalar_type()).contiguous();
-  Tensor out = at::empty_like(h, at::MemoryFormat::Contiguous);
+  const auto [variant, h, w, out] = prepare_radius(heights, widths, min_overlap, variant_s);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "gaussian_radius_cuda", [&] {
     fastops::cuda::launch_1d(radius_kernel<scalar_t>, out.numel(), c10::cuda::getCurrentCUDAStream(),

@@ -4,7 +4,10 @@
 // bilinear weights of each sample row/column. Both kernels build their weights from the functions below.
 #pragma once
 
+#include <torch/library.h>
+
 #include <cmath>
+#include <vector>
 
 #include "common.h"
 
@@ -122,6 +125,49 @@ void check_forward(at::TensorList feats, const at::Tensor& rois, at::ArrayRef<do
 void check_backward(const at::Tensor& grad, const at::Tensor& rois, at::ArrayRef<double> scales, int64_t ph,
                     int64_t pw, int64_t N, int64_t C, at::IntArrayRef sizes, int64_t sampling_ratio,
                     int64_t canonical_scale, int64_t canonical_level, size_t num_channels_last);
+
+// The four ops' entry points over one device's multi-level forward and backward (Forward / Backward: the CPU's
+// forward_impl / backward_impl or the CUDA launchers, which run the checks above). The single-level ops are the
+// multi-level ones with one level; torchvision's FPN constants (224, 4) then play no part.
+template <auto Forward, auto Backward>
+struct EntryPoints {
+  // for the device's TORCH_LIBRARY_IMPL block
+  static void register_impls(torch::Library& m) {
+    m.impl("roi_align", &roi_align);
+    m.impl("_roi_align_backward", &roi_align_backward);
+    m.impl("multi_scale_roi_align", &multi_scale_roi_align);
+    m.impl("_multi_scale_roi_align_backward", &multi_scale_roi_align_backward);
+  }
+
+  static at::Tensor roi_align(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t ph,
+                              int64_t pw, int64_t sampling_ratio, bool aligned) {
+    return Forward({input}, rois, {spatial_scale}, ph, pw, sampling_ratio, aligned, 224, 4);
+  }
+
+  static at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
+                                       int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
+                                       int64_t sampling_ratio, bool aligned, bool channels_last) {
+    return Backward(grad, rois, {spatial_scale}, ph, pw, N, C, {H, W}, sampling_ratio, aligned, 224, 4,
+                    {channels_last})[0];
+  }
+
+  static at::Tensor multi_scale_roi_align(at::TensorList features, const at::Tensor& rois,
+                                          at::ArrayRef<double> scales, int64_t ph, int64_t pw, int64_t sampling_ratio,
+                                          bool aligned, int64_t canonical_scale, int64_t canonical_level) {
+    return Forward(features.vec(), rois, scales.vec(), ph, pw, sampling_ratio, aligned, canonical_scale,
+                   canonical_level);
+  }
+
+  static std::vector<at::Tensor> multi_scale_roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
+                                                                at::ArrayRef<double> scales, int64_t ph, int64_t pw,
+                                                                int64_t N, int64_t C, at::IntArrayRef sizes,
+                                                                int64_t sampling_ratio, bool aligned,
+                                                                int64_t canonical_scale, int64_t canonical_level,
+                                                                const c10::List<bool>& channels_last) {
+    return Backward(grad, rois, scales.vec(), ph, pw, N, C, sizes.vec(), sampling_ratio, aligned, canonical_scale,
+                    canonical_level, std::vector<bool>(channels_last.begin(), channels_last.end()));
+  }
+};
 
 }  // namespace roi_align
 }  // namespace fastops

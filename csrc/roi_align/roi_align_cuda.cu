@@ -222,42 +222,10 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad, const at::Tensor& 
   return grads;
 }
 
-at::Tensor roi_align_cuda(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t ph,
-                          int64_t pw, int64_t sampling_ratio, bool aligned) {
-  return forward_cuda({input}, rois, {spatial_scale}, ph, pw, sampling_ratio, aligned, 224, 4);
-}
-
-at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
-                                   int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
-                                   int64_t sampling_ratio, bool aligned, bool channels_last) {
-  return backward_cuda(grad, rois, {spatial_scale}, ph, pw, N, C, {H, W}, sampling_ratio, aligned, 224, 4,
-                       {channels_last})[0];
-}
-
-at::Tensor multi_scale_roi_align_cuda(at::TensorList features, const at::Tensor& rois, at::ArrayRef<double> scales,
-                                      int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
-                                      int64_t canonical_scale, int64_t canonical_level) {
-  return forward_cuda(features.vec(), rois, scales.vec(), ph, pw, sampling_ratio, aligned, canonical_scale,
-                      canonical_level);
-}
-
-std::vector<at::Tensor> multi_scale_roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois,
-                                                            at::ArrayRef<double> scales, int64_t ph, int64_t pw,
-                                                            int64_t N, int64_t C, at::IntArrayRef sizes,
-                                                            int64_t sampling_ratio, bool aligned,
-                                                            int64_t canonical_scale, int64_t canonical_level,
-                                                            const c10::List<bool>& channels_last) {
-  return backward_cuda(grad, rois, scales.vec(), ph, pw, N, C, sizes.vec(), sampling_ratio, aligned,
-                       canonical_scale, canonical_level, std::vector<bool>(channels_last.begin(), channels_last.end()));
-}
+using Entry = EntryPoints<&forward_cuda, &backward_cuda>;
 
 }  // namespace
 }  // namespace roi_align
 }  // namespace fastops
 
-TORCH_LIBRARY_IMPL(fastops, CUDA, m) {
-  m.impl("roi_align", &fastops::roi_align::roi_align_cuda);
-  m.impl("_roi_align_backward", &fastops::roi_align::roi_align_backward_cuda);
-  m.impl("multi_scale_roi_align", &fastops::roi_align::multi_scale_roi_align_cuda);
-  m.impl("_multi_scale_roi_align_backward", &fastops::roi_align::multi_scale_roi_align_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(fastops, CUDA, m) { fastops::roi_align::Entry::register_impls(m); }

@@ -85,13 +85,15 @@ def _prepare(*tensors):
     return tensors
 
 
-def _check_boxes_scores(boxes, scores) -> None:
+def _check_boxes_scores(boxes, scores, class_major: bool = False) -> None:
+    """boxes [N, 4]; scores [N] ([C, N] when class_major) of boxes' dtype, on boxes' device."""
     _tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES)
     if boxes.size(1) != 4:
         raise NmsInputError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")
-    _tensor("scores", scores, dim=1, dtypes=FLOAT_DTYPES, device=boxes.device)
-    if scores.size(0) != boxes.size(0):
-        raise NmsInputError(f"scores must have shape [N] with N = {boxes.size(0)} (boxes), got {tuple(scores.shape)}")
+    _tensor("scores", scores, dim=2 if class_major else 1, dtypes=FLOAT_DTYPES, device=boxes.device)
+    if scores.size(-1) != boxes.size(0):
+        raise NmsInputError(f"scores must have shape {'[C, N]' if class_major else '[N]'} with N = {boxes.size(0)} "
+                            f"(boxes), got {tuple(scores.shape)}")
     if scores.dtype != boxes.dtype:
         raise NmsInputError(f"scores must have the dtype of boxes ({boxes.dtype}), got {scores.dtype}")
 
@@ -276,15 +278,7 @@ def _fast_nms(boxes, scores, iou_threshold, top_k, max_det, score_threshold, cro
     if leaf is not None:
         return leaf
     boxes, scores = _prepare(boxes, scores)
-    _tensor("boxes", boxes, dim=2, dtypes=FLOAT_DTYPES)
-    if boxes.size(1) != 4:
-        raise NmsInputError(f"boxes must have shape [N, 4], got {tuple(boxes.shape)}")
-    _tensor("scores", scores, dim=2, dtypes=FLOAT_DTYPES, device=boxes.device)
-    if scores.size(1) != boxes.size(0):
-        raise NmsInputError(f"scores must have shape [C, N] with N = {boxes.size(0)} (boxes), "
-                            f"got {tuple(scores.shape)}")
-    if scores.dtype != boxes.dtype:
-        raise NmsInputError(f"scores must have the dtype of boxes ({boxes.dtype}), got {scores.dtype}")
+    _check_boxes_scores(boxes, scores, class_major=True)
     ithr = _threshold("iou_threshold", iou_threshold)
     sthr = _threshold("score_threshold", score_threshold)
     top_k = _int("top_k", top_k)

@@ -4,6 +4,7 @@ csrc/corner_pool/corner_pool.h (tests/test_corner_pool.py compares them)."""
 import torch
 
 import fastops._library  # noqa: F401  (loads the compiled ops registered below)
+from fastops.registrations import register_fakes
 
 # Mirror of csrc/corner_pool/corner_pool.h
 POOL_MODES = {"top": 0, "bottom": 1, "left": 2, "right": 3}  # enum PoolMode
@@ -35,8 +36,7 @@ def corner_pool_backward(backward_op):
 
 FAKES = {"corner_pool": corner_pool_fake, "_corner_pool_backward": corner_pool_backward_fake}
 
-for _name, _fake in FAKES.items():
-    torch.library.register_fake(f"fastops::{_name}")(_fake)
+register_fakes(FAKES)
 torch.library.register_autograd("fastops::corner_pool", corner_pool_backward(torch.ops.fastops._corner_pool_backward),
                                 setup_context=corner_pool_setup_context)
 # Autocast: none on purpose. A running max is exact in float16/bfloat16 (every output is one of the inputs), so

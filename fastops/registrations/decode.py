@@ -10,6 +10,7 @@ from typing import List
 import torch
 
 import fastops._library  # noqa: F401  (loads the compiled ops registered below)
+from fastops.registrations import register_fakes, register_float32_autocast
 
 # Mirrors of csrc/decode/decode.h
 REFINES = {"none": 0, "quarter": 1, "hourglass": 2, "dark": 3, "dark_udp": 4}  # enum Refine
@@ -99,8 +100,7 @@ FAKES = {"heatmap_argmax": argmax_fake, "soft_argmax": soft_argmax_fake,
          "_soft_argmax_backward": soft_argmax_backward_fake, "_soft_argmax_probs": soft_argmax_probs_fake,
          "_soft_argmax_probs_backward": soft_argmax_probs_backward_fake}
 
-for _name, _fake in FAKES.items():
-    torch.library.register_fake(f"fastops::{_name}")(_fake)
+register_fakes(FAKES)
 torch.library.register_autograd("fastops::soft_argmax", soft_argmax_backward(torch.ops.fastops._soft_argmax_backward),
                                 setup_context=soft_argmax_setup_context)
 torch.library.register_autograd("fastops::_soft_argmax_probs", soft_argmax_probs_backward,
@@ -110,9 +110,7 @@ torch.library.register_autograd("fastops::_soft_argmax_probs", soft_argmax_probs
 # under autocast; a bfloat16 coordinate cannot hold a quarter-pixel refinement); fastops.ops.decode does the same
 # for every impl (_keypoints.autocast_float32).
 AUTOCAST_FLOAT32 = ("heatmap_argmax", "soft_argmax", "_soft_argmax_probs")
-for _name in AUTOCAST_FLOAT32:
-    for _device in ("cpu", "cuda"):
-        torch.library.register_autocast(f"fastops::{_name}", _device, torch.float32)
+register_float32_autocast(AUTOCAST_FLOAT32)
 
 
 # ---- ONNX: Softmax + reductions (standard ops, opset 18) ------------------------------------------------------------

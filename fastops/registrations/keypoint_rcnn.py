@@ -3,6 +3,7 @@ of its `_triton` twin, autocast)."""
 import torch
 
 import fastops._library  # noqa: F401  (loads the compiled ops registered below)
+from fastops.registrations import register_fakes, register_float32_autocast
 
 
 def heatmaps_to_keypoints_fake(maps, rois):
@@ -12,15 +13,12 @@ def heatmaps_to_keypoints_fake(maps, rois):
 
 FAKES = {"roi_heatmaps_to_keypoints": heatmaps_to_keypoints_fake}
 
-for _name, _fake in FAKES.items():
-    torch.library.register_fake(f"fastops::{_name}")(_fake)
+register_fakes(FAKES)
 
 # Autocast (CPU and CUDA): float16/bfloat16 maps and RoIs (mixed dtypes accepted) are upsampled in float32, as
 # fastops.ops.keypoint_rcnn does for every impl; the outputs are float32 (as torchvision's).
 AUTOCAST_FLOAT32 = ("roi_heatmaps_to_keypoints",)
-for _name in AUTOCAST_FLOAT32:
-    for _device in ("cpu", "cuda"):
-        torch.library.register_autocast(f"fastops::{_name}", _device, torch.float32)
+register_float32_autocast(AUTOCAST_FLOAT32)
 
 
 # ---- ONNX: the bicubic upsampling as gathers of 4 taps per axis, padded to the largest RoI (standard ops) ----------

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 import fastops._library  # noqa: F401  (loads fastops._C: the schemas these registrations attach to)
+from fastops.registrations import register_fakes, register_float32_autocast
 
 # ---- fake kernels (the compiled op and its `_triton` twin use the same function) ------------------------------
 
@@ -66,14 +67,12 @@ def make_loss_backward(backward_op) -> Callable:
 
 
 def expand_boxes(boxes: Tensor, scale: float) -> Tensor:
-    """torchvision's `roi_heads.expand_boxes`: each box scaled about its centre, in the boxes' dtype."""
-    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5
-    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5
-    x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
-    y_c = (boxes[:, 3] + boxes[:, 1]) * 0.5
-    w_half = w_half * scale
-    h_half = h_half * scale
-    return torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], dim=1)
+    """torchvision's `roi_heads.expand_boxes`: each box scaled about its centre, in the boxes' dtype (the same
+    roundings as torchvision's per-coordinate code, on the (x, y) pairs at once; tests/test_masks.py compares it with
+    the reference's transcription)."""
+    lo, hi = boxes[:, :2], boxes[:, 2:4]
+    centre, half = (hi + lo) * 0.5, (hi - lo) * 0.5 * scale
+    return torch.cat([centre - half, centre + half], dim=1)
 
 
 def crop_bounds(a: Tensor, b: Tensor, size: int):
@@ -134,8 +133,7 @@ def paste_geometry(boxes: Tensor, M: int, padding: int, H: int, W: int) -> Tenso
 
 # ---- registrations for the compiled ops -----------------------------------------------------------------------
 
-for _name, _fake in FAKES.items():
-    torch.library.register_fake(f"fastops::{_name}", _fake)
+register_fakes(FAKES)
 
 torch.library.register_autograd("fastops::yolact_mask_loss",
                                 make_loss_backward(torch.ops.fastops._yolact_mask_loss_backward),
@@ -144,9 +142,7 @@ torch.library.register_autograd("fastops::yolact_mask_loss",
 # Autocast (CPU and CUDA): every op computes in float32 from whatever float dtypes it is given (mixed
 # protos/coeffs/boxes/gt dtypes are accepted under autocast), as torchvision does for roi_align; outputs are
 # float32 (or bool with a threshold) and gradients flow back to the original dtypes through the casts.
-for _name in ("yolact_masks", "yolact_mask_loss"):
-    for _device in ("cpu", "cuda"):
-        torch.library.register_autocast(f"fastops::{_name}", _device, torch.float32)
+register_float32_autocast(("yolact_masks", "yolact_mask_loss"))
 
 
 def paste_masks_autocast(masks: Tensor, boxes: Tensor, image_h: int, image_w: int, padding: int,

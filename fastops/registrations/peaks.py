@@ -3,6 +3,7 @@
 import torch
 
 import fastops._library  # noqa: F401  (loads the compiled ops registered below)
+from fastops.registrations import register_fakes, register_float32_autocast
 
 
 def k_eff(heatmaps, k):
@@ -22,16 +23,13 @@ def decode_fake(heat, wh, reg, k):
 
 FAKES = {"heatmap_peaks": peaks_fake, "centernet_decode": decode_fake}
 
-for _name, _fake in FAKES.items():
-    torch.library.register_fake(f"fastops::{_name}")(_fake)
+register_fakes(FAKES)
 
 # Autocast (CPU and CUDA): centernet_decode computes in float32 from float16/bfloat16 (mixed dtypes accepted) and
 # returns float32 boxes. heatmap_peaks has no autocast kernel on purpose: selecting peaks compares the map's own
 # values, exact in any precision, so it keeps the map's dtype (as max_pool2d and topk do under autocast).
 AUTOCAST_FLOAT32 = ("centernet_decode",)
-for _name in AUTOCAST_FLOAT32:
-    for _device in ("cpu", "cuda"):
-        torch.library.register_autocast(f"fastops::{_name}", _device, torch.float32)
+register_float32_autocast(AUTOCAST_FLOAT32)
 
 
 # ---- ONNX: MaxPool + TopK + Gather (standard ops, opset 18) ---------------------------------------------------------

@@ -8,6 +8,7 @@ import math
 import torch
 
 import fastops._library  # noqa: F401  (loads the compiled ops registered below)
+from fastops.registrations import register_fakes, register_float32_autocast
 
 # Mirrors of csrc/render/render.h
 MODES = {"msra": 0, "udp": 1, "dark": 2}  # enum RenderMode
@@ -34,8 +35,7 @@ def radius_fake(heights, widths, min_overlap, variant):
 FAKES = {"render_gaussian_heatmaps": render_fake, "render_center_heatmap": center_fake,
          "gaussian_radius": radius_fake}
 
-for _name, _fake in FAKES.items():
-    torch.library.register_fake(f"fastops::{_name}")(_fake)
+register_fakes(FAKES)
 
 
 # ---- ONNX: closed-form arithmetic on index grids (standard ops, opset 18) -----------------------------------------
@@ -272,6 +272,4 @@ def onnx_translations():
 # Autocast (CPU and CUDA): float16/bfloat16 inputs are cast to float32 and the outputs are float32 (targets for a
 # loss autocast computes in float32); fastops.ops.render does the same for every impl (_keypoints.autocast_float32).
 AUTOCAST_FLOAT32 = tuple(FAKES)
-for _name in AUTOCAST_FLOAT32:
-    for _device in ("cpu", "cuda"):
-        torch.library.register_autocast(f"fastops::{_name}", _device, torch.float32)
+register_float32_autocast(AUTOCAST_FLOAT32)

@@ -6,14 +6,11 @@ triton_op, so the same Python function is registered as a plain `custom_op` with
 (the only combination that passes opcheck, compile and export there: triton_op under the interpreter fails them).
 
 Use:
-    @triton_custom_op("fastops::roi_align_triton", mutates_args=())
+    @triton_custom_op("fastops::roi_align_triton", fake=_reg.roi_align_fake)
     def roi_align_triton(input: Tensor, ...) -> Tensor:
         ...
         launch(my_kernel)[grid](...)
         return out
-
-    @roi_align_triton.register_fake
-    def _(input, ...): ...
 """
 from __future__ import annotations
 
@@ -32,11 +29,17 @@ except Exception:  # pragma: no cover - triton missing
     HAVE_TRITON = False
 
 
-def triton_custom_op(name: str, *, mutates_args=()):
+def triton_custom_op(name: str, *, mutates_args=(), fake=None):
+    """The decorated function as op `name`; `fake`: its fake kernel (from the family's registrations module),
+    registered where one is needed (see register_fake)."""
     def decorator(fn):
         if INTERPRET:
-            return torch.library.custom_op(name, mutates_args=mutates_args)(fn)
-        return torch.library.triton_op(name, mutates_args=mutates_args)(fn)
+            op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
+        else:
+            op = torch.library.triton_op(name, mutates_args=mutates_args)(fn)
+        if fake is not None:
+            register_fake(op, fake)
+        return op
 
     return decorator
 

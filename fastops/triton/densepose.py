@@ -13,7 +13,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastops.registrations import densepose as _reg
-from fastops.triton._registry import check_triton_device, launch, register_fake, triton_custom_op
+from fastops.triton._registry import check_triton_device, launch, triton_custom_op
 
 BLOCK = 256
 
@@ -158,7 +158,7 @@ def _acc(t: Tensor):
     return tl.float64 if t.dtype == torch.float64 else tl.float32
 
 
-@triton_custom_op("fastops::densepose_chart_to_iuv_triton", mutates_args=())
+@triton_custom_op("fastops::densepose_chart_to_iuv_triton", fake=_reg.chart_to_iuv_fake)
 def densepose_chart_to_iuv_triton(coarse: Tensor, fine: Tensor, u: Tensor, v: Tensor,
                                   boxes: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     ib = _check_chart(coarse, fine, u, v, boxes, "densepose_chart_to_iuv")
@@ -177,7 +177,7 @@ def densepose_chart_to_iuv_triton(coarse: Tensor, fine: Tensor, u: Tensor, v: Te
     return labels, uv, offsets, ib
 
 
-@triton_custom_op("fastops::densepose_paste_iuv_triton", mutates_args=())
+@triton_custom_op("fastops::densepose_paste_iuv_triton", fake=_reg.paste_iuv_fake)
 def densepose_paste_iuv_triton(coarse: Tensor, fine: Tensor, u: Tensor, v: Tensor, boxes: Tensor, scores: Tensor,
                                height: int, width: int) -> Tensor:
     ib = _check_chart(coarse, fine, u, v, boxes, "densepose_paste_iuv")
@@ -268,7 +268,7 @@ def _check_points(maps, roi_index, points):
             raise RuntimeError("roi_point_sample: points must be finite and inside the RoI grid [0, S]")
 
 
-@triton_custom_op("fastops::roi_point_sample_triton", mutates_args=())
+@triton_custom_op("fastops::roi_point_sample_triton", fake=_reg.point_sample_fake)
 def roi_point_sample_triton(maps: Tensor, roi_index: Tensor, points: Tensor) -> Tensor:
     _check_points(maps, roi_index, points)
     P, C = roi_index.shape[0], maps.shape[1]
@@ -281,7 +281,7 @@ def roi_point_sample_triton(maps: Tensor, roi_index: Tensor, points: Tensor) -> 
     return out
 
 
-@triton_custom_op("fastops::_roi_point_sample_backward_triton", mutates_args=())
+@triton_custom_op("fastops::_roi_point_sample_backward_triton", fake=_reg.point_sample_backward_fake)
 def roi_point_sample_backward_triton(grad: Tensor, maps: Tensor, roi_index: Tensor, points: Tensor) -> Tensor:
     _check_points(maps, roi_index, points)
     R, C, Sh, Sw = maps.shape
@@ -299,10 +299,6 @@ def roi_point_sample_backward_triton(grad: Tensor, maps: Tensor, roi_index: Tens
     return gm.to(maps.dtype)
 
 
-register_fake(densepose_chart_to_iuv_triton, _reg.chart_to_iuv_fake)
-register_fake(densepose_paste_iuv_triton, _reg.paste_iuv_fake)
-register_fake(roi_point_sample_triton, _reg.point_sample_fake)
-register_fake(roi_point_sample_backward_triton, _reg.point_sample_backward_fake)
 roi_point_sample_triton.register_autograd(
     _reg.point_sample_backward(torch.ops.fastops._roi_point_sample_backward_triton),
     setup_context=_reg.point_sample_setup_context)

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastops.registrations import masks as reg
-from fastops.triton._registry import launch, register_fake, triton_custom_op
+from fastops.triton._registry import launch, triton_custom_op
 
 _BLOCK = 256  # paste_masks: one output pixel per lane
 _TILE = 64  # pixels per [TILE, P] prototype tile (yolact_masks, loss forward, grad_coeffs): no spills on sm_90
@@ -73,6 +73,14 @@ def _crop(crops, n):
 
 
 @triton.jit
+def _coeffs(cf, n, cs0, cs1, P, ACC: tl.constexpr, PB: tl.constexpr):
+    """Detection n's P mask coefficients as a [PB] vector (0 past P), with the lane indices and their mask."""
+    pidx = tl.arange(0, PB)
+    pm = pidx < P
+    return pidx, pm, tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
+
+
+@triton.jit
 def _tap_prob(pr, sY, sX, sP, yy, xx, m, pidx, pm, c, ACC: tl.constexpr):
     # [BLOCK, PB] prototype vectors of the taps (masked to in-crop taps) dotted with the coefficients
     ptrs = pr + yy[:, None] * sY + xx[:, None] * sX + pidx[None, :] * sP
@@ -99,9 +107,7 @@ def _yolact_masks_kernel(pr, sY, sX, sP, cf, cs0, cs1, crops, Hp, Wp, P, out_h, 
         y1in = valid & (y1 >= cy0) & (y1 < cy1)
         x0in = (x0 >= cx0) & (x0 < cx1)
         x1in = (x1 >= cx0) & (x1 < cx1)
-        pidx = tl.arange(0, PB)
-        pm = pidx < P
-        c = tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
+        pidx, pm, c = _coeffs(cf, n, cs0, cs1, P, ACC, PB)
         a00 = _tap_prob(pr, sY, sX, sP, y0, x0, y0in & x0in, pidx, pm, c, ACC)
         a10 = _tap_prob(pr, sY, sX, sP, y1, x0, y1in & x0in, pidx, pm, c, ACC)
         a01 = _tap_prob(pr, sY, sX, sP, y0, x1, y0in & x1in, pidx, pm, c, ACC)
@@ -166,9 +172,7 @@ def _mask_loss_fwd_kernel(pr, sY, sX, sP, cf, cs0, cs1, gt, g0, g1, g2, crops, d
                           ACC: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     cx0, cx1, cy0, cy1 = _crop(crops, n)
-    pidx = tl.arange(0, PB)
-    pm = pidx < P
-    c = tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
+    pidx, pm, c = _coeffs(cf, n, cs0, cs1, P, ACC, PB)
     acc = tl.zeros([BLOCK], dtype=ACC)
     for start in range(0, Hp * Wp, BLOCK):
         k = start + tl.arange(0, BLOCK)
@@ -201,9 +205,7 @@ def _mask_loss_bwd_coeffs_kernel(grad, gs, pr, sY, sX, sP, cf, cs0, cs1, gt, g0,
     ch = tl.maximum(cy1 - cy0, 0)
     Gn = tl.load(grad + n * gs).to(ACC) / tl.load(dims + 2 * n).to(ACC) / tl.load(dims + 2 * n + 1).to(ACC) \
         * (Hp * Wp)
-    pidx = tl.arange(0, PB)
-    pm = pidx < P
-    c = tl.load(cf + n * cs0 + pidx * cs1, mask=pm, other=0.0).to(ACC)
+    pidx, pm, c = _coeffs(cf, n, cs0, cs1, P, ACC, PB)
     acc = tl.zeros([PB], dtype=ACC)
     for start in range(0, cw * ch, BLOCK):
         k = start + tl.arange(0, BLOCK)
@@ -248,7 +250,7 @@ def _mask_loss_bwd_protos_kernel(grad, gs, pr, sY, sX, sP, cf, cs0, cs1, gt, g0,
 
 # ---- ops ------------------------------------------------------------------------------------------------------
 
-@triton_custom_op("fastops::yolact_masks_triton", mutates_args=())
+@triton_custom_op("fastops::yolact_masks_triton", fake=reg.yolact_masks_fake)
 def yolact_masks_triton(protos: Tensor, coeffs: Tensor, boxes: Tensor, out_h: int, out_w: int, crop: bool,
                         threshold: Optional[float]) -> Tensor:
     N = coeffs.size(0)
@@ -266,7 +268,7 @@ def yolact_masks_triton(protos: Tensor, coeffs: Tensor, boxes: Tensor, out_h: in
     return out
 
 
-@triton_custom_op("fastops::paste_masks_triton", mutates_args=())
+@triton_custom_op("fastops::paste_masks_triton", fake=reg.paste_masks_fake)
 def paste_masks_triton(masks: Tensor, boxes: Tensor, image_h: int, image_w: int, padding: int,
                        threshold: Optional[float]) -> Tensor:
     N, Mh, Mw = masks.shape
@@ -282,7 +284,7 @@ def paste_masks_triton(masks: Tensor, boxes: Tensor, image_h: int, image_w: int,
     return out
 
 
-@triton_custom_op("fastops::yolact_mask_loss_triton", mutates_args=())
+@triton_custom_op("fastops::yolact_mask_loss_triton", fake=reg.yolact_mask_loss_fake)
 def yolact_mask_loss_triton(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_masks: Tensor) -> Tensor:
     N = coeffs.size(0)
     Hp, Wp, P = protos.shape
@@ -298,7 +300,7 @@ def yolact_mask_loss_triton(protos: Tensor, coeffs: Tensor, boxes: Tensor, gt_ma
     return loss
 
 
-@triton_custom_op("fastops::_yolact_mask_loss_backward_triton", mutates_args=())
+@triton_custom_op("fastops::_yolact_mask_loss_backward_triton", fake=reg.yolact_mask_loss_backward_fake)
 def _yolact_mask_loss_backward_triton(grad: Tensor, protos: Tensor, coeffs: Tensor, boxes: Tensor,
                                       gt_masks: Tensor) -> tuple[Tensor, Tensor]:
     N = coeffs.size(0)
@@ -320,10 +322,6 @@ def _yolact_mask_loss_backward_triton(grad: Tensor, protos: Tensor, coeffs: Tens
     return gprotos, gcoeffs
 
 
-register_fake(yolact_masks_triton, reg.yolact_masks_fake)
-register_fake(paste_masks_triton, reg.paste_masks_fake)
-register_fake(yolact_mask_loss_triton, reg.yolact_mask_loss_fake)
-register_fake(_yolact_mask_loss_backward_triton, reg.yolact_mask_loss_backward_fake)
 yolact_mask_loss_triton.register_autograd(
     reg.make_loss_backward(torch.ops.fastops._yolact_mask_loss_backward_triton),
     setup_context=reg.loss_setup_context)
