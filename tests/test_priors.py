@@ -273,18 +273,6 @@ def test_triton_match_ties_nan_and_few_priors():
                          fastops.match_priors(*args, mode=mode, impl="reference", **kw))
 
 
-def test_triton_opcheck():
-    import fastops.triton.priors  # noqa: F401  (registers the _triton ops)
-    pri, loc, sc, lm, boxes, labels, lmk, counts = _small()
-    torch.library.opcheck(torch.ops.fastops.prior_nms_triton,
-                          (loc, sc, lm, pri, 0.1, 0.2, 32.0, 32.0, 0.3, 0.4, 100, 20, True, True))
-    torch.library.opcheck(torch.ops.fastops.prior_nms_triton,
-                          (loc, sc, lm, pri, 0.1, 0.2, 32.0, 32.0, 0.3, 0.4, 100, 20, False, True),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-    torch.library.opcheck(torch.ops.fastops.match_priors_triton,
-                          (boxes, labels, lmk, counts, pri, 0.35, 0.35, 0.1, 0.2, "yolact", None))
-
-
 # ---- drop-in: opcheck, compile, TorchScript, autocast, fx --------------------------------------------------------
 
 def _small():
@@ -294,15 +282,17 @@ def _small():
     return pri, loc, sc, lm, boxes, labels, lmk, counts
 
 
-def test_opcheck():
+@pytest.mark.parametrize("suffix", ["", "_triton"])
+def test_opcheck(suffix):
+    if suffix:
+        import fastops.triton.priors  # noqa: F401  (registers the _triton ops)
+    prior_nms, match_priors = (getattr(torch.ops.fastops, n + suffix) for n in ("prior_nms", "match_priors"))
     pri, loc, sc, lm, boxes, labels, lmk, counts = _small()
-    torch.library.opcheck(torch.ops.fastops.prior_nms,
-                          (loc, sc, lm, pri, 0.1, 0.2, 32.0, 32.0, 0.3, 0.4, 100, 20, True, True))
-    torch.library.opcheck(torch.ops.fastops.prior_nms,
-                          (loc, sc, lm, pri, 0.1, 0.2, 32.0, 32.0, 0.3, 0.4, 100, 20, False, True),
+    torch.library.opcheck(prior_nms, (loc, sc, lm, pri, 0.1, 0.2, 32.0, 32.0, 0.3, 0.4, 100, 20, True, True))
+    torch.library.opcheck(prior_nms, (loc, sc, lm, pri, 0.1, 0.2, 32.0, 32.0, 0.3, 0.4, 100, 20, False, True),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-    torch.library.opcheck(torch.ops.fastops.match_priors,
-                          (boxes, labels, lmk, counts, pri, 0.35, 0.35, 0.1, 0.2, "ssd", 0.2))
+    torch.library.opcheck(match_priors, (boxes, labels, lmk, counts, pri, 0.35, 0.35, 0.1, 0.2, "ssd", 0.2))
+    torch.library.opcheck(match_priors, (boxes, labels, lmk, counts, pri, 0.35, 0.35, 0.1, 0.2, "yolact", None))
 
 
 def test_compile_fullgraph():
