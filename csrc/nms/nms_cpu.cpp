@@ -175,8 +175,10 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
         const __m512 cx1 = _mm512_loadu_ps(x1 + j), cy1 = _mm512_loadu_ps(y1 + j), cx2 = _mm512_loadu_ps(x2 + j),
                      cy2 = _mm512_loadu_ps(y2 + j), ca = _mm512_loadu_ps(ar + j);
         const __m512i cid = _mm512_loadu_si512(id + j);
-        const __m512 ww = _mm512_max_ps(_mm512_sub_ps(_mm512_min_ps(vx2, cx2), _mm512_max_ps(vx1, cx1)), zero);
-        const __m512 hh = _mm512_max_ps(_mm512_sub_ps(_mm512_min_ps(vy2, cy2), _mm512_max_ps(vy1, cy1)), zero);
+        // max(0, d) as nms.h's max_ and the AVX2 block: VMAXPS returns its second operand for NaN, so a NaN
+        // overlap stays NaN (and the box is kept) instead of becoming 0.
+        const __m512 ww = _mm512_max_ps(zero, _mm512_sub_ps(_mm512_min_ps(vx2, cx2), _mm512_max_ps(vx1, cx1)));
+        const __m512 hh = _mm512_max_ps(zero, _mm512_sub_ps(_mm512_min_ps(vy2, cy2), _mm512_max_ps(vy1, cy1)));
         const __m512 inter = _mm512_mul_ps(ww, hh);
         const __m512 o = _mm512_div_ps(inter, _mm512_sub_ps(_mm512_add_ps(va, ca), inter));
         const __mmask16 keep = _mm512_cmp_ps_mask(o, vt, _CMP_NGT_UQ);  // !(iou > thr), NaN keeps
