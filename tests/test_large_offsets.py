@@ -82,6 +82,8 @@ def test_multi_scale_roi_align_offsets_past_2_31():
 
 
 @pytest.mark.skipif(bool(__import__("os").environ.get("FASTOPS_SANITIZED")), reason="8.6 GB output (+1/8 shadow)")
+@pytest.mark.skipif(not __import__("os").environ.get("FASTOPS_LARGE_TESTS"),
+                    reason="83 s and 9.9 GB RSS (CI's 60-minute budget): FASTOPS_LARGE_TESTS=1 runs it")
 def test_flow_warp_forward_offsets_past_2_31():
     """flow_warp: channel c's plane starts at c * H * W, past 2^31 for the last channels. The output (8.6 GB) is
     written in full; the input is reserved, and only its last channels' window is filled."""
