@@ -256,8 +256,8 @@ Tested (the map or output has more than 2^31 elements):
 - `paste_masks`: `tests/test_bad_inputs_masks.py::test_paste_masks_offsets_past_2_31` (2.2 GB bool output).
 - `yolact_masks`, `heatmap_argmax`: correct past 2^31 when probed (issue 11); no test kept (> 8 GB).
 - `flow_warp` forward, CPU: `tests/test_large_offsets.py::test_flow_warp_forward_offsets_past_2_31` (4096 x 725 x 725:
-  the last 10 channel planes start past 2^31; 8.6 GB output written, 9.9 GB peak RSS, 83 s on a quiet machine; opt-in with FASTOPS_LARGE_TESTS=1 to keep CI
-  within its budget). A 32-bit plane
+  the last 10 channel planes start past 2^31; 8.6 GB output written, 9.9 GB peak RSS, 83 s on a quiet
+  machine; opt-in with FASTOPS_LARGE_TESTS=1 to keep CI within its budget). A 32-bit plane
   offset injected in the NCHW channel-block loop (`int32_t((c + k) * sC)`) failed it.
 
 Read, not tested (CPU `*_cpu.cpp` and CUDA `*.cu`): flat element indices are `int64_t` (CUDA:
