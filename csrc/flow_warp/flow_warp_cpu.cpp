@@ -31,11 +31,12 @@ using namespace cpu;
 // channel-interleaved into `rows` ([row][x][8 channels], 8 x 8 transposes), so a tap is one 8-channel vector load
 // and a pixel costs 4 FMAs per 8 channels instead of 8 scalar gathers per channel; 8 pixels' results are transposed
 // back to the 8 output planes. The operations per element and their order are the scalar loop's, so results are
-// bit for bit the same. Pixels with a tap outside the map (`so` = 0 for them) are recomputed by the caller.
-// Returns the number of channels done (a multiple of 8).
+// bit for bit the same. Pixels with a tap outside the map (`so` = 0 for them) are recomputed by fix_edges(c0, c1)
+// after each block, while the block's output is in cache. Returns the number of channels done (a multiple of 8).
+template <typename EdgeFix>
 int64_t forward_tile_channels8(const float* inb, int64_t sC, float* outt, int64_t oC, int64_t C, int64_t W,
                                int64_t ymin, int64_t ymax, int64_t n, const TapTable<float>& tab,
-                               const int32_t* so, std::vector<float>& rows) {
+                               const int32_t* so, std::vector<float>& rows, const EdgeFix& fix_edges) {
   const int64_t R = ymax - ymin + 1;
   rows.resize(R * W * 8);
   float* __restrict__ rw = rows.data();
@@ -75,6 +76,7 @@ int64_t forward_tile_channels8(const float* inb, int64_t sC, float* outt, int64_
       _mm256_storeu_ps(lanes, a);
       for (int k = 0; k < 8; ++k) outt[(c + k) * oC + p] = lanes[k];
     }
+    fix_edges(c, c + 8);
   }
   return c;
 }
@@ -172,6 +174,13 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
       const A* __restrict__ v01 = v00 + tab.n;
       const A* __restrict__ v10 = v00 + 2 * tab.n;
       const A* __restrict__ v11 = v00 + 3 * tab.n;
+      // Pixels with a tap outside the map: the loops below read a clamped in-map tap at weight 0 for their out-of-map
+      // taps (0 * inf = NaN there): recomputed reading in-map taps only, per channel block, while it is in cache.
+      auto fix_edges = [&](int64_t c0, int64_t c1) {
+        for (int64_t c2 = c0; c2 < c1; ++c2) {
+          for (const auto& e : edge) op[b * oB + c2 * oC + e.first] = T(edge_value<A>(e.second, inb + c2 * sC, sH, sW));
+        }
+      };
       int64_t c = 0;
 #if defined(__AVX2__) && defined(__FMA__)
       // The row copy must stay small enough to be cache resident (a wild flow reaches the whole map: scalar path).
@@ -185,7 +194,8 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
             int32_t* dst = so.data() + k * n;
             for (int64_t p = 0; p < n; ++p) dst[p] = inner[p] ? (int32_t)((off[p] - base) * 8) : 0;
           }
-          c = forward_tile_channels8(inb, sC, op + b * oB + ya * oH, oC, C, W, ymin, ymax, n, tab, so.data(), rows);
+          c = forward_tile_channels8(inb, sC, op + b * oB + ya * oH, oC, C, W, ymin, ymax, n, tab, so.data(), rows,
+                                     fix_edges);
         }
       }
 #endif
@@ -209,6 +219,7 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
                                                                                    w00 * A(q[a00])))));
             }
           }
+          fix_edges(c, c + CB);
         }
       }
       for (; c < C; ++c) {
@@ -222,12 +233,7 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
                             v11[p] * A(pc[q11[p]]));
           }
         }
-      }
-      // Above, their out-of-map taps read a clamped in-map tap at weight 0 (0 * inf = NaN): recompute them.
-      for (const auto& e : edge) {
-        for (int64_t c2 = 0; c2 < C; ++c2) {
-          op[b * oB + c2 * oC + e.first] = T(edge_value<A>(e.second, inb + c2 * sC, sH, sW));
-        }
+        fix_edges(c, c + 1);
       }
     }
   });
@@ -238,9 +244,11 @@ std::tuple<Tensor, Tensor> flow_warp_cpu(const Tensor& input, const Tensor& flow
   auto [o, out, mask] = prepare_forward(input, flow, padding_mode, align_corners, units, return_mask);
   if (input.size(0) * input.size(2) * input.size(3) == 0) return {out, mask};
   // A large output (every element is written) on fresh huge-page-advised memory: first-touch faults of 4 kB pages
-  // cost ~30 ms per 58 MB here, as much as the kernel's own work (`cpu_memory::zeros_fresh`).
+  // cost ~30 ms per 58 MB here, as much as the kernel's own work (`cpu_memory::zeros_fresh`). Only above glibc's
+  // largest mmap threshold (32 MB): smaller blocks are reused from the heap without faults once the threshold
+  // has grown, where fresh pages would be zeroed by the OS on every call.
   for (const auto fmt : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
-    if (out.nbytes() >= (size_t(8) << 20) && out.is_contiguous(fmt)) {
+    if (out.nbytes() > (size_t(32) << 20) && out.is_contiguous(fmt)) {
       out = cpu_memory::zeros_fresh(out.sizes(), out.scalar_type(), fmt);
       break;
     }
