@@ -381,6 +381,41 @@ def test_property_odd_shapes(b, c, h, w, scale, combo, cl, seed):
         torch.testing.assert_close(gf, rf, atol=1e-10, rtol=1e-10)
 
 
+@settings(deadline=None, max_examples=80)
+@given(b=st.integers(1, 2), c=st.integers(8, 20), h=st.integers(1, 30), w=st.integers(1, 30),
+       scale=st.floats(0.0, 40.0), combo=st.sampled_from(COMBOS), seed=st.integers(0, 10 ** 6))
+def test_property_float32_channel_blocks(b, c, h, w, scale, combo, seed):
+    """float32 NCHW with 8 or more channels: the AVX2 kernel's channel-block path (8 channels per vector from a
+    channel-interleaved copy of the rows the taps reach; leftover channels and border pixels on the scalar path)."""
+    padding_mode, align_corners, units = combo
+    x, f = _data(b, c, h, w, scale=scale, seed=seed)
+    x, f = x.float(), _flow_for(units, f, h, w).float()
+    out, mask = fastops.flow_warp(x, f, padding_mode=padding_mode, align_corners=align_corners, units=units,
+                                  return_mask=True)
+    exp, exp_mask = flow_warp_pixel_formula(x.double(), f.double(), padding_mode, align_corners, units)
+    torch.testing.assert_close(out.double(), exp, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("shape,scale", [((1, 19, 23, 37), 3.0), ((2, 16, 40, 64), 9.0), ((1, 8, 200, 200), 150.0)])
+def test_float32_channel_blocks_with_non_finite_inputs(shape, scale):
+    """The channel-block path reads all four taps of a pixel (0 * inf = NaN at a zero-weight tap, as grid_sample)
+    and leaves out-of-map taps to the border pixels' scalar path; flows on a 1/64 grid keep the float32 positions
+    exact, so NaN placement is comparable with the float64 formula. The last case's flow reaches the whole map
+    (the row copy would not fit in cache: the scalar path)."""
+    b, c, h, w = shape
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=g)
+    x.view(-1)[torch.randint(0, x.numel(), (40,), generator=g)] = float("inf")
+    x.view(-1)[torch.randint(0, x.numel(), (40,), generator=g)] = float("nan")
+    f = (torch.randn(b, 2, h, w, generator=g) * scale * 64).round() / 64
+    for padding_mode in ("zeros", "border"):
+        out, mask = fastops.flow_warp(x, f, padding_mode=padding_mode, return_mask=True)
+        exp, exp_mask = flow_warp_pixel_formula(x.double(), f.double(), padding_mode)
+        assert torch.equal(out.isnan(), exp.isnan())
+        torch.testing.assert_close(out.double(), exp, atol=2e-5, rtol=2e-5, equal_nan=True)
+        assert torch.equal(mask, exp_mask.to(mask.dtype))
+
+
 # ---- Triton (interpreted on the CPU: small and few) --------------------------------------------------------------
 
 @pytest.mark.parametrize("padding_mode,align_corners,units", [("zeros", True, "pixel"), ("border", False, "pixel"),
