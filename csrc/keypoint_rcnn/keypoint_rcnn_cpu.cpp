@@ -1,5 +1,6 @@
-// Keypoint R-CNN (roi_heatmaps_to_keypoints): CPU kernel. One task per (RoI, keypoint), parallel with
-// at::parallel_for; the result of a task depends on nothing else, so any thread count gives the same output.
+// Keypoint R-CNN (roi_heatmaps_to_keypoints): CPU kernel. One task per (RoI, block of up to kPlanes keypoints),
+// largest RoIs first, taken dynamically by the threads; the result of a task depends on nothing else, so any
+// thread count gives the same output.
 //
 // Per task, for each block of up to kCols output columns: the horizontal pass resizes the H input rows to the
 // block's columns (H x cols values, 4 multiply-adds each, vectorised over the columns: within a run of columns
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "keypoint_rcnn/keypoint_rcnn.h"
+#include "cpu_parallel.h"
 #include "keypoints_vec.h"
 
 namespace fastops {
@@ -29,6 +31,7 @@ namespace {
 using at::Tensor;
 
 constexpr int64_t kCols = 512;  // output columns per block: scratch H x kCols
+constexpr int64_t kPlanes = 6;  // keypoint planes per work item
 
 // Tap tables of one axis: idx[j * stride + o], w[j * stride + o] for output index o and tap j (stride = out +
 // kLanes: a vector load at any o < out stays inside the table), and the runs of consecutive outputs that share all
@@ -248,20 +251,29 @@ void heatmaps_to_keypoints_impl(const Tensor& maps, const Tensor& rois, Tensor& 
   const G* rp = rois.data_ptr<G>();
   float* kp = kps.data_ptr<float>();
   float* sp = scores.data_ptr<float>();
-  at::parallel_for(0, R * K, 1, [&](int64_t begin, int64_t end) {
+  // Work items: (RoI, block of up to kPlanes keypoints; the block's planes share the tap tables), largest
+  // upsampled map first, taken dynamically (cpu_parallel.h): RoI costs differ ~150x between 32 and 400 px boxes.
+  const int64_t nb = (K + kPlanes - 1) / kPlanes;
+  std::vector<RoiGeom> geo((size_t)R);
+  std::vector<int64_t> order((size_t)R);
+  for (int64_t r = 0; r < R; ++r) {
+    geo[(size_t)r] = roi_geometry<G>(rp + 4 * r);
+    order[(size_t)r] = r;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return geo[(size_t)a].rw * geo[(size_t)a].rh > geo[(size_t)b].rw * geo[(size_t)b].rh;
+  });
+  struct State {
     Axis<A> ax, ay;
     Scratch sc;
-    int64_t cur = -1;
-    RoiGeom g{};
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t r = t / K;
-      if (r != cur) {
-        cur = r;
-        g = roi_geometry<G>(rp + 4 * r);
-        ax.build(W, g.rw);
-        ay.build(H, g.rh);
-      }
-      const Best<A> b = plane_argmax<A>(mp + t * H * W, H, W, g, ax, ay, sc);
+  };
+  dynamic_for(R * nb, [] { return State(); }, [&](int64_t item, State& st) {
+    const int64_t r = order[(size_t)(item / nb)], k0 = item % nb * kPlanes;
+    const RoiGeom& g = geo[(size_t)r];
+    st.ax.build(W, g.rw);
+    st.ay.build(H, g.rh);
+    for (int64_t t = r * K + k0; t < r * K + std::min(K, k0 + kPlanes); ++t) {
+      const Best<A> b = plane_argmax<A>(mp + t * H * W, H, W, g, st.ax, st.ay, st.sc);
       kp[3 * t + 0] = keypoint_coord(b.i % g.rw, g.cw, g.ox);
       kp[3 * t + 1] = keypoint_coord(b.i / g.rw, g.ch, g.oy);
       kp[3 * t + 2] = 1.0f;
