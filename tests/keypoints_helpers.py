@@ -1,4 +1,5 @@
-"""Shared helpers of the keypoint families' tests (test_render, test_decode, test_peaks, test_corner_pool)."""
+"""Shared helpers of the keypoint families' tests (test_render, test_decode, test_peaks, test_corner_pool,
+test_keypoint_rcnn and its bad-input module)."""
 import torch
 
 from fastops.reference import render as RR
@@ -15,6 +16,21 @@ def close(a, b, dtype=torch.float32, rtol=None, atol=None):
     r, t = TOL[dtype]
     torch.testing.assert_close(a.double(), b.double(), rtol=r if rtol is None else rtol,
                                atol=t if atol is None else atol, equal_nan=True)
+
+
+def assert_same_as_torchvision(got, want, impl="cpp"):
+    """(keypoints, scores) of roi_heatmaps_to_keypoints against torchvision's heatmaps_to_keypoints: bit for bit
+    (NaN where torchvision has NaN). One exception: the Triton kernel fuses multiply-adds where ATen's AVX2 kernels
+    (and the GPU) do, so at torch's baseline CPU capability (ATEN_CPU_CAPABILITY=default, as in `make sanitize`),
+    where ATen rounds twice, it is equal to the last bits only."""
+    fused_vs_baseline = impl == "triton" and torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if fused_vs_baseline:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+            continue
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(a.nan_to_num(0.5), b.nan_to_num(0.5)), (a - b).abs().max()
 
 
 def special_keypoints(B, K, H, W, gen=None):

@@ -7,6 +7,7 @@ from torchvision.models.detection.roi_heads import heatmaps_to_keypoints as tv_h
 
 import fastops
 from isolated import expect_error, expect_ok
+from keypoints_helpers import assert_same_as_torchvision
 
 IMPLS = ["cpp", "triton", "reference"]
 
@@ -42,14 +43,7 @@ def test_zero_size_and_inverted_rois_are_one_pixel(impl):
     maps = _maps()
     got = fastops.roi_heatmaps_to_keypoints(maps, rois, impl)
     want = tv_heatmaps_to_keypoints(maps, rois)
-    if impl == "triton" and torch.backends.cpu.get_cpu_capability() == "DEFAULT":
-        # The Triton kernel fuses multiply-adds where ATen's AVX2 kernels (and the GPU) do; torch's baseline
-        # kernels (ATEN_CPU_CAPABILITY=default, as in `make sanitize`) round twice: equal to the last bits.
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-        return
-    for a, b in zip(got, want):
-        assert torch.equal(a, b)
+    assert_same_as_torchvision(got, want, impl)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

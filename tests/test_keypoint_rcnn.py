@@ -14,6 +14,7 @@ from torchvision.models.detection.roi_heads import heatmaps_to_keypoints as tv_h
 import fastops
 from fastops.reference import keypoint_rcnn as REF
 from helpers import per_thread_count
+from keypoints_helpers import assert_same_as_torchvision
 
 
 def random_boxes(R, lo=32.0, hi=400.0, gen=None, dtype=torch.float32):
@@ -30,18 +31,11 @@ def special_boxes():
                          [0.0, 0.0, 1100.3, 530.9], [100.1, 200.2, 100.9, 650.0], [0.0, 0.0, 2.0, 300.0]])
 
 
-def assert_same(got, want):
-    for a, b in zip(got, want):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        assert torch.equal(a.isnan(), b.isnan())
-        assert torch.equal(a.nan_to_num(0.5), b.nan_to_num(0.5)), (a - b).abs().max()
-
-
 def test_matches_torchvision_random_boxes():
     g = torch.Generator().manual_seed(0)
     maps = torch.randn(60, 17, 56, 56, generator=g)
     rois = random_boxes(60, 0.3, 450.0, g)
-    assert_same(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
+    assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
 
 
 def test_matches_torchvision_special_boxes_and_ties():
@@ -53,7 +47,7 @@ def test_matches_torchvision_special_boxes_and_ties():
     maps[:, 2] = 0.25  # constant: every pixel ties
     maps[:, 3] = -torch.rand(R, 56, 56, generator=g)
     maps[:, 4, 10:14, 20:30] = 3.0  # a flat-topped peak
-    assert_same(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
+    assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (1, 7), (5, 3), (17, 40), (64, 48)])
@@ -61,7 +55,7 @@ def test_matches_torchvision_other_map_sizes(hw):
     g = torch.Generator().manual_seed(2)
     rois = torch.cat([random_boxes(12, 0.5, 300.0, g), special_boxes()])
     maps = torch.randn(rois.size(0), 3, *hw, generator=g)
-    assert_same(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
+    assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
 
 
 @pytest.mark.parametrize("mdt,rdt", [(torch.float64, torch.float64), (torch.float32, torch.float64),
@@ -70,7 +64,7 @@ def test_matches_torchvision_float64(mdt, rdt):
     g = torch.Generator().manual_seed(3)
     rois = torch.cat([random_boxes(20, 0.5, 450.0, g), special_boxes()]).to(rdt)
     maps = torch.randn(rois.size(0), 4, 56, 56, generator=g).to(mdt)
-    assert_same(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
+    assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
 
 
 def test_realistic_peaky_maps():
@@ -81,7 +75,7 @@ def test_realistic_peaky_maps():
     c = torch.rand(R, K, 2, 1, 1, generator=g) * 55
     maps = 8 * torch.exp(-((xx - c[:, :, 0]) ** 2 + (yy - c[:, :, 1]) ** 2) / 8) + torch.randn(R, K, 56, 56) * 0.3
     rois = random_boxes(R, 32, 400, g)
-    assert_same(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
+    assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
 
 
 def test_nan_and_inf_maps():
@@ -93,7 +87,7 @@ def test_nan_and_inf_maps():
     maps[:, 1, 5, 5] = float("inf")
     maps[:, 2] = float("-inf")
     maps[2:4, 3, 0, 0] = float("nan")
-    assert_same(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
+    assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
 
 
 def test_empty_and_degenerate():
@@ -108,8 +102,9 @@ def test_reference_is_torchvision():
     g = torch.Generator().manual_seed(6)
     rois = torch.cat([random_boxes(10, 0.5, 300.0, g), special_boxes()])
     maps = torch.randn(rois.size(0), 3, 56, 56, generator=g)
-    assert_same(REF.heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
-    assert_same(fastops.roi_heatmaps_to_keypoints(maps, rois, impl="reference"), tv_heatmaps_to_keypoints(maps, rois))
+    assert_same_as_torchvision(REF.heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
+    assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(maps, rois, impl="reference"),
+                               tv_heatmaps_to_keypoints(maps, rois))
 
 
 @settings(deadline=None, max_examples=150)
@@ -123,7 +118,7 @@ def test_property_against_torchvision(R, K, H, W, side, seed, levels):
     xy = torch.rand(R, 2, generator=g) * 50 - 10
     wh = torch.rand(R, 2, generator=g) * side
     rois = torch.cat([xy, xy + wh], 1)
-    assert_same(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
+    assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(maps, rois), tv_heatmaps_to_keypoints(maps, rois))
 
 
 def test_baseline_isa_matches_torchvision_default_capability():
@@ -157,7 +152,8 @@ def test_triton_matches_torchvision():
     maps = torch.randn(5, 3, 12, 14, generator=g)
     maps[:, 1] = torch.randint(0, 3, (5, 12, 14), generator=g).float() / 2
     maps[0, 2, 3, 3] = float("nan")
-    assert_same(fastops.roi_heatmaps_to_keypoints(maps, rois, impl="triton"), tv_heatmaps_to_keypoints(maps, rois))
+    assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(maps, rois, impl="triton"),
+                               tv_heatmaps_to_keypoints(maps, rois), "triton")
     m64 = maps.double()
     kp, s = fastops.roi_heatmaps_to_keypoints(m64, rois, impl="triton")
     want = tv_heatmaps_to_keypoints(m64, rois)
@@ -170,7 +166,7 @@ def test_triton_matches_torchvision():
 
 def test_same_results_one_and_two_threads():
     maps, rois = torch.randn(7, 17, 56, 56), random_boxes(7)
-    assert_same(*per_thread_count(lambda: fastops.roi_heatmaps_to_keypoints(maps, rois)))
+    assert_same_as_torchvision(*per_thread_count(lambda: fastops.roi_heatmaps_to_keypoints(maps, rois)))
 
 
 def test_opcheck():
@@ -188,22 +184,22 @@ def test_compile_fullgraph_and_export():
 
     args = (torch.randn(4, 17, 56, 56), random_boxes(4))
     eager = f(*args)
-    assert_same(torch.compile(f, fullgraph=True, backend="aot_eager")(*args), eager)
-    assert_same(torch.compile(f, fullgraph=True, dynamic=True)(*args), eager)
+    assert_same_as_torchvision(torch.compile(f, fullgraph=True, backend="aot_eager")(*args), eager)
+    assert_same_as_torchvision(torch.compile(f, fullgraph=True, dynamic=True)(*args), eager)
 
     class M(torch.nn.Module):
         def forward(self, maps, rois):
             return f(maps, rois)
 
     ep = torch.export.export(M(), args)
-    assert_same(ep.module()(*args), eager)
+    assert_same_as_torchvision(ep.module()(*args), eager)
 
 
 def test_torchscript_and_fx(tmp_path):
     args = (torch.randn(4, 5, 56, 56), random_boxes(4))
     want = fastops.roi_heatmaps_to_keypoints(*args)
     scripted = torch.jit.script(fastops.roi_heatmaps_to_keypoints)
-    assert_same(scripted(*args), want)
+    assert_same_as_torchvision(scripted(*args), want)
 
     class M(torch.nn.Module):
         def forward(self, maps, rois):
@@ -211,11 +207,11 @@ def test_torchscript_and_fx(tmp_path):
 
     sm = torch.jit.script(M())
     sm.save(str(tmp_path / "m.pt"))
-    assert_same(torch.jit.load(str(tmp_path / "m.pt"))(*args), want)
+    assert_same_as_torchvision(torch.jit.load(str(tmp_path / "m.pt"))(*args), want)
     gm = torch.fx.symbolic_trace(M())
     called = [n.target.__name__ for n in gm.graph.nodes if n.op == "call_function" and callable(n.target)]
     assert "roi_heatmaps_to_keypoints" in called, called
-    assert_same(gm(*args), want)
+    assert_same_as_torchvision(gm(*args), want)
 
 
 def test_autocast_and_half_inputs():
@@ -225,9 +221,9 @@ def test_autocast_and_half_inputs():
     want = tv_heatmaps_to_keypoints(mb.float(), rois)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for impl in ("auto", "reference"):
-            assert_same(fastops.roi_heatmaps_to_keypoints(mb, rois, impl), want)
-        assert_same(torch.ops.fastops.roi_heatmaps_to_keypoints(mb, rois.bfloat16()),
-                    tv_heatmaps_to_keypoints(mb.float(), rois.bfloat16().float()))
+            assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(mb, rois, impl), want)
+        assert_same_as_torchvision(torch.ops.fastops.roi_heatmaps_to_keypoints(mb, rois.bfloat16()),
+                                   tv_heatmaps_to_keypoints(mb.float(), rois.bfloat16().float()))
     for dt in (torch.float16, torch.bfloat16):
-        assert_same(fastops.roi_heatmaps_to_keypoints(maps.to(dt), rois), tv_heatmaps_to_keypoints(maps.to(dt).float(),
-                                                                                                   rois))
+        assert_same_as_torchvision(fastops.roi_heatmaps_to_keypoints(maps.to(dt), rois),
+                                   tv_heatmaps_to_keypoints(maps.to(dt).float(), rois))

@@ -51,10 +51,11 @@ def test_batched_nms_iou_at_threshold_keeps(impl):
     assert fastops.batched_nms(AT, AT_SCORES, idxs, 0.5, impl=impl).tolist() == [0, 1, 2, 3]
     assert fastops.batched_nms(AT, AT_SCORES, idxs, BELOW, impl=impl).tolist() == [0, 2, 3]
     assert torchvision.ops.batched_nms(AT, AT_SCORES, idxs, BELOW).tolist() == [0, 2, 3]
-    # large enough for torchvision's per-class path: 1200 copies of the pattern, 300 classes (4 boxes each)
-    big = torch.cat([AT + 20 * k for k in range(1200)])
-    sc = torch.randperm(4800).float() / 4800  # distinct: the reference sorts ties stably, torchvision not
-    cls = torch.arange(4800) // 16
+    # large enough for torchvision's per-class path (more than 1000 boxes on CPU): 300 copies of the pattern,
+    # 75 classes of 16 boxes
+    big = torch.cat([AT + 20 * k for k in range(300)])
+    sc = torch.randperm(1200).float() / 1200  # distinct: the reference sorts ties stably, torchvision not
+    cls = torch.arange(1200) // 16
     for thr in (0.5, BELOW):
         assert torch.equal(fastops.batched_nms(big, sc, cls, thr, impl=impl),
                            torchvision.ops.batched_nms(big, sc, cls, thr))

@@ -55,6 +55,7 @@ def _sites():
                          ("torchvision.ops.boxes", "batched_nms"), ("torchvision.ops.poolers", "roi_align"),
                          ("torchvision.models.detection.roi_heads", "roi_align"),
                          ("torchvision.models.detection.roi_heads", "paste_masks_in_image"),
+                         ("torchvision.models.detection.roi_heads", "heatmaps_to_keypoints"),
                          ("torchvision.models.detection.transform", "paste_masks_in_image")]:
         sites.append((importlib.import_module(module), attr, f"tv.{attr}"))
     return sites
@@ -111,17 +112,25 @@ def measure(step, rounds=3):
 
 # -- workloads (as in bench/) ------------------------------------------------------------------------------------
 
-def _maskrcnn():
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
+def _torchvision(builder_name, name):
+    import torchvision.models.detection as D
 
     torch.manual_seed(0)
-    m = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0).eval()
+    m = getattr(D, builder_name)(weights=None, weights_backbone=None, box_score_thresh=0.0).eval()
     x = [torch.rand(3, 800, 1216, generator=torch.Generator().manual_seed(1))]
 
     def step(side):
         with torch.no_grad(), (fastops.patch_torchvision() if side == "after" else contextlib.nullcontext()):
             return m(x)
-    return "torchvision maskrcnn_resnet50_fpn", "1x3x800x1216, 100 dets", step
+    return f"torchvision {name}", "1x3x800x1216, 100 dets", step
+
+
+def _maskrcnn():
+    return _torchvision("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn")
+
+
+def _keypointrcnn():
+    return _torchvision("keypointrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn")
 
 
 def _bundled(build, call):
@@ -180,8 +189,32 @@ def _upsnet():
     return "UPSNet", "3x512x768, 80+53 classes", _bundled(build, lambda m, x: m(x))
 
 
-MODELS = {"maskrcnn": _maskrcnn, "yolact": _yolact, "centernet": _centernet, "hourglass": _hourglass,
-          "upsnet": _upsnet}
+def _retinaface():
+    from fastops.models.retinaface import RetinaFace
+
+    def build():
+        torch.manual_seed(0)
+        m = RetinaFace("mobilenet0.25").eval()
+        with torch.no_grad():
+            for h in list(m.ClassHead) + list(m.BboxHead) + list(m.LandmarkHead):
+                h.conv1x1.weight.mul_(0.05)
+        return m, torch.randn(1, 3, 640, 640, generator=torch.Generator().manual_seed(2))
+    return "RetinaFace", "mobilenet0.25 1x3x640x640, detect", _bundled(build, lambda m, x: m.detect(x))
+
+
+def _densepose():
+    from fastops.models.densepose import DensePoseRCNN
+
+    def build():
+        torch.manual_seed(0)
+        m = DensePoseRCNN(2, min_size=320, max_size=320, box_detections_per_img=20, box_score_thresh=0.0,
+                          rpn_post_nms_top_n_test=100, head_channels=128).eval()
+        return m, [torch.rand(3, 320, 320, generator=torch.Generator().manual_seed(1))]
+    return "DensePose R-CNN", "320x320, 20 dets, head 128x8, detect", _bundled(build, lambda m, x: m.detect(x))
+
+
+MODELS = {"maskrcnn": _maskrcnn, "keypointrcnn": _keypointrcnn, "yolact": _yolact, "centernet": _centernet,
+          "hourglass": _hourglass, "upsnet": _upsnet, "retinaface": _retinaface, "densepose": _densepose}
 
 
 def main(argv=None):
