@@ -235,9 +235,12 @@ def densepose_chart_losses(coarse: Tensor, fine: Tensor, u: Tensor, v: Tensor, r
             coarse, fine, u, v, roi_index, points, part_gt, u_gt, v_gt, coarse_gt, w_points=w_points, w_part=w_part,
             w_segm=w_segm)
     fg = part_gt > 0
-    idx = part_gt[:, None]
-    u_est = fastops.roi_point_sample(u, roi_index, points, impl=impl).gather(1, idx).squeeze(1)[fg]
-    v_est = fastops.roi_point_sample(v, roi_index, points, impl=impl).gather(1, idx).squeeze(1)[fg]
+    # U and V only at each foreground point's own part: the [R, C] planes as R * C one-channel maps, sampled at
+    # plane roi * C + part (the same values and gradients as sampling all C channels and gathering one).
+    plane = (roi_index * u.size(1) + part_gt.long())[fg]
+    pts_fg = points[fg]
+    u_est = fastops.roi_point_sample(u.flatten(0, 1).unsqueeze(1), plane, pts_fg, impl=impl).squeeze(1)
+    v_est = fastops.roi_point_sample(v.flatten(0, 1).unsqueeze(1), plane, pts_fg, impl=impl).squeeze(1)
     fine_est = fastops.roi_point_sample(fine, roi_index, points, impl=impl)
     return {
         "loss_densepose_U": F.smooth_l1_loss(u_est, u_gt[fg], reduction="sum") * w_points,

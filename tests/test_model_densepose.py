@@ -12,7 +12,8 @@ from model_helpers import (assert_grads_close, assert_state_dicts_equal, detecti
                            random_boxes, run_both)
 
 import fastops
-from fastops.models.densepose import DensePoseRCNN, convert_detectron2_densepose, load_densepose_checkpoint
+from fastops.models.densepose import (DensePoseRCNN, convert_detectron2_densepose, densepose_chart_losses,
+                                      load_densepose_checkpoint)
 from fastops.reference import densepose as ref
 
 H, W = 96, 128
@@ -114,6 +115,32 @@ def test_losses_and_gradients_match_reference():
         assert lr[k] > 0
     assert any(k.startswith("densepose_head.") for k in gr) and any(k.startswith("backbone.") for k in gr)
     assert_grads_close(ga, gr, 2e-3)
+
+
+@pytest.mark.parametrize("R,P,S", [(5, 300, 28), (1, 7, 9)])
+def test_chart_losses_function_matches_reference(R, P, S):
+    """densepose_chart_losses directly (points anywhere in the grid, background part 0 included, several points per
+    plane): losses and the gradients of all four maps equal to the transcription's."""
+    g = torch.Generator().manual_seed(R * 1000 + P)
+    maps = [torch.randn(R, c, S, S, generator=g, dtype=torch.float64) for c in (2, 25, 25, 25)]
+    ri = torch.randint(0, R, (P,), generator=g)
+    pts = torch.rand(P, 2, generator=g, dtype=torch.float64) * S
+    part = torch.randint(0, 25, (P,), generator=g)
+    part[:3] = 0
+    ug, vg = torch.rand(P, generator=g, dtype=torch.float64), torch.rand(P, generator=g, dtype=torch.float64)
+    cgt = torch.randint(0, 2, (R, S, S), generator=g)
+    out = {}
+    for impl in ("auto", "reference"):
+        leaves = [m.clone().requires_grad_(True) for m in maps]
+        losses = densepose_chart_losses(*leaves, ri, pts, part, ug, vg, cgt, impl=impl)
+        grads = torch.autograd.grad(sum(losses.values()), leaves)
+        out[impl] = ({k: v.detach() for k, v in losses.items()}, grads)
+    (la, ga), (lr, gr) = out["auto"], out["reference"]
+    assert set(la) == set(lr)
+    for k in lr:
+        torch.testing.assert_close(la[k], lr[k], rtol=1e-12, atol=1e-14, msg=k)
+    for a, b in zip(ga, gr):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_full_training_step_runs():

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu_memory.h"
+#include "cpu_parallel.h"
 #include "densepose/densepose.h"
 
 namespace fastops {
@@ -146,19 +147,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> chart_to_iuv_cpu(const Tensor& coarse
     const scalar_t *cp = coarse.data_ptr<scalar_t>(), *fp = fine.data_ptr<scalar_t>();
     const scalar_t *upp = u.data_ptr<scalar_t>(), *vpp = v.data_ptr<scalar_t>();
     const int64_t plane = (int64_t)Sh * Sw;
-    at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t it = begin; it < end; ++it) {
-        const int64_t r = items[(size_t)it].first;
-        const int y0 = items[(size_t)it].second;
-        const int w = (int)a[r][2], h = (int)a[r][3];
-        BoxSampler<scalar_t> bs(cp + r * Kc * plane, fp + r * K * plane, upp + r * K * plane, vpp + r * K * plane, Kc,
-                                K, Sh, Sw, w, h, 0, w);
-        const int y1 = std::min(h, y0 + kRowsPerItem);
-        for (int y = y0; y < y1; ++y) {
-          const int64_t o = op[r] + (int64_t)y * w;
-          float* ub = up + 2 * op[r] + (int64_t)y * w;
-          bs.sample_row(y, lp + o, ub, ub + (int64_t)w * h);
-        }
+    // items differ in width (boxes of 32-400 px): taken dynamically (cpu_parallel.h)
+    dynamic_for((int64_t)items.size(), [] { return 0; }, [&](int64_t it, int&) {
+      const int64_t r = items[(size_t)it].first;
+      const int y0 = items[(size_t)it].second;
+      const int w = (int)a[r][2], h = (int)a[r][3];
+      BoxSampler<scalar_t> bs(cp + r * Kc * plane, fp + r * K * plane, upp + r * K * plane, vpp + r * K * plane, Kc,
+                              K, Sh, Sw, w, h, 0, w);
+      const int y1 = std::min(h, y0 + kRowsPerItem);
+      for (int y = y0; y < y1; ++y) {
+        const int64_t o = op[r] + (int64_t)y * w;
+        float* ub = up + 2 * op[r] + (int64_t)y * w;
+        bs.sample_row(y, lp + o, ub, ub + (int64_t)w * h);
       }
     });
   });
@@ -189,39 +189,44 @@ Tensor paste_iuv_cpu(const Tensor& coarse_, const Tensor& fine_, const Tensor& u
     const scalar_t *upp = u.data_ptr<scalar_t>(), *vpp = v.data_ptr<scalar_t>();
     const int64_t plane = (int64_t)Sh * Sw;
     const int64_t chunks = (H + kRowsPerItem - 1) / kRowsPerItem;
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    struct Scratch {
       std::vector<double> best;
       std::vector<uint8_t> lab;
       std::vector<float> uu, vv;
-      for (int64_t ch = begin; ch < end; ++ch) {
-        const int ya = (int)ch * kRowsPerItem, yb = std::min(H, ya + kRowsPerItem);
-        best.assign((size_t)(yb - ya) * W, -std::numeric_limits<double>::infinity());
-        std::vector<uint8_t> taken((size_t)(yb - ya) * W, 0);
-        for (int64_t r = 0; r < R; ++r) {
-          const int64_t bx = a[r][0], by = a[r][1], w = a[r][2], h = a[r][3];
-          const int64_t x0 = std::max<int64_t>(bx, 0), x1 = std::min<int64_t>(bx + w, W);
-          const int64_t y0 = std::max<int64_t>(by, ya), y1 = std::min<int64_t>(by + h, yb);
-          if (x0 >= x1 || y0 >= y1) continue;
-          BoxSampler<scalar_t> bs(cp + r * Kc * plane, fp + r * K * plane, upp + r * K * plane, vpp + r * K * plane,
-                                  Kc, K, Sh, Sw, (int)w, (int)h, (int)(x0 - bx), (int)(x1 - bx));
-          const int n = (int)(x1 - x0);
-          lab.resize((size_t)n);
-          uu.resize((size_t)n);
-          vv.resize((size_t)n);
-          const double s = sp[r];
-          for (int64_t y = y0; y < y1; ++y) {
-            bs.sample_row((int)(y - by), lab.data(), uu.data(), vv.data());
-            const int64_t row = (y - ya) * W;
-            for (int j = 0; j < n; ++j) {
-              const int64_t q = row + x0 + j;
-              if (lab[(size_t)j] == 0 || (taken[(size_t)q] && !(s > best[(size_t)q]))) continue;
-              taken[(size_t)q] = 1;
-              best[(size_t)q] = s;
-              const int64_t pix = y * W + x0 + j;
-              o[pix] = lab[(size_t)j];
-              o[HW + pix] = quantize_uv(uu[(size_t)j]);
-              o[2 * HW + pix] = quantize_uv(vv[(size_t)j]);
-            }
+    };
+    // row blocks taken dynamically: the boxes cover the image rows unevenly (cpu_parallel.h)
+    dynamic_for(chunks, [] { return Scratch(); }, [&](int64_t ch, Scratch& sc) {
+      std::vector<double>& best = sc.best;
+      std::vector<uint8_t>& lab = sc.lab;
+      std::vector<float>& uu = sc.uu;
+      std::vector<float>& vv = sc.vv;
+      const int ya = (int)ch * kRowsPerItem, yb = std::min(H, ya + kRowsPerItem);
+      best.assign((size_t)(yb - ya) * W, -std::numeric_limits<double>::infinity());
+      std::vector<uint8_t> taken((size_t)(yb - ya) * W, 0);
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t bx = a[r][0], by = a[r][1], w = a[r][2], h = a[r][3];
+        const int64_t x0 = std::max<int64_t>(bx, 0), x1 = std::min<int64_t>(bx + w, W);
+        const int64_t y0 = std::max<int64_t>(by, ya), y1 = std::min<int64_t>(by + h, yb);
+        if (x0 >= x1 || y0 >= y1) continue;
+        BoxSampler<scalar_t> bs(cp + r * Kc * plane, fp + r * K * plane, upp + r * K * plane, vpp + r * K * plane,
+                                Kc, K, Sh, Sw, (int)w, (int)h, (int)(x0 - bx), (int)(x1 - bx));
+        const int n = (int)(x1 - x0);
+        lab.resize((size_t)n);
+        uu.resize((size_t)n);
+        vv.resize((size_t)n);
+        const double s = sp[r];
+        for (int64_t y = y0; y < y1; ++y) {
+          bs.sample_row((int)(y - by), lab.data(), uu.data(), vv.data());
+          const int64_t row = (y - ya) * W;
+          for (int j = 0; j < n; ++j) {
+            const int64_t q = row + x0 + j;
+            if (lab[(size_t)j] == 0 || (taken[(size_t)q] && !(s > best[(size_t)q]))) continue;
+            taken[(size_t)q] = 1;
+            best[(size_t)q] = s;
+            const int64_t pix = y * W + x0 + j;
+            o[pix] = lab[(size_t)j];
+            o[HW + pix] = quantize_uv(uu[(size_t)j]);
+            o[2 * HW + pix] = quantize_uv(vv[(size_t)j]);
           }
         }
       }

@@ -50,7 +50,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> prior_nms_impl(const Tensor& loc_, co
       }
       const auto better = [s](int32_t a, int32_t c) { return s[a] > s[c] || (s[a] == s[c] && a < c); };
       const int64_t k = (top_k > 0 && top_k < (int64_t)idx.size()) ? top_k : (int64_t)idx.size();
-      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), better);
+      // the top k (a strict total order: score, then index): selection in O(P), then a sort of the k only
+      if (k < (int64_t)idx.size()) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), better);
+      std::sort(idx.begin(), idx.begin() + k, better);
       Cand<T>& c = cands[(size_t)b];
       c.box.resize((size_t)k * 4);
       c.landm.resize((size_t)(k * NL));
