@@ -80,6 +80,26 @@ def test_overlapping_instances_and_ties():
     assert torch.equal(outv, upsnet_fuse(sem, masks, boxes, labels, S, None, True))
 
 
+def test_exact_zero_ties_inside_and_outside_boxes():
+    # Instance logits of exactly 0 inside some boxes tie with the 0 logit of the instances that do not cover a
+    # pixel: the lowest instance index among all those at 0 must win, whether it covers the pixel or not (the CPU
+    # kernel merges the outside zeros in one pass, out of index order).
+    S, T = 2, 1
+    sem = torch.zeros(S + T, 12, 16)
+    sem[:S] = -1.0
+    masks = torch.zeros(4, 3, 3)
+    masks[0] = -5.0
+    masks[3] = -5.0
+    boxes = torch.tensor([[1.0, 1.0, 12.0, 9.0], [2.0, 0.0, 6.0, 11.0], [5.0, 3.0, 14.0, 7.0], [0.0, 0.0, 15.0, 11.0]])
+    labels = torch.ones(4, dtype=torch.long)
+    for void in (False, True):
+        out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, void=void)
+        exp = upsnet_fuse(sem, masks, boxes, labels, S, None, void)
+        assert torch.equal(out, exp), (out != exp).nonzero()[:5]
+    assert (out[4, 8:12] == S + 1).all()  # inside boxes 0, 2 and 3: instance 1's outside 0 beats instance 2's 0
+    assert (out[4, 3:5] == S + 1).all()  # inside boxes 0, 1 and 3: instance 1's 0 beats instance 2's outside 0
+
+
 def test_boxes_crossing_the_border_and_rounding():
     S, T = 2, 3
     sem, masks, _, _ = _data(S=S, T=T, h=16, w=20, N=6)

@@ -3,8 +3,9 @@
 // Parallel over output rows. Per row: the semantic logits are upsampled on the fly (vertical lerp of the two
 // source rows for every channel into a small buffer, then a horizontal lerp per channel and pixel), the stuff
 // channels are reduced to a running (max, argmax) once, the thing channels to their max (void), and each
-// instance is visited only where its box covers the row; outside its box an instance is a 0 logit, which only
-// matters while the running max is below 0. Nothing of size [S+N+1, H, W] is ever built.
+// instance is visited only where its box covers the row; outside its box an instance is a 0 logit, and those zeros
+// are merged in one pass per row (only the lowest instance not covering a pixel can win there). Nothing of size
+// [S+N+1, H, W] is ever built.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -304,32 +305,22 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           }
         }
       }
+      // Instance i's logit is seg (inside the seg region) + mask (inside the mask region), 0 elsewhere; both
+      // regions start at the truncated box corner, so on row y their union is one interval [xa, xb) (empty: W, W).
+      auto span = [&](const Inst& in, int64_t& xa, int64_t& xb, int64_t& sxb, bool& mask_row) {
+        const bool seg_row = y >= in.sy0 && y < in.sy1 && in.sx1 > in.sx0;
+        mask_row = y >= in.my0 && y < in.my1 && in.mx1 > in.mx0;
+        sxb = seg_row ? in.sx1 : in.sx0;
+        const int64_t mxb = mask_row ? in.mx1 : in.mx0;
+        xa = (seg_row || mask_row) ? in.sx0 : W;
+        xb = (seg_row || mask_row) ? std::max(sxb, mxb) : W;
+      };
       for (int64_t i = 0; i < N; ++i) {
         const Inst& in = insts[i];
         const int32_t id = (int32_t)(S + i);
-        // The instance's logit is seg (inside the seg region) + mask (inside the mask region), 0 elsewhere; both
-        // regions start at the truncated box corner, so on a row their union is one interval [xa, xb).
-        const bool seg_row = y >= in.sy0 && y < in.sy1 && in.sx1 > in.sx0;
-        const bool mask_row = y >= in.my0 && y < in.my1 && in.mx1 > in.mx0;
-        const int64_t sxb = seg_row ? in.sx1 : in.sx0;
-        const int64_t mxb = mask_row ? in.mx1 : in.mx0;
-        const int64_t xa = (seg_row || mask_row) ? in.sx0 : W;
-        const int64_t xb = (seg_row || mask_row) ? std::max(sxb, mxb) : W;
-        // Outside both: a 0 logit (and a 0 seg term for void).
-        for (int64_t x = 0; x < xa; ++x) {
-          const bool gt = A(0) > pb[x];
-          pb[x] = gt ? A(0) : pb[x];
-          pa[x] = gt ? id : pa[x];
-        }
-        for (int64_t x = xb; x < W; ++x) {
-          const bool gt = A(0) > pb[x];
-          pb[x] = gt ? A(0) : pb[x];
-          pa[x] = gt ? id : pa[x];
-        }
-        if (with_void) {
-          for (int64_t x = 0; x < xa; ++x) ps[x] = A(0) > ps[x] ? A(0) : ps[x];
-          for (int64_t x = xb; x < W; ++x) ps[x] = A(0) > ps[x] ? A(0) : ps[x];
-        }
+        int64_t xa, xb, sxb;
+        bool mask_row;
+        span(in, xa, xb, sxb, mask_row);
         if (xb <= xa) continue;
         A* __restrict__ pv = vals.data();
         for (int64_t x = xa; x < sxb; ++x) pv[x] = value(in.ch, x);
@@ -354,6 +345,36 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           pb[x] = gt ? pv[x] : pb[x];
           pa[x] = gt ? id : pa[x];
         }
+      }
+      // The 0 logits outside the instances' intervals, merged in one pass: at pixel x only the smallest index i0(x)
+      // of an instance not covering x can win among them (same value, first index on ties), so it is compared with
+      // the running best of all the other channels by (value, index): it wins on 0 > best, or on 0 == best with a
+      // lower id (a covering instance after i0 at exactly +-0); a NaN best stays. The pixels not yet assigned an
+      // i0 after instances 0..i-1 are those covered by all of them: one interval [L, R), shrinking.
+      auto merge_zero = [&](int64_t a, int64_t b, int32_t id) {
+        for (int64_t x = a; x < b; ++x) {
+          const bool gt = A(0) > pb[x] || (A(0) == pb[x] && id < pa[x]);
+          pb[x] = gt ? A(0) : pb[x];
+          pa[x] = gt ? id : pa[x];
+        }
+        if (with_void) {
+          for (int64_t x = a; x < b; ++x) ps[x] = A(0) > ps[x] ? A(0) : ps[x];
+        }
+      };
+      for (int64_t i = 0, L = 0, R = W; i < N && L < R; ++i) {
+        int64_t xa, xb, sxb;
+        bool mask_row;
+        span(insts[i], xa, xb, sxb, mask_row);
+        const int64_t nL = std::max(L, xa), nR = std::min(R, xb);
+        const int32_t id = (int32_t)(S + i);
+        if (nL >= nR) {
+          merge_zero(L, R, id);
+          break;
+        }
+        merge_zero(L, nL, id);
+        merge_zero(nR, R, id);
+        L = nL;
+        R = nR;
       }
       int32_t* dst = out + y * W;
       if (with_void) {
