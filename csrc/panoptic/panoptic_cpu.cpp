@@ -116,9 +116,10 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
     int64_t blk0 = 0, blk1 = 0;
     // Upsampling: candidate channels per source cell (i0, j0) of the current cell row (see below).
     std::vector<A> lo_best(UP ? w : 0);
-    std::vector<uint8_t> keep(UP ? C * w : 0);
+    std::vector<A> keep_hi(UP ? C * w : 0);
     std::vector<int32_t> cand_s(UP ? S * w : 0), cand_t(UP ? (C - S) * w : 0);
-    std::vector<int32_t> ncand_s(UP ? w : 0), ncand_t(UP ? w : 0);
+    std::vector<A> hi_s(UP ? S * w : 0), hi_t(UP ? (C - S) * w : 0);
+    std::vector<int32_t> ncand_s(UP ? w : 0), ncand_t(UP ? w : 0), top_s(UP ? w : 0), top_t(UP ? w : 0);
     int64_t cell_row = -1;
     for (int64_t y = y0r; y < y1r; ++y) {
       const T* rows0 = nullptr;
@@ -132,7 +133,9 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           // channels (a few, whatever S and T) are the only ones evaluated per pixel.
           cell_row = ly.i0;
           const int64_t i1 = std::min<int64_t>(ly.i0 + 1, h - 1);
-          auto select = [&](int64_t c0, int64_t c1, int32_t* cand, int32_t* ncand) {
+          // Each candidate's largest corner (+inf when a corner is not finite) is kept with it, and the candidate with
+          // the largest one (the first of equals) is named per cell: see the evaluation below.
+          auto select = [&](int64_t c0, int64_t c1, int32_t* cand, A* cand_hi, int32_t* ncand, int32_t* top) {
             const int64_t nc = c1 - c0;
             A* __restrict__ lb = lo_best.data();
             for (int64_t j = 0; j < w; ++j) lb[j] = neg_inf;
@@ -150,7 +153,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
             for (int64_t c = c0; c < c1; ++c) {
               const T* p0 = X + c * cS + ly.i0 * hS;
               const T* p1 = X + c * cS + i1 * hS;
-              uint8_t* __restrict__ kp = keep.data() + (c - c0) * w;
+              A* __restrict__ kp = keep_hi.data() + (c - c0) * w;
               for (int64_t j = 0; j < w; ++j) {
                 const int64_t j1 = j + 1 < w ? j + 1 : j;
                 const A a = A(p0[j * wS]), b = A(p0[j1 * wS]), d = A(p1[j * wS]), e = A(p1[j1 * wS]);
@@ -159,20 +162,27 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
                 // A non-finite corner can make the interpolated value NaN (0 * inf): always keep the channel.
                 const bool fin = finite(a) && finite(b) && finite(d) && finite(e);
                 const A tol = A(1e-5) * ((hi < A(0) ? -hi : hi) + (lb[j] < A(0) ? -lb[j] : lb[j]));
-                kp[j] = !fin || !(hi < lb[j] - tol);
+                // -inf: dropped (a kept finite channel has a finite largest corner)
+                kp[j] = !fin ? std::numeric_limits<A>::infinity() : (hi < lb[j] - tol ? neg_inf : hi);
               }
             }
             for (int64_t j = 0; j < w; ++j) {
-              int32_t n = 0;
+              int32_t n = 0, t = 0;
               int32_t* cj = cand + j * nc;
+              A* hj = cand_hi + j * nc;
               for (int64_t c = 0; c < nc; ++c) {
-                if (keep[c * w + j]) cj[n++] = (int32_t)(c0 + c);
+                const A hc = keep_hi[c * w + j];
+                if (hc == neg_inf) continue;
+                t = (n > 0 && hc > hj[t]) ? n : t;
+                cj[n] = (int32_t)(c0 + c);
+                hj[n++] = hc;
               }
               ncand[j] = n;
+              top[j] = t;
             }
           };
-          select(0, S, cand_s.data(), ncand_s.data());
-          if (with_void) select(S, C, cand_t.data(), ncand_t.data());
+          select(0, S, cand_s.data(), hi_s.data(), ncand_s.data(), top_s.data());
+          if (with_void) select(S, C, cand_t.data(), hi_t.data(), ncand_t.data(), top_t.data());
         }
       } else {
         rows0 = X + y * hS;
@@ -209,6 +219,16 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           }
         }
         const V vninf = V{} + neg_inf;
+        // Smallest of the first nl lanes (the others pad the cell; a NaN lane: -inf, nothing is skipped) and the skip test of a candidate's largest corner.
+        auto lane_floor = [&](const V& v, int64_t nl) {
+          A m = std::numeric_limits<A>::infinity();
+          for (int64_t l = 0; l < nl; ++l) m = v[l] < m ? v[l] : (v[l] != v[l] ? neg_inf : m);
+          return m;
+        };
+        auto skip = [](A hi, A m) {
+          const A tol = A(1e-5) * ((hi < A(0) ? -hi : hi) + (m < A(0) ? -m : m));
+          return hi < m - tol;
+        };
         for (int64_t j = 0; j < w; ++j) {
           if (loff[j + 1] == loff[j]) continue;
           const int64_t jj = xi1[xs[j]];  // right corner of the cell
@@ -218,28 +238,50 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           const int32_t ns = ncand_s[j];
           const int32_t* ct = cand_t.data() + j * (C - S);
           const int32_t nt = with_void ? ncand_t[j] : 0;
+          const A* hs = hi_s.data() + j * S;
+          const A* ht = hi_t.data() + j * (C - S);
+          const int32_t ts = top_s[j], tt = with_void ? top_t[j] : 0;
           for (int64_t k = loff[j]; k < loff[j + 1]; k += LN) {
             V w0, w1, x0, x1;
             std::memcpy(&w0, lw0.data() + k, sizeof(V));
             std::memcpy(&w1, lw1.data() + k, sizeof(V));
             std::memcpy(&x0, lx0.data() + k, sizeof(V));
             std::memcpy(&x1, lx1.data() + k, sizeof(V));
+            // The candidate with the largest corner first; then, in index order, only those whose largest corner
+            // (+ the rounding tolerance) reaches the smallest lane of the running best: the others are below it in
+            // every lane. Out of index order, ties and NaNs are decided by (value, index): the first index wins,
+            // NaN beats numbers, the first NaN wins.
+            const int64_t nl = std::min<int64_t>(LN, loff[j] + R * (xs[j + 1] - xs[j]) - k);
+            auto eval = [&](int32_t c) {
+              const T* pc = X + c * cS;
+              return V(w0 * (x0 * A(pc[o00]) + x1 * A(pc[o01])) + w1 * (x0 * A(pc[o10]) + x1 * A(pc[o11])));
+            };
             V bv = vninf;
             VI ba = VI{};
-            for (int32_t q = 0; q < ns; ++q) {
-              const T* pc = X + cs[q] * cS;
-              const V v = w0 * (x0 * A(pc[o00]) + x1 * A(pc[o01])) + w1 * (x0 * A(pc[o10]) + x1 * A(pc[o11]));
-              const VI gt = (v > bv) | ((v != v) & (bv == bv));
-              bv = gt ? v : bv;
-              ba = gt ? VI{} + (E)cs[q] : ba;
+            if (ns > 0) {
+              bv = eval(cs[ts]);
+              ba = VI{} + (E)cs[ts];
+              const A m = lane_floor(bv, nl);
+              for (int32_t q = 0; q < ns; ++q) {
+                if (q == ts || skip(hs[q], m)) continue;
+                const V v = eval(cs[q]);
+                const VI cq = VI{} + (E)cs[q];
+                const VI gt = (v > bv) | ((v == bv) & (cq < ba)) | ((v != v) & ((bv == bv) | (cq < ba)));
+                bv = gt ? v : bv;
+                ba = gt ? cq : ba;
+              }
             }
             std::memcpy(lbest.data() + k, &bv, sizeof(V));
             std::memcpy(larg.data() + k, &ba, sizeof(VI));
             V mv = vninf;
-            for (int32_t q = 0; q < nt; ++q) {
-              const T* pc = X + ct[q] * cS;
-              const V v = w0 * (x0 * A(pc[o00]) + x1 * A(pc[o01])) + w1 * (x0 * A(pc[o10]) + x1 * A(pc[o11]));
-              mv = ((v > mv) | (v != v)) ? v : mv;
+            if (nt > 0) {
+              mv = eval(ct[tt]);
+              const A m = lane_floor(mv, nl);
+              for (int32_t q = 0; q < nt; ++q) {
+                if (q == tt || skip(ht[q], m)) continue;
+                const V v = eval(ct[q]);
+                mv = ((v > mv) | (v != v)) ? v : mv;
+              }
             }
             std::memcpy(ltmax.data() + k, &mv, sizeof(V));
           }
