@@ -119,6 +119,25 @@ def test_exact_ties_with_integer_logits(seed, void):
         assert torch.equal(out, exp), (out != exp).nonzero()[:5]
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_more_than_64_stuff_and_thing_channels(seed):
+    # The CPU kernel keeps a cell's candidate channels as 64-bit words per group: several words each here.
+    g = torch.Generator().manual_seed(seed)
+    S, T, N = 66, 130, 5
+    sem = torch.randint(-3, 4, (S + T, 5, 6), generator=g).float()
+    masks = torch.randint(-1, 2, (N, 4, 4), generator=g).float()
+    boxes = torch.tensor([[1.0, 2.0, 9.0, 12.0], [4.0, 0.0, 20.0, 6.0], [0.0, 0.0, 23.0, 19.0], [12.0, 8.0, 14.0, 9.0],
+                          [-3.0, 5.0, 6.0, 30.0]])
+    labels = torch.randint(1, T + 1, (N,), generator=g)
+    for void in (False, True):
+        out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, output_size=(20, 24), void=void)
+        exp = upsnet_fuse(sem, masks, boxes, labels, S, (20, 24), void)
+        assert torch.equal(out, exp), (out != exp).nonzero()[:5]
+    sem = torch.randn(S + T, 5, 6, generator=g) * 2
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, output_size=(20, 24))
+    _assert_same_ids(out, sem, masks, boxes, labels, S, (20, 24), True)
+
+
 def test_first_index_wins_over_the_larger_corner_channel():
     # Channel 2 has the cell's largest corner (5) but equals channel 1 (1) where the upsampling gives that corner
     # zero weight (the clamped border pixels): the lower index, channel 1, must win there.

@@ -115,11 +115,13 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
     std::vector<int32_t> blk_arg(UP ? kBlockRows * W : 0);
     int64_t blk0 = 0, blk1 = 0;
     // Upsampling: candidate channels per source cell (i0, j0) of the current cell row (see below).
-    std::vector<A> lo_best(UP ? w : 0);
-    std::vector<A> keep_hi(UP ? C * w : 0);
-    std::vector<int32_t> cand_s(UP ? S * w : 0), cand_t(UP ? (C - S) * w : 0);
-    std::vector<A> hi_s(UP ? S * w : 0), hi_t(UP ? (C - S) * w : 0);
-    std::vector<int32_t> ncand_s(UP ? w : 0), ncand_t(UP ? w : 0), top_s(UP ? w : 0), top_t(UP ? w : 0);
+    // Per cell row: each channel's largest corner per cell (+inf when a corner is not finite), the best smallest
+    // corner of the stuff / thing channels, and per cell the candidate channels as a bit set (64 channels a word,
+    // word-major) plus the candidate with the largest corner (the first of equals; -1: none).
+    const int64_t nw_s = (S + 63) / 64, nw_t = (C - S + 63) / 64;
+    std::vector<A> r0(UP ? w + 1 : 0), r1(UP ? w + 1 : 0), chi(UP ? C * w : 0), lo_best(UP ? w : 0), top_hi(UP ? w : 0);
+    std::vector<uint64_t> bits_s(UP ? nw_s * w : 0), bits_t(UP ? nw_t * w : 0);
+    std::vector<int32_t> top_s(UP ? w : 0), top_t(UP ? w : 0);
     int64_t cell_row = -1;
     for (int64_t y = y0r; y < y1r; ++y) {
       const T* rows0 = nullptr;
@@ -133,56 +135,53 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           // channels (a few, whatever S and T) are the only ones evaluated per pixel.
           cell_row = ly.i0;
           const int64_t i1 = std::min<int64_t>(ly.i0 + 1, h - 1);
-          // Each candidate's largest corner (+inf when a corner is not finite) is kept with it, and the candidate with
-          // the largest one (the first of equals) is named per cell: see the evaluation below.
-          auto select = [&](int64_t c0, int64_t c1, int32_t* cand, A* cand_hi, int32_t* ncand, int32_t* top) {
-            const int64_t nc = c1 - c0;
+          auto select = [&](int64_t c0, int64_t c1, uint64_t* bits, int32_t* top) {
             A* __restrict__ lb = lo_best.data();
+            A* __restrict__ th = top_hi.data();
+            A* __restrict__ a0 = r0.data();
+            A* __restrict__ a1 = r1.data();
             for (int64_t j = 0; j < w; ++j) lb[j] = neg_inf;
             for (int64_t c = c0; c < c1; ++c) {
+              // the two source rows, contiguous, with the last corner repeated (the right tap of the last cell)
               const T* p0 = X + c * cS + ly.i0 * hS;
               const T* p1 = X + c * cS + i1 * hS;
+              for (int64_t j = 0; j < w; ++j) a0[j] = A(p0[j * wS]);
+              for (int64_t j = 0; j < w; ++j) a1[j] = A(p1[j * wS]);
+              a0[w] = a0[w - 1];
+              a1[w] = a1[w - 1];
+              A* __restrict__ hc = chi.data() + c * w;
               for (int64_t j = 0; j < w; ++j) {
-                const int64_t j1 = j + 1 < w ? j + 1 : j;
-                const A a = A(p0[j * wS]), b = A(p0[j1 * wS]), d = A(p1[j * wS]), e = A(p1[j1 * wS]);
+                const A a = a0[j], b = a0[j + 1], d = a1[j], e = a1[j + 1];
                 const A m1 = a < b ? a : b, m2 = d < e ? d : e;
                 const A lo = m1 < m2 ? m1 : m2;
                 lb[j] = lo > lb[j] ? lo : lb[j];
+                const A n1 = a > b ? a : b, n2 = d > e ? d : e;
+                const A hi = n1 > n2 ? n1 : n2;
+                // A non-finite corner can make the interpolated value NaN (0 * inf): the channel is always kept.
+                const bool fin = finite(a) & finite(b) & finite(d) & finite(e);
+                hc[j] = fin ? hi : std::numeric_limits<A>::infinity();
               }
             }
+            const int64_t nw = (c1 - c0 + 63) / 64;
+            std::fill(bits, bits + nw * w, uint64_t(0));
+            for (int64_t j = 0; j < w; ++j) th[j] = neg_inf, top[j] = -1;
             for (int64_t c = c0; c < c1; ++c) {
-              const T* p0 = X + c * cS + ly.i0 * hS;
-              const T* p1 = X + c * cS + i1 * hS;
-              A* __restrict__ kp = keep_hi.data() + (c - c0) * w;
+              const A* __restrict__ hc = chi.data() + c * w;
+              uint64_t* __restrict__ bw = bits + ((c - c0) >> 6) * w;
+              const uint64_t bit = uint64_t(1) << ((c - c0) & 63);
               for (int64_t j = 0; j < w; ++j) {
-                const int64_t j1 = j + 1 < w ? j + 1 : j;
-                const A a = A(p0[j * wS]), b = A(p0[j1 * wS]), d = A(p1[j * wS]), e = A(p1[j1 * wS]);
-                const A m1 = a > b ? a : b, m2 = d > e ? d : e;
-                const A hi = m1 > m2 ? m1 : m2;
-                // A non-finite corner can make the interpolated value NaN (0 * inf): always keep the channel.
-                const bool fin = finite(a) && finite(b) && finite(d) && finite(e);
+                const A hi = hc[j];
                 const A tol = A(1e-5) * ((hi < A(0) ? -hi : hi) + (lb[j] < A(0) ? -lb[j] : lb[j]));
-                // -inf: dropped (a kept finite channel has a finite largest corner)
-                kp[j] = !fin ? std::numeric_limits<A>::infinity() : (hi < lb[j] - tol ? neg_inf : hi);
+                const bool kept = !(hi < lb[j] - tol);
+                bw[j] |= kept ? bit : uint64_t(0);
+                const bool t = kept && hi > th[j];
+                th[j] = t ? hi : th[j];
+                top[j] = t ? (int32_t)c : top[j];
               }
-            }
-            for (int64_t j = 0; j < w; ++j) {
-              int32_t n = 0, t = 0;
-              int32_t* cj = cand + j * nc;
-              A* hj = cand_hi + j * nc;
-              for (int64_t c = 0; c < nc; ++c) {
-                const A hc = keep_hi[c * w + j];
-                if (hc == neg_inf) continue;
-                t = (n > 0 && hc > hj[t]) ? n : t;
-                cj[n] = (int32_t)(c0 + c);
-                hj[n++] = hc;
-              }
-              ncand[j] = n;
-              top[j] = t;
             }
           };
-          select(0, S, cand_s.data(), hi_s.data(), ncand_s.data(), top_s.data());
-          if (with_void) select(S, C, cand_t.data(), hi_t.data(), ncand_t.data(), top_t.data());
+          select(0, S, bits_s.data(), top_s.data());
+          if (with_void) select(S, C, bits_t.data(), top_t.data());
         }
       } else {
         rows0 = X + y * hS;
@@ -234,13 +233,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           const int64_t jj = xi1[xs[j]];  // right corner of the cell
           const int64_t o00 = ly.i0 * hS + j * wS, o01 = ly.i0 * hS + jj * wS;
           const int64_t o10 = i1 * hS + j * wS, o11 = i1 * hS + jj * wS;
-          const int32_t* cs = cand_s.data() + j * S;
-          const int32_t ns = ncand_s[j];
-          const int32_t* ct = cand_t.data() + j * (C - S);
-          const int32_t nt = with_void ? ncand_t[j] : 0;
-          const A* hs = hi_s.data() + j * S;
-          const A* ht = hi_t.data() + j * (C - S);
-          const int32_t ts = top_s[j], tt = with_void ? top_t[j] : 0;
+          const int32_t ts = top_s[j], tt = with_void ? top_t[j] : -1;
           for (int64_t k = loff[j]; k < loff[j + 1]; k += LN) {
             V w0, w1, x0, x1;
             std::memcpy(&w0, lw0.data() + k, sizeof(V));
@@ -256,32 +249,37 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
               const T* pc = X + c * cS;
               return V(w0 * (x0 * A(pc[o00]) + x1 * A(pc[o01])) + w1 * (x0 * A(pc[o10]) + x1 * A(pc[o11])));
             };
+            // Visits the candidates of a channel group in index order but `first`, skipping those whose largest
+            // corner is below the lane floor m: f(c, value).
+            auto visit = [&](const uint64_t* bits, int64_t nw, int64_t c0, int32_t first, A m, auto f) {
+              for (int64_t wd = 0; wd < nw; ++wd) {
+                for (uint64_t mb = bits[wd * w + j]; mb != 0; mb &= mb - 1) {
+                  const int32_t c = (int32_t)(c0 + wd * 64 + __builtin_ctzll(mb));
+                  if (c == first || skip(chi[c * w + j], m)) continue;
+                  f(c, eval(c));
+                }
+              }
+            };
             V bv = vninf;
             VI ba = VI{};
-            if (ns > 0) {
-              bv = eval(cs[ts]);
-              ba = VI{} + (E)cs[ts];
-              const A m = lane_floor(bv, nl);
-              for (int32_t q = 0; q < ns; ++q) {
-                if (q == ts || skip(hs[q], m)) continue;
-                const V v = eval(cs[q]);
-                const VI cq = VI{} + (E)cs[q];
+            if (ts >= 0) {
+              bv = eval(ts);
+              ba = VI{} + (E)ts;
+              visit(bits_s.data(), nw_s, 0, ts, lane_floor(bv, nl), [&](int32_t c, const V& v) {
+                const VI cq = VI{} + (E)c;
                 const VI gt = (v > bv) | ((v == bv) & (cq < ba)) | ((v != v) & ((bv == bv) | (cq < ba)));
                 bv = gt ? v : bv;
                 ba = gt ? cq : ba;
-              }
+              });
             }
             std::memcpy(lbest.data() + k, &bv, sizeof(V));
             std::memcpy(larg.data() + k, &ba, sizeof(VI));
             V mv = vninf;
-            if (nt > 0) {
-              mv = eval(ct[tt]);
-              const A m = lane_floor(mv, nl);
-              for (int32_t q = 0; q < nt; ++q) {
-                if (q == tt || skip(ht[q], m)) continue;
-                const V v = eval(ct[q]);
+            if (tt >= 0) {
+              mv = eval(tt);
+              visit(bits_t.data(), nw_t, S, tt, lane_floor(mv, nl), [&](int32_t, const V& v) {
                 mv = ((v > mv) | (v != v)) ? v : mv;
-              }
+              });
             }
             std::memcpy(ltmax.data() + k, &mv, sizeof(V));
           }
