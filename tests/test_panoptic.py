@@ -80,6 +80,78 @@ def test_overlapping_instances_and_ties():
     assert torch.equal(outv, upsnet_fuse(sem, masks, boxes, labels, S, None, True))
 
 
+def test_exact_zero_ties_inside_and_outside_boxes():
+    # Instance logits of exactly 0 inside some boxes tie with the 0 logit of the instances that do not cover a
+    # pixel: the lowest instance index among all those at 0 must win, whether it covers the pixel or not (the CPU
+    # kernel merges the outside zeros in one pass, out of index order).
+    S, T = 2, 1
+    sem = torch.zeros(S + T, 12, 16)
+    sem[:S] = -1.0
+    masks = torch.zeros(4, 3, 3)
+    masks[0] = -5.0
+    masks[3] = -5.0
+    boxes = torch.tensor([[1.0, 1.0, 12.0, 9.0], [2.0, 0.0, 6.0, 11.0], [5.0, 3.0, 14.0, 7.0], [0.0, 0.0, 15.0, 11.0]])
+    labels = torch.ones(4, dtype=torch.long)
+    for void in (False, True):
+        out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, void=void)
+        exp = upsnet_fuse(sem, masks, boxes, labels, S, None, void)
+        assert torch.equal(out, exp), (out != exp).nonzero()[:5]
+    assert (out[4, 8:12] == S + 1).all()  # inside boxes 0, 2 and 3: instance 1's outside 0 beats instance 2's 0
+    assert (out[4, 3:5] == S + 1).all()  # inside boxes 0, 1 and 3: instance 1's 0 beats instance 2's outside 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("void", (False, True))
+def test_exact_ties_with_integer_logits(seed, void):
+    # Small-integer logits upsampled 4x (weights k/8: every interpolated value is exact) tie all over the map,
+    # between stuff channels, thing channels and instances: ids must equal the reference's exactly (the CPU
+    # kernel evaluates the candidate with the largest corner first and the others out of index order).
+    g = torch.Generator().manual_seed(seed)
+    S, T, N = 6, 5, 8
+    sem = torch.randint(-2, 3, (S + T, 9, 11), generator=g).float()
+    masks = torch.randint(-1, 2, (N, 4, 4), generator=g).float()
+    xy = torch.randint(-4, 40, (N, 2), generator=g).float()
+    boxes = torch.cat([xy, xy + torch.randint(0, 20, (N, 2), generator=g)], 1)
+    labels = torch.randint(1, T + 1, (N,), generator=g)
+    for size in ((36, 44), None):
+        out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, output_size=size, void=void)
+        exp = upsnet_fuse(sem, masks, boxes, labels, S, size, void)
+        assert torch.equal(out, exp), (out != exp).nonzero()[:5]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_more_than_64_stuff_and_thing_channels(seed):
+    # The CPU kernel keeps a cell's candidate channels as 64-bit words per group: several words each here.
+    g = torch.Generator().manual_seed(seed)
+    S, T, N = 66, 130, 5
+    sem = torch.randint(-3, 4, (S + T, 5, 6), generator=g).float()
+    masks = torch.randint(-1, 2, (N, 4, 4), generator=g).float()
+    boxes = torch.tensor([[1.0, 2.0, 9.0, 12.0], [4.0, 0.0, 20.0, 6.0], [0.0, 0.0, 23.0, 19.0], [12.0, 8.0, 14.0, 9.0],
+                          [-3.0, 5.0, 6.0, 30.0]])
+    labels = torch.randint(1, T + 1, (N,), generator=g)
+    for void in (False, True):
+        out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, output_size=(20, 24), void=void)
+        exp = upsnet_fuse(sem, masks, boxes, labels, S, (20, 24), void)
+        assert torch.equal(out, exp), (out != exp).nonzero()[:5]
+    sem = torch.randn(S + T, 5, 6, generator=g) * 2
+    out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, output_size=(20, 24))
+    _assert_same_ids(out, sem, masks, boxes, labels, S, (20, 24), True)
+
+
+def test_first_index_wins_over_the_larger_corner_channel():
+    # Channel 2 has the cell's largest corner (5) but equals channel 1 (1) where the upsampling gives that corner
+    # zero weight (the clamped border pixels): the lower index, channel 1, must win there.
+    sem = torch.full((3, 4, 4), 1.0)
+    sem[0] = -10.0
+    sem[2, 0, 1] = 5.0
+    sem = torch.cat([sem, torch.zeros(1, 4, 4)])
+    out = fastops.panoptic_fuse(sem, torch.zeros(0, 2, 2), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long),
+                                num_stuff=3, output_size=(16, 16), void=False)
+    assert torch.equal(out, upsnet_fuse(sem, torch.zeros(0, 2, 2), torch.zeros(0, 4),
+                                        torch.zeros(0, dtype=torch.long), 3, (16, 16), False))
+    assert out[0, 0] == 1 and out[0, 3] == 2
+
+
 def test_boxes_crossing_the_border_and_rounding():
     S, T = 2, 3
     sem, masks, _, _ = _data(S=S, T=T, h=16, w=20, N=6)

@@ -3,8 +3,9 @@
 // Parallel over output rows. Per row: the semantic logits are upsampled on the fly (vertical lerp of the two
 // source rows for every channel into a small buffer, then a horizontal lerp per channel and pixel), the stuff
 // channels are reduced to a running (max, argmax) once, the thing channels to their max (void), and each
-// instance is visited only where its box covers the row; outside its box an instance is a 0 logit, which only
-// matters while the running max is below 0. Nothing of size [S+N+1, H, W] is ever built.
+// instance is visited only where its box covers the row; outside its box an instance is a 0 logit, and those zeros
+// are merged in one pass per row (only the lowest instance not covering a pixel can win there). Nothing of size
+// [S+N+1, H, W] is ever built.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -114,10 +115,13 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
     std::vector<int32_t> blk_arg(UP ? kBlockRows * W : 0);
     int64_t blk0 = 0, blk1 = 0;
     // Upsampling: candidate channels per source cell (i0, j0) of the current cell row (see below).
-    std::vector<A> lo_best(UP ? w : 0);
-    std::vector<uint8_t> keep(UP ? C * w : 0);
-    std::vector<int32_t> cand_s(UP ? S * w : 0), cand_t(UP ? (C - S) * w : 0);
-    std::vector<int32_t> ncand_s(UP ? w : 0), ncand_t(UP ? w : 0);
+    // Per cell row: each channel's largest corner per cell (+inf when a corner is not finite), the best smallest
+    // corner of the stuff / thing channels, and per cell the candidate channels as a bit set (64 channels a word,
+    // word-major) plus the candidate with the largest corner (the first of equals; -1: none).
+    const int64_t nw_s = (S + 63) / 64, nw_t = (C - S + 63) / 64;
+    std::vector<A> r0(UP ? w + 1 : 0), r1(UP ? w + 1 : 0), chi(UP ? C * w : 0), lo_best(UP ? w : 0), top_hi(UP ? w : 0);
+    std::vector<uint64_t> bits_s(UP ? nw_s * w : 0), bits_t(UP ? nw_t * w : 0);
+    std::vector<int32_t> top_s(UP ? w : 0), top_t(UP ? w : 0);
     int64_t cell_row = -1;
     for (int64_t y = y0r; y < y1r; ++y) {
       const T* rows0 = nullptr;
@@ -131,47 +135,53 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           // channels (a few, whatever S and T) are the only ones evaluated per pixel.
           cell_row = ly.i0;
           const int64_t i1 = std::min<int64_t>(ly.i0 + 1, h - 1);
-          auto select = [&](int64_t c0, int64_t c1, int32_t* cand, int32_t* ncand) {
-            const int64_t nc = c1 - c0;
+          auto select = [&](int64_t c0, int64_t c1, uint64_t* bits, int32_t* top) {
             A* __restrict__ lb = lo_best.data();
+            A* __restrict__ th = top_hi.data();
+            A* __restrict__ a0 = r0.data();
+            A* __restrict__ a1 = r1.data();
             for (int64_t j = 0; j < w; ++j) lb[j] = neg_inf;
             for (int64_t c = c0; c < c1; ++c) {
+              // the two source rows, contiguous, with the last corner repeated (the right tap of the last cell)
               const T* p0 = X + c * cS + ly.i0 * hS;
               const T* p1 = X + c * cS + i1 * hS;
+              for (int64_t j = 0; j < w; ++j) a0[j] = A(p0[j * wS]);
+              for (int64_t j = 0; j < w; ++j) a1[j] = A(p1[j * wS]);
+              a0[w] = a0[w - 1];
+              a1[w] = a1[w - 1];
+              A* __restrict__ hc = chi.data() + c * w;
               for (int64_t j = 0; j < w; ++j) {
-                const int64_t j1 = j + 1 < w ? j + 1 : j;
-                const A a = A(p0[j * wS]), b = A(p0[j1 * wS]), d = A(p1[j * wS]), e = A(p1[j1 * wS]);
+                const A a = a0[j], b = a0[j + 1], d = a1[j], e = a1[j + 1];
                 const A m1 = a < b ? a : b, m2 = d < e ? d : e;
                 const A lo = m1 < m2 ? m1 : m2;
                 lb[j] = lo > lb[j] ? lo : lb[j];
+                const A n1 = a > b ? a : b, n2 = d > e ? d : e;
+                const A hi = n1 > n2 ? n1 : n2;
+                // A non-finite corner can make the interpolated value NaN (0 * inf): the channel is always kept.
+                const bool fin = finite(a) & finite(b) & finite(d) & finite(e);
+                hc[j] = fin ? hi : std::numeric_limits<A>::infinity();
               }
             }
+            const int64_t nw = (c1 - c0 + 63) / 64;
+            std::fill(bits, bits + nw * w, uint64_t(0));
+            for (int64_t j = 0; j < w; ++j) th[j] = neg_inf, top[j] = -1;
             for (int64_t c = c0; c < c1; ++c) {
-              const T* p0 = X + c * cS + ly.i0 * hS;
-              const T* p1 = X + c * cS + i1 * hS;
-              uint8_t* __restrict__ kp = keep.data() + (c - c0) * w;
+              const A* __restrict__ hc = chi.data() + c * w;
+              uint64_t* __restrict__ bw = bits + ((c - c0) >> 6) * w;
+              const uint64_t bit = uint64_t(1) << ((c - c0) & 63);
               for (int64_t j = 0; j < w; ++j) {
-                const int64_t j1 = j + 1 < w ? j + 1 : j;
-                const A a = A(p0[j * wS]), b = A(p0[j1 * wS]), d = A(p1[j * wS]), e = A(p1[j1 * wS]);
-                const A m1 = a > b ? a : b, m2 = d > e ? d : e;
-                const A hi = m1 > m2 ? m1 : m2;
-                // A non-finite corner can make the interpolated value NaN (0 * inf): always keep the channel.
-                const bool fin = finite(a) && finite(b) && finite(d) && finite(e);
+                const A hi = hc[j];
                 const A tol = A(1e-5) * ((hi < A(0) ? -hi : hi) + (lb[j] < A(0) ? -lb[j] : lb[j]));
-                kp[j] = !fin || !(hi < lb[j] - tol);
+                const bool kept = !(hi < lb[j] - tol);
+                bw[j] |= kept ? bit : uint64_t(0);
+                const bool t = kept && hi > th[j];
+                th[j] = t ? hi : th[j];
+                top[j] = t ? (int32_t)c : top[j];
               }
-            }
-            for (int64_t j = 0; j < w; ++j) {
-              int32_t n = 0;
-              int32_t* cj = cand + j * nc;
-              for (int64_t c = 0; c < nc; ++c) {
-                if (keep[c * w + j]) cj[n++] = (int32_t)(c0 + c);
-              }
-              ncand[j] = n;
             }
           };
-          select(0, S, cand_s.data(), ncand_s.data());
-          if (with_void) select(S, C, cand_t.data(), ncand_t.data());
+          select(0, S, bits_s.data(), top_s.data());
+          if (with_void) select(S, C, bits_t.data(), top_t.data());
         }
       } else {
         rows0 = X + y * hS;
@@ -208,37 +218,68 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           }
         }
         const V vninf = V{} + neg_inf;
+        // Smallest of the first nl lanes (the others pad the cell; a NaN lane: -inf, nothing is skipped) and the skip test of a candidate's largest corner.
+        auto lane_floor = [&](const V& v, int64_t nl) {
+          A m = std::numeric_limits<A>::infinity();
+          for (int64_t l = 0; l < nl; ++l) m = v[l] < m ? v[l] : (v[l] != v[l] ? neg_inf : m);
+          return m;
+        };
+        auto skip = [](A hi, A m) {
+          const A tol = A(1e-5) * ((hi < A(0) ? -hi : hi) + (m < A(0) ? -m : m));
+          return hi < m - tol;
+        };
         for (int64_t j = 0; j < w; ++j) {
           if (loff[j + 1] == loff[j]) continue;
           const int64_t jj = xi1[xs[j]];  // right corner of the cell
           const int64_t o00 = ly.i0 * hS + j * wS, o01 = ly.i0 * hS + jj * wS;
           const int64_t o10 = i1 * hS + j * wS, o11 = i1 * hS + jj * wS;
-          const int32_t* cs = cand_s.data() + j * S;
-          const int32_t ns = ncand_s[j];
-          const int32_t* ct = cand_t.data() + j * (C - S);
-          const int32_t nt = with_void ? ncand_t[j] : 0;
+          const int32_t ts = top_s[j], tt = with_void ? top_t[j] : -1;
           for (int64_t k = loff[j]; k < loff[j + 1]; k += LN) {
             V w0, w1, x0, x1;
             std::memcpy(&w0, lw0.data() + k, sizeof(V));
             std::memcpy(&w1, lw1.data() + k, sizeof(V));
             std::memcpy(&x0, lx0.data() + k, sizeof(V));
             std::memcpy(&x1, lx1.data() + k, sizeof(V));
+            // The candidate with the largest corner first; then, in index order, only those whose largest corner
+            // (+ the rounding tolerance) reaches the smallest lane of the running best: the others are below it in
+            // every lane. Out of index order, ties and NaNs are decided by (value, index): the first index wins,
+            // NaN beats numbers, the first NaN wins.
+            const int64_t nl = std::min<int64_t>(LN, loff[j] + R * (xs[j + 1] - xs[j]) - k);
+            auto eval = [&](int32_t c) {
+              const T* pc = X + c * cS;
+              return V(w0 * (x0 * A(pc[o00]) + x1 * A(pc[o01])) + w1 * (x0 * A(pc[o10]) + x1 * A(pc[o11])));
+            };
+            // Visits the candidates of a channel group in index order but `first`, skipping those whose largest
+            // corner is below the lane floor m: f(c, value).
+            auto visit = [&](const uint64_t* bits, int64_t nw, int64_t c0, int32_t first, A m, auto f) {
+              for (int64_t wd = 0; wd < nw; ++wd) {
+                for (uint64_t mb = bits[wd * w + j]; mb != 0; mb &= mb - 1) {
+                  const int32_t c = (int32_t)(c0 + wd * 64 + __builtin_ctzll(mb));
+                  if (c == first || skip(chi[c * w + j], m)) continue;
+                  f(c, eval(c));
+                }
+              }
+            };
             V bv = vninf;
             VI ba = VI{};
-            for (int32_t q = 0; q < ns; ++q) {
-              const T* pc = X + cs[q] * cS;
-              const V v = w0 * (x0 * A(pc[o00]) + x1 * A(pc[o01])) + w1 * (x0 * A(pc[o10]) + x1 * A(pc[o11]));
-              const VI gt = (v > bv) | ((v != v) & (bv == bv));
-              bv = gt ? v : bv;
-              ba = gt ? VI{} + (E)cs[q] : ba;
+            if (ts >= 0) {
+              bv = eval(ts);
+              ba = VI{} + (E)ts;
+              visit(bits_s.data(), nw_s, 0, ts, lane_floor(bv, nl), [&](int32_t c, const V& v) {
+                const VI cq = VI{} + (E)c;
+                const VI gt = (v > bv) | ((v == bv) & (cq < ba)) | ((v != v) & ((bv == bv) | (cq < ba)));
+                bv = gt ? v : bv;
+                ba = gt ? cq : ba;
+              });
             }
             std::memcpy(lbest.data() + k, &bv, sizeof(V));
             std::memcpy(larg.data() + k, &ba, sizeof(VI));
             V mv = vninf;
-            for (int32_t q = 0; q < nt; ++q) {
-              const T* pc = X + ct[q] * cS;
-              const V v = w0 * (x0 * A(pc[o00]) + x1 * A(pc[o01])) + w1 * (x0 * A(pc[o10]) + x1 * A(pc[o11]));
-              mv = ((v > mv) | (v != v)) ? v : mv;
+            if (tt >= 0) {
+              mv = eval(tt);
+              visit(bits_t.data(), nw_t, S, tt, lane_floor(mv, nl), [&](int32_t, const V& v) {
+                mv = ((v > mv) | (v != v)) ? v : mv;
+              });
             }
             std::memcpy(ltmax.data() + k, &mv, sizeof(V));
           }
@@ -304,32 +345,22 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           }
         }
       }
+      // Instance i's logit is seg (inside the seg region) + mask (inside the mask region), 0 elsewhere; both
+      // regions start at the truncated box corner, so on row y their union is one interval [xa, xb) (empty: W, W).
+      auto span = [&](const Inst& in, int64_t& xa, int64_t& xb, int64_t& sxb, bool& mask_row) {
+        const bool seg_row = y >= in.sy0 && y < in.sy1 && in.sx1 > in.sx0;
+        mask_row = y >= in.my0 && y < in.my1 && in.mx1 > in.mx0;
+        sxb = seg_row ? in.sx1 : in.sx0;
+        const int64_t mxb = mask_row ? in.mx1 : in.mx0;
+        xa = (seg_row || mask_row) ? in.sx0 : W;
+        xb = (seg_row || mask_row) ? std::max(sxb, mxb) : W;
+      };
       for (int64_t i = 0; i < N; ++i) {
         const Inst& in = insts[i];
         const int32_t id = (int32_t)(S + i);
-        // The instance's logit is seg (inside the seg region) + mask (inside the mask region), 0 elsewhere; both
-        // regions start at the truncated box corner, so on a row their union is one interval [xa, xb).
-        const bool seg_row = y >= in.sy0 && y < in.sy1 && in.sx1 > in.sx0;
-        const bool mask_row = y >= in.my0 && y < in.my1 && in.mx1 > in.mx0;
-        const int64_t sxb = seg_row ? in.sx1 : in.sx0;
-        const int64_t mxb = mask_row ? in.mx1 : in.mx0;
-        const int64_t xa = (seg_row || mask_row) ? in.sx0 : W;
-        const int64_t xb = (seg_row || mask_row) ? std::max(sxb, mxb) : W;
-        // Outside both: a 0 logit (and a 0 seg term for void).
-        for (int64_t x = 0; x < xa; ++x) {
-          const bool gt = A(0) > pb[x];
-          pb[x] = gt ? A(0) : pb[x];
-          pa[x] = gt ? id : pa[x];
-        }
-        for (int64_t x = xb; x < W; ++x) {
-          const bool gt = A(0) > pb[x];
-          pb[x] = gt ? A(0) : pb[x];
-          pa[x] = gt ? id : pa[x];
-        }
-        if (with_void) {
-          for (int64_t x = 0; x < xa; ++x) ps[x] = A(0) > ps[x] ? A(0) : ps[x];
-          for (int64_t x = xb; x < W; ++x) ps[x] = A(0) > ps[x] ? A(0) : ps[x];
-        }
+        int64_t xa, xb, sxb;
+        bool mask_row;
+        span(in, xa, xb, sxb, mask_row);
         if (xb <= xa) continue;
         A* __restrict__ pv = vals.data();
         for (int64_t x = xa; x < sxb; ++x) pv[x] = value(in.ch, x);
@@ -354,6 +385,36 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           pb[x] = gt ? pv[x] : pb[x];
           pa[x] = gt ? id : pa[x];
         }
+      }
+      // The 0 logits outside the instances' intervals, merged in one pass: at pixel x only the smallest index i0(x)
+      // of an instance not covering x can win among them (same value, first index on ties), so it is compared with
+      // the running best of all the other channels by (value, index): it wins on 0 > best, or on 0 == best with a
+      // lower id (a covering instance after i0 at exactly +-0); a NaN best stays. The pixels not yet assigned an
+      // i0 after instances 0..i-1 are those covered by all of them: one interval [L, R), shrinking.
+      auto merge_zero = [&](int64_t a, int64_t b, int32_t id) {
+        for (int64_t x = a; x < b; ++x) {
+          const bool gt = A(0) > pb[x] || (A(0) == pb[x] && id < pa[x]);
+          pb[x] = gt ? A(0) : pb[x];
+          pa[x] = gt ? id : pa[x];
+        }
+        if (with_void) {
+          for (int64_t x = a; x < b; ++x) ps[x] = A(0) > ps[x] ? A(0) : ps[x];
+        }
+      };
+      for (int64_t i = 0, L = 0, R = W; i < N && L < R; ++i) {
+        int64_t xa, xb, sxb;
+        bool mask_row;
+        span(insts[i], xa, xb, sxb, mask_row);
+        const int64_t nL = std::max(L, xa), nR = std::min(R, xb);
+        const int32_t id = (int32_t)(S + i);
+        if (nL >= nR) {
+          merge_zero(L, R, id);
+          break;
+        }
+        merge_zero(L, nL, id);
+        merge_zero(nR, R, id);
+        L = nL;
+        R = nR;
       }
       int32_t* dst = out + y * W;
       if (with_void) {
