@@ -11,7 +11,7 @@ from torch import Tensor
 
 import fastops.registrations.corner_pool as _reg
 from fastops._library import FLOAT_DTYPES, check_tensor, dispatch, reference_module, triton_module
-from fastops.ops._keypoints import choice, traced_call
+from fastops.ops._keypoints import choice, grad_path, traced_call
 
 POOL_MODES = tuple(_reg.POOL_MODES)
 
@@ -57,6 +57,15 @@ def _corner_pool(x, mode, impl):
     choice("mode", mode, POOL_MODES)
     return dispatch(
         "corner_pool", impl, x.device,
-        cpp=lambda: torch.ops.fastops.corner_pool(x, mode),
+        cpp=lambda: _corner_pool_cpp(x, mode),
         reference=lambda: reference_module("corner_pool").corner_pool(x, mode),
         triton=lambda: triton_module("corner_pool").corner_pool_triton(x, mode))
+
+
+def _corner_pool_cpp(x, mode):
+    """The compiled op; when a gradient will be asked for, the variant that also returns the record mask
+    (`_corner_pool_masked`: the backward reads the gradient and one bit per element instead of the gradient, the
+    input and the output). Tracing and exporting keep `corner_pool` itself (its ONNX symbolic, its own autograd)."""
+    if grad_path(x):
+        return torch.ops.fastops._corner_pool_masked(x, mode)[0]
+    return torch.ops.fastops.corner_pool(x, mode)
