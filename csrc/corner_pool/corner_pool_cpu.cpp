@@ -59,6 +59,21 @@ void scan_fwd_rows(const T* in, T* out, int L, int n, int64_t ld, bool rev, uint
   }
 }
 
+// One step of a backward walk: a record takes the sum s of the gradients accumulated since the last record (and the
+// sum restarts), any other element gets 0 (and the sum carries on).
+template <typename T, typename A>
+inline void take_or_carry(A s, bool rec, T& out, A& acc) {
+  out = (T)(rec ? s : A(0));
+  acc = rec ? A(0) : s;
+}
+
+inline void take_or_carry(vfloat s, vint rec, float* out, float* acc) {
+  const vfloat o = rec ? s : vfloat{};
+  const vfloat a = rec ? vfloat{} : s;
+  std::memcpy(out, &o, sizeof(o));
+  std::memcpy(acc, &a, sizeof(a));
+}
+
 // CornerNet's backward along the same rows: walking against the scan, gradients accumulate until a "record" (first
 // of the scan, or strictly above the running max before it, i.e. the previous output) takes them.
 template <typename T, typename A>
@@ -84,17 +99,13 @@ void scan_bwd_rows(const T* g, const T* in, const T* out, T* gin, int L, int n, 
           const vfloat sv = vload(acc + x) + vload(gr + x);
           const vfloat a = vload(ar + x), p = vload(pr + x);
           const vint rec = (a > p) | ((a != a) & (p == p));
-          const vfloat gv = rec ? sv : vfloat{};
-          const vfloat av = rec ? vfloat{} : sv;
-          std::memcpy(rr + x, &gv, sizeof(gv));
-          std::memcpy(acc + x, &av, sizeof(av));
+          take_or_carry(sv, rec, rr + x, acc + x);
         }
       }
       for (; x < n; ++x) {
         const A s = acc[x] + (A)gr[x];
         const bool rec = is_record((A)ar[x], (A)pr[x]);
-        rr[x] = (T)(rec ? s : A(0));
-        acc[x] = rec ? A(0) : s;
+        take_or_carry(s, rec, rr[x], acc[x]);
       }
     }
   }
@@ -118,17 +129,13 @@ void scan_bwd_rows_bits(const T* g, const uint8_t* mk, int64_t mw, T* gin, int L
         __builtin_prefetch(gr + ah + x);
         const vfloat sv = vload(acc + x) + vload(gr + x);
         const vint rec = expand_bits(get_lane_bits(mr, x));
-        const vfloat gv = rec ? sv : vfloat{};
-        const vfloat av = rec ? vfloat{} : sv;
-        std::memcpy(rr + x, &gv, sizeof(gv));
-        std::memcpy(acc + x, &av, sizeof(av));
+        take_or_carry(sv, rec, rr + x, acc + x);
       }
     }
     for (; x < n; ++x) {
       const A s = acc[x] + (A)gr[x];
       const bool rec = get_bit(mr, x);
-      rr[x] = (T)(rec ? s : A(0));
-      acc[x] = rec ? A(0) : s;
+      take_or_carry(s, rec, rr[x], acc[x]);
     }
   }
 }
@@ -187,8 +194,7 @@ void scan_bwd_interleaved_bits(const T* g, const uint8_t* mk, T* gin, int W, int
       const int64_t o = (int64_t)r * W;
       const A s = acc[r] + (A)g[o + x];
       const bool rec = (mk[x] >> r) & 1;
-      gin[o + x] = (T)(rec ? s : A(0));
-      acc[r] = rec ? A(0) : s;
+      take_or_carry(s, rec, gin[o + x], acc[r]);
     }
   }
 }
@@ -205,8 +211,7 @@ void scan_bwd_interleaved(const T* g, const T* in, const T* out, T* gin, int W, 
       const int64_t o = (int64_t)r * W;
       const A s = acc[r] + (A)g[o + x];
       const bool rec = first_of_scan || is_record((A)in[o + x], (A)out[o + xp]);
-      gin[o + x] = (T)(rec ? s : A(0));
-      acc[r] = rec ? A(0) : s;
+      take_or_carry(s, rec, gin[o + x], acc[r]);
     }
   }
 }
