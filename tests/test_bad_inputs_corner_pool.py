@@ -64,3 +64,23 @@ def test_wrong_inputs():
         else:
             raise AssertionError("no error")
     """)
+
+
+def test_masked_backward_wrong_mask():
+    # a mask that does not fit the gradient would be read out of bounds: the op's check must stop it
+    expect_ok("""
+        g = torch.rand(1, 2, 9, 10)
+        for mode, shape in [("top", (1, 2, 9, 1)), ("left", (1, 2, 1, 10)), ("left", (1, 2, 2, 9))]:
+            try:
+                torch.ops.fastops._corner_pool_masked_backward(g, torch.zeros(shape, dtype=torch.uint8), mode)
+            except RuntimeError as e:
+                assert "mask must be" in str(e)
+            else:
+                raise AssertionError("no error")
+        try:
+            torch.ops.fastops._corner_pool_masked_backward(g, torch.zeros(1, 2, 9, 2), "top")
+        except RuntimeError as e:
+            assert "uint8" in str(e)
+        else:
+            raise AssertionError("no error")
+    """)

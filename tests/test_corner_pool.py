@@ -1,5 +1,6 @@
 """Corner pooling: fastops against CornerNet's forward/backward and mmcv's torch.cummax form
 (fastops/reference/corner_pool.py)."""
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -7,6 +8,7 @@ from hypothesis import strategies as st
 
 import fastops
 from fastops.reference import corner_pool as R
+from fastops.registrations.corner_pool import pool_mask_shape
 from keypoints_helpers import LOW, POOL_MODES, REFINES, close, realistic_maps, special_keypoints  # noqa: F401
 from helpers import assert_all_equal, per_thread_count
 
@@ -164,6 +166,56 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fastops._corner_pool_backward.default,
                           (torch.randn_like(xd), xd, torch.ops.fastops.corner_pool(xd, "top"), "top"),
                           test_utils=utils)
+    for mode in ("top", "left"):
+        torch.library.opcheck(torch.ops.fastops._corner_pool_masked.default, (x, mode), test_utils=utils)
+        mask = torch.ops.fastops._corner_pool_masked(xd, mode)[1]
+        torch.library.opcheck(torch.ops.fastops._corner_pool_masked_backward.default,
+                              (torch.randn_like(xd), mask, mode), test_utils=utils)
+
+
+def _record_bits(x, mode):
+    """The record mask `_corner_pool_masked` must return, from CornerNet's forward: an element is a record where it
+    is the first of its scan, or strictly above the previous output, or the first NaN; packed by 8 along the axis
+    across the scan (numpy packbits, little bit order)."""
+    out = R.cornernet_pool_forward(x, mode)
+    axis = 2 if mode in ("top", "bottom") else 3
+    rev = mode in ("top", "left")
+    xs, os_ = (x.flip(axis), out.flip(axis)) if rev else (x, out)
+    n = x.size(axis)
+    cur, prev = xs.narrow(axis, 1, n - 1), os_.narrow(axis, 0, n - 1)
+    rec = torch.cat([torch.ones_like(xs.narrow(axis, 0, 1), dtype=torch.bool),
+                     (cur > prev) | (cur.isnan() & ~prev.isnan())], axis)
+    rec = rec.flip(axis) if rev else rec
+    return torch.from_numpy(np.packbits(rec.numpy(), axis=5 - axis, bitorder="little"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("mode", POOL_MODES)
+def test_record_mask_and_its_backward(dtype, mode):
+    # H, W below, at and past the 8-row groups / 8-column tiles / mask bytes; ties and NaNs
+    g = torch.Generator().manual_seed(3)
+    for h, w in [(1, 1), (7, 9), (8, 8), (9, 17), (33, 21), (16, 40)]:
+        x = torch.randint(0, 4, (2, 3, h, w), generator=g).to(dtype)
+        x[0, 0, h // 2, w // 2] = float("nan")
+        x[1, 2, h - 1, 0] = float("nan")
+        out, mask = torch.ops.fastops._corner_pool_masked(x, mode)
+        assert mask.dtype == torch.uint8 and mask.shape == pool_mask_shape(x.shape, mode)
+        torch.testing.assert_close(out, R.cornernet_pool_forward(x, mode), equal_nan=True, atol=0, rtol=0)
+        assert torch.equal(mask, _record_bits(x.double(), mode)), (h, w)
+        gr = torch.randn(2, 3, h, w, generator=g).to(dtype)
+        gi = torch.ops.fastops._corner_pool_masked_backward(gr, mask, mode)
+        assert torch.equal(gi, torch.ops.fastops._corner_pool_backward(gr, x, out, mode)), (h, w)
+
+
+def test_autograd_path_keeps_the_mask():
+    """With a gradient to come, fastops.corner_pool runs `_corner_pool_masked` (its backward reads the gradient and
+    the mask); without, the plain op."""
+    x = torch.randn(1, 2, 9, 10, requires_grad=True)
+    out = fastops.corner_pool(x, "left")
+    assert "_corner_pool_masked" in type(out.grad_fn).__name__, type(out.grad_fn).__name__
+    with torch.no_grad():
+        assert torch.equal(fastops.corner_pool(x, "left"), out.detach())
+    assert fastops.corner_pool(x.detach(), "left").grad_fn is None
 
 
 def test_compile_fullgraph_export_and_backward():

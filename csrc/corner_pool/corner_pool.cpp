@@ -5,12 +5,17 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 #include "corner_pool/corner_pool.h"
 
 TORCH_LIBRARY_FRAGMENT(fastops, m) {
   m.def("corner_pool(Tensor input, str mode) -> Tensor");
   m.def("_corner_pool_backward(Tensor grad, Tensor input, Tensor output, str mode) -> Tensor");
+  // corner_pool that also returns its record mask (one bit per element, corner_pool.h pool_mask_shape): the
+  // autograd path of fastops.corner_pool, whose backward then reads the gradient and the mask only.
+  m.def("_corner_pool_masked(Tensor input, str mode) -> (Tensor, Tensor)");
+  m.def("_corner_pool_masked_backward(Tensor grad, Tensor mask, str mode) -> Tensor");
 }
 
 namespace fastops {
@@ -39,6 +44,20 @@ void check_pool_backward_args(const at::Tensor& grad, const at::Tensor& input, c
   TORCH_CHECK(output.scalar_type() == input.scalar_type(), "_corner_pool_backward: output must have input's dtype");
   TORCH_CHECK(grad.device() == input.device() && output.device() == input.device(),
               "_corner_pool_backward: grad, input and output must be on one device");
+}
+
+std::vector<int64_t> pool_mask_shape(at::IntArrayRef sizes, int mode) {
+  if (mode == kTop || mode == kBottom) return {sizes[0], sizes[1], sizes[2], (sizes[3] + 7) / 8};
+  return {sizes[0], sizes[1], (sizes[2] + 7) / 8, sizes[3]};
+}
+
+void check_pool_masked_backward_args(const at::Tensor& grad, const at::Tensor& mask, int mode) {
+  check_pool_args(grad);
+  TORCH_CHECK(mask.scalar_type() == at::kByte, "_corner_pool_masked_backward: mask must be uint8");
+  TORCH_CHECK(mask.sizes() == at::IntArrayRef(pool_mask_shape(grad.sizes(), mode)),
+              "_corner_pool_masked_backward: mask must be ", at::IntArrayRef(pool_mask_shape(grad.sizes(), mode)),
+              " for grad ", grad.sizes(), ", got ", mask.sizes());
+  TORCH_CHECK(mask.device() == grad.device(), "_corner_pool_masked_backward: grad and mask must be on one device");
 }
 
 }  // namespace heatmaps

@@ -30,12 +30,18 @@ FASTOPS_HD bool is_record(A v, A prev_out) { return v > prev_out || (v != v && p
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <vector>
+
 namespace fastops {
 namespace heatmaps {
 
 int parse_pool_mode(c10::string_view s);
 void check_pool_args(const at::Tensor& x);
 void check_pool_backward_args(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& output);
+// Shape of the record mask of `_corner_pool_masked` for an input of `sizes`: one bit per element, packed by 8 along
+// the axis across the scan (top/bottom [B, C, H, ceil(W / 8)], left/right [B, C, ceil(H / 8), W]).
+std::vector<int64_t> pool_mask_shape(at::IntArrayRef sizes, int mode);
+void check_pool_masked_backward_args(const at::Tensor& grad, const at::Tensor& mask, int mode);
 
 }  // namespace heatmaps
 }  // namespace fastops

@@ -122,6 +122,109 @@ Tensor corner_pool_backward_cuda(const Tensor& grad, const Tensor& input, const 
   return gin;
 }
 
+// The autograd path (`_corner_pool_masked`): one thread per 8 scan lines that share the bytes of the record mask
+// (corner_pool.h pool_mask_shape): top/bottom 8 adjacent columns (one 32-byte piece of each row per step),
+// left/right 8 rows of a row group. Lane k of the thread is bit k of its mask bytes. Traffic: forward as
+// corner_pool_kernel plus the mask (1/32 of the map); backward the gradient read and written once plus the mask:
+// 2 x 8.4 MB + 0.26 MB for [1,128,128,128] (~5 us on H100) instead of 4 x 8.4 MB.
+struct Lanes8 {
+  int64_t base, lane, step, mbase, mstep;  // element (lane k, scan position i) at base + k * lane + i * step
+  int n, len;                              // lanes (<= 8), scan length
+};
+
+__device__ inline Lanes8 lanes8(int64_t l, int H, int W, int mode) {
+  if (mode == kTop || mode == kBottom) {
+    const int64_t mw = (W + 7) / 8, p = l / mw, k = l % mw;
+    return {p * H * W + 8 * k, 1, W, p * H * mw + k, mw, (int)min((int64_t)8, W - 8 * k), H};
+  }
+  const int64_t mh = (H + 7) / 8, p = l / mh, k = l % mh;
+  return {p * H * W + 8 * k * W, W, 1, (p * mh + k) * W, 1, (int)min((int64_t)8, H - 8 * k), W};
+}
+
+template <typename T>
+__global__ void corner_pool_masked_kernel(int64_t groups, const T* __restrict__ in, T* __restrict__ out,
+                                          uint8_t* __restrict__ mask, int H, int W, int mode) {
+  using A = acc_t<T>;
+  FASTOPS_KERNEL_LOOP(l, groups) {
+    const Lanes8 g = lanes8(l, H, W, mode);
+    const bool rev = mode == kTop || mode == kLeft;
+    A mx[8];
+    for (int t = 0; t < g.len; ++t) {
+      const int64_t i = rev ? g.len - 1 - t : t;
+      unsigned bits = 0;
+      for (int k = 0; k < g.n; ++k) {
+        const int64_t pos = g.base + k * g.lane + i * g.step;
+        const A v = (A)in[pos];
+        const bool rec = t == 0 || is_record(v, mx[k]);
+        if (rec) mx[k] = v;
+        bits |= (unsigned)rec << k;
+        out[pos] = (T)mx[k];
+      }
+      mask[g.mbase + i * g.mstep] = (uint8_t)bits;
+    }
+  }
+}
+
+template <typename T>
+__global__ void corner_pool_masked_backward_kernel(int64_t groups, const T* __restrict__ grad,
+                                                   const uint8_t* __restrict__ mask, T* __restrict__ gin, int H,
+                                                   int W, int mode) {
+  using A = acc_t<T>;
+  FASTOPS_KERNEL_LOOP(l, groups) {
+    const Lanes8 g = lanes8(l, H, W, mode);
+    const bool rev = mode == kTop || mode == kLeft;
+    A acc[8] = {A(0), A(0), A(0), A(0), A(0), A(0), A(0), A(0)};
+    for (int t = g.len - 1; t >= 0; --t) {  // against the scan
+      const int64_t i = rev ? g.len - 1 - t : t;
+      const unsigned bits = mask[g.mbase + i * g.mstep];
+      for (int k = 0; k < g.n; ++k) {
+        const int64_t pos = g.base + k * g.lane + i * g.step;
+        const A s = acc[k] + (A)grad[pos];
+        const bool rec = (bits >> k) & 1u;
+        gin[pos] = (T)(rec ? s : A(0));
+        acc[k] = rec ? A(0) : s;
+      }
+    }
+  }
+}
+
+int64_t mask_groups(const Tensor& mask, int mode) {
+  return mask.size(0) * mask.size(1) * ((mode == kTop || mode == kBottom) ? mask.size(3) : mask.size(2));
+}
+
+std::tuple<Tensor, Tensor> corner_pool_masked_cuda(const Tensor& input, c10::string_view mode_s) {
+  const int mode = parse_pool_mode(mode_s);
+  check_pool_args(input);
+  c10::cuda::CUDAGuard guard(input.device());
+  const Tensor in = input.contiguous();
+  Tensor out = at::empty_like(in, at::MemoryFormat::Contiguous);
+  Tensor mask = at::empty(pool_mask_shape(in.sizes(), mode), in.options().dtype(at::kByte));
+  if (out.numel() == 0) return {out, mask.zero_()};
+  const int H = (int)in.size(2), W = (int)in.size(3);
+  const int64_t groups = mask_groups(mask, mode);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "corner_pool_masked_cuda", [&] {
+    fastops::cuda::launch_1d(corner_pool_masked_kernel<scalar_t>, groups, c10::cuda::getCurrentCUDAStream(), groups,
+        in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), mask.data_ptr<uint8_t>(), H, W, mode);
+  });
+  return {out, mask};
+}
+
+Tensor corner_pool_masked_backward_cuda(const Tensor& grad, const Tensor& mask, c10::string_view mode_s) {
+  const int mode = parse_pool_mode(mode_s);
+  check_pool_masked_backward_args(grad, mask, mode);
+  c10::cuda::CUDAGuard guard(grad.device());
+  const Tensor g = grad.contiguous(), mk = mask.contiguous();
+  Tensor gin = at::empty_like(g, at::MemoryFormat::Contiguous);
+  if (gin.numel() == 0) return gin;
+  const int H = (int)g.size(2), W = (int)g.size(3);
+  const int64_t groups = mask_groups(mk, mode);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "corner_pool_masked_backward_cuda", [&] {
+    fastops::cuda::launch_1d(corner_pool_masked_backward_kernel<scalar_t>, groups, c10::cuda::getCurrentCUDAStream(),
+        groups, g.data_ptr<scalar_t>(), mk.data_ptr<uint8_t>(), gin.data_ptr<scalar_t>(), H, W, mode);
+  });
+  return gin;
+}
+
 }  // namespace
 }  // namespace heatmaps
 }  // namespace fastops
@@ -130,4 +233,6 @@ TORCH_LIBRARY_IMPL(fastops, CUDA, m) {
   using namespace fastops::heatmaps;
   m.impl("corner_pool", &corner_pool_cuda);
   m.impl("_corner_pool_backward", &corner_pool_backward_cuda);
+  m.impl("_corner_pool_masked", &corner_pool_masked_cuda);
+  m.impl("_corner_pool_masked_backward", &corner_pool_masked_backward_cuda);
 }

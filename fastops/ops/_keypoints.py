@@ -83,3 +83,11 @@ def traced_call(fn, tensors, *args):
     if torch.overrides.has_torch_function(tensors):
         return torch.overrides.handle_torch_function(fn, tensors, *args)
     return None
+
+
+def grad_path(t: Tensor) -> bool:
+    """Whether an op on ``t`` runs on the autograd path that keeps extra state for its backward (soft_argmax's
+    probabilities, corner_pool's record mask): a gradient will be asked for, and the call is not being traced or
+    exported (those keep the public op: its ONNX symbolic, its own autograd)."""
+    return t.requires_grad and torch.is_grad_enabled() and not (
+        torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())

@@ -11,7 +11,7 @@ from torch import Tensor
 
 import fastops.registrations.corner_pool as _reg
 from fastops._library import FLOAT_DTYPES, check_tensor, dispatch, reference_module, triton_module
-from fastops.ops._keypoints import choice, traced_call
+from fastops.ops._keypoints import choice, grad_path, traced_call
 
 POOL_MODES = tuple(_reg.POOL_MODES)
 
@@ -29,11 +29,16 @@ def corner_pool(x: Tensor, mode: str = "top", impl: str = "auto") -> Tensor:
     NaN/inf: NaN propagates along the scan as in ``torch.cummax`` and CornerNet's ``max``: from the first NaN met
     on, the output is NaN, and the gradients of those outputs go to that first NaN. +-inf are ordinary values.
 
-    Speed: bandwidth-bound; forward is one read + one write of ``x``, backward reads ``x``, the output and the
-    gradient and writes one gradient (the CPU kernels make exactly these passes). Distance from that floor on the
-    2-core dev VM, ``[1,128,128,128]`` float32, 1 thread: a copy (one read + one write) takes ~0.5 ms; forward
-    bottom ~0.7 ms (1.4x), left/right ~1.5-2.2 ms (3-4x: the 8x8 transposes of the scan along rows), top ~1.8-2.5
-    ms (descending rows); backward 1.3-4 ms (three reads + one write).
+    Speed: bandwidth-bound in principle; forward is one read + one write of ``x``. With a gradient to come
+    (``x.requires_grad`` under grad mode, eager or torch.compile) the forward also writes a 1-bit-per-element record
+    mask (``fastops::_corner_pool_masked``, 1/32 of a float32 map) and the backward reads the gradient and that mask
+    and writes one gradient (2 x 8.4 MB + 0.26 MB for ``[1,128,128,128]`` float32, instead of reading the input, the
+    output and the gradient: 4 x 8.4 MB); inference, tracing, TorchScript and export run ``fastops::corner_pool``
+    and its own backward. Distance from one pass, 2-core dev VM, 1 thread, ``[1,128,128,128]`` float32, measured
+    while the machine was busy (load ~2): a fresh 8 MB copy (``clone``) 0.9-1.1 ms; forward 2.2-2.7 ms (with the
+    mask 2.5-3.4 ms); backward from the mask 1.2 ms (top) and 2.2-2.8 ms (left/right, 8x8 tile transposes); the
+    left/right kernels are 2-3x from one pass (docs/heatmaps.md, "corner_pool: the autograd path keeps a record
+    mask").
 
     ONNX (both exporters, opset >= 15): CornerNet's log-step max scan, ceil(log2(L)) rounds of Slice + Max + Concat
     along the scan axis, unrolled for the static length L of that axis (other dimensions dynamic); exact in
@@ -57,6 +62,15 @@ def _corner_pool(x, mode, impl):
     choice("mode", mode, POOL_MODES)
     return dispatch(
         "corner_pool", impl, x.device,
-        cpp=lambda: torch.ops.fastops.corner_pool(x, mode),
+        cpp=lambda: _corner_pool_cpp(x, mode),
         reference=lambda: reference_module("corner_pool").corner_pool(x, mode),
         triton=lambda: triton_module("corner_pool").corner_pool_triton(x, mode))
+
+
+def _corner_pool_cpp(x, mode):
+    """The compiled op; when a gradient will be asked for, the variant that also returns the record mask
+    (`_corner_pool_masked`: the backward reads the gradient and one bit per element instead of the gradient, the
+    input and the output). Tracing and exporting keep `corner_pool` itself (its ONNX symbolic, its own autograd)."""
+    if grad_path(x):
+        return torch.ops.fastops._corner_pool_masked(x, mode)[0]
+    return torch.ops.fastops.corner_pool(x, mode)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 import fastops.registrations.decode as _reg
 from fastops._library import check_int, dispatch, reference_module, triton_module
-from fastops.ops._keypoints import autocast_float32, check_maps, choice, finite_float, traced_call
+from fastops.ops._keypoints import autocast_float32, check_maps, choice, finite_float, grad_path, traced_call
 
 REFINES = tuple(_reg.REFINES)
 MAX_BLUR = _reg.MAX_BLUR
@@ -140,7 +140,6 @@ def _soft_argmax_cpp(heatmaps, beta, normalize):
     """The compiled op; when a gradient will be asked for, the variant that keeps the probabilities for the backward
     (`_soft_argmax_probs`: one read of p and one write instead of the softmax recomputed). Tracing and exporting
     keep `soft_argmax` itself (its ONNX symbolic, its own autograd)."""
-    if heatmaps.requires_grad and torch.is_grad_enabled() and not (
-            torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()):
+    if grad_path(heatmaps):
         return torch.ops.fastops._soft_argmax_probs(heatmaps, beta, normalize)[0]
     return torch.ops.fastops.soft_argmax(heatmaps, beta, normalize)

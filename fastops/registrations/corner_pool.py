@@ -34,11 +34,50 @@ def corner_pool_backward(backward_op):
     return backward
 
 
-FAKES = {"corner_pool": corner_pool_fake, "_corner_pool_backward": corner_pool_backward_fake}
+def pool_mask_shape(shape, mode):
+    """Shape of `_corner_pool_masked`'s record mask (csrc/corner_pool/corner_pool.h pool_mask_shape): one bit per
+    element, packed by 8 along the axis across the scan (numpy packbits, little bit order)."""
+    b, c, h, w = shape
+    if mode in ("top", "bottom"):
+        return (b, c, h, (w + 7) // 8)
+    return (b, c, (h + 7) // 8, w)
+
+
+def corner_pool_masked_fake(input, mode):
+    return input.new_empty(input.shape), input.new_empty(pool_mask_shape(input.shape, mode), dtype=torch.uint8)
+
+
+def corner_pool_masked_backward_fake(grad, mask, mode):
+    return grad.new_empty(grad.shape)
+
+
+def corner_pool_masked_setup_context(ctx, inputs, output):
+    """The autograd path of fastops.corner_pool (`_corner_pool_masked`): only the record mask is saved, and the
+    backward reads it and the gradient (not the input and the output). The mask is internal: not differentiable."""
+    _x, mode = inputs
+    _out, mask = output
+    ctx.mark_non_differentiable(mask)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(mask)
+    ctx.mode = mode
+
+
+def corner_pool_masked_backward(ctx, grad, _grad_mask):
+    (mask,) = ctx.saved_tensors
+    if grad is None:
+        return None, None
+    return torch.ops.fastops._corner_pool_masked_backward(grad, mask, ctx.mode), None
+
+
+FAKES = {"corner_pool": corner_pool_fake, "_corner_pool_backward": corner_pool_backward_fake,
+         "_corner_pool_masked": corner_pool_masked_fake,
+         "_corner_pool_masked_backward": corner_pool_masked_backward_fake}
 
 register_fakes(FAKES)
 torch.library.register_autograd("fastops::corner_pool", corner_pool_backward(torch.ops.fastops._corner_pool_backward),
                                 setup_context=corner_pool_setup_context)
+torch.library.register_autograd("fastops::_corner_pool_masked", corner_pool_masked_backward,
+                                setup_context=corner_pool_masked_setup_context)
 # Autocast: none on purpose. A running max is exact in float16/bfloat16 (every output is one of the inputs), so
 # corner_pool keeps its input's dtype under autocast, as max_pool2d does.
 
