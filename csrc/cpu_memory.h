@@ -3,11 +3,13 @@
 // over a gradient larger than the caches streams it through DRAM once more before the kernel touches it.
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/CPUAllocator.h>
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace fastops {
@@ -71,6 +73,23 @@ inline at::Tensor zeros_fresh(at::IntArrayRef sizes, at::ScalarType dtype, at::M
 // Whether t's memory is a zeros_fresh mmap block (its untouched pages are still the OS's zero pages).
 inline bool is_fresh_mapping(const at::Tensor& t) {
   return t.storage().data_ptr().get_deleter() == &free_mmap_block;
+}
+
+
+// Faults in the pages of a zeros_fresh block before a multi-threaded kernel writes it, each thread its own run of
+// whole 2 MB chunks. Without this, threads that write interleaved parts of the block (a tile of every channel
+// plane, a channel block of every RoI) fault the same huge page at once and each clears it: measured, 2 threads
+// were 1.4-3x slower than 1 on flow_warp's 58 MB output. Writes zeros over zeros: the contents do not change.
+inline void prefault_parallel(const at::Tensor& t) {
+  if (!is_fresh_mapping(t) || at::get_num_threads() < 2) return;
+  constexpr int64_t kChunk = int64_t(2) << 20, kPage = 4096;
+  char* base = static_cast<char*>(t.storage().data_ptr().get());
+  const int64_t n = static_cast<int64_t>(t.storage().nbytes());
+  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t o = c0 * kChunk; o < std::min(n, c1 * kChunk); o += kPage) {
+      reinterpret_cast<volatile char*>(base)[o] = 0;
+    }
+  });
 }
 
 }  // namespace cpu_memory

@@ -250,6 +250,7 @@ std::tuple<Tensor, Tensor> flow_warp_cpu(const Tensor& input, const Tensor& flow
   for (const auto fmt : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
     if (out.nbytes() > (size_t(32) << 20) && out.is_contiguous(fmt)) {
       out = cpu_memory::zeros_fresh(out.sizes(), out.scalar_type(), fmt);
+      cpu_memory::prefault_parallel(out);
       break;
     }
   }
