@@ -9,13 +9,13 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <numeric>
 #include <optional>
 #include <vector>
 
 #include "cpu_memory.h"
+#include "cpu_parallel.h"
 #include "masks/masks.h"
 
 namespace fastops {
@@ -57,21 +57,13 @@ inline void prefault(void* base, int64_t begin, int64_t end) {
 std::vector<int64_t> order_by_cost_desc(const std::vector<int64_t>& cost);
 
 // Runs f(item, scratch_owner_thread_state) over the items 0..cost.size()-1, costliest first (ties: lower index),
-// with dynamic scheduling on at::get_num_threads() workers. Each item writes only its own outputs, so results do
-// not depend on the thread count.
+// with dynamic scheduling (csrc/cpu_parallel.h). Each item writes only its own outputs, so results do not depend
+// on the thread count.
 template <typename MakeState, typename F>
 void dynamic_for(const std::vector<int64_t>& cost, MakeState make_state, F f) {
   const std::vector<int64_t> order = order_by_cost_desc(cost);
-  const int64_t n = static_cast<int64_t>(order.size());
-  if (n == 0) return;
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t b, int64_t e) {
-    auto state = make_state();
-    for (int64_t w = b; w < e; ++w) {
-      for (int64_t k = next.fetch_add(1); k < n; k = next.fetch_add(1)) f(order[k], state);
-    }
-  });
+  fastops::dynamic_for(static_cast<int64_t>(order.size()), make_state,
+                       [&](int64_t k, auto& state) { f(order[k], state); });
 }
 
 std::vector<int64_t> order_by_cost_desc(const std::vector<int64_t>& cost) {
