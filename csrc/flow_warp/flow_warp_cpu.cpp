@@ -187,12 +187,12 @@ void forward_kernel(const Tensor& input, const Tensor& flow, Tensor& out, T* mas
       if constexpr (kVec8) {
         if (vec8 && ymax >= ymin && (ymax - ymin + 1) * W * 8 <= (int64_t(1) << 18)) {
           const int64_t base = ymin * W;
-          std::vector<uint8_t> inner(n, 1);
-          for (const auto& e : edge) inner[e.first - ya * W] = 0;
           for (int k = 0; k < 4; ++k) {
             const int64_t* off = tab.off.data() + k * tab.n;
             int32_t* dst = so.data() + k * n;
-            for (int64_t p = 0; p < n; ++p) dst[p] = inner[p] ? (int32_t)((off[p] - base) * 8) : 0;
+            for (int64_t p = 0; p < n; ++p) dst[p] = (int32_t)((off[p] - base) * 8);
+            // Border pixels' taps may lie outside the copied rows: read row 0 instead (fix_edges redoes them).
+            for (const auto& e : edge) dst[e.first - ya * W] = 0;
           }
           c = forward_tile_channels8(inb, sC, op + b * oB + ya * oH, oC, C, W, ymin, ymax, n, tab, so.data(), rows,
                                      fix_edges);
