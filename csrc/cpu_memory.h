@@ -1,6 +1,7 @@
 // Host memory for large fresh CPU outputs (shared by the CPU kernel files; inline only, see CONTRIBUTING's ISA
-// rule). On these VMs a first-touch page fault costs more than the kernel's write of the page, and a zero pass
-// over a gradient larger than the caches streams it through DRAM once more before the kernel touches it.
+// rule, except the block cache, compiled once in cpu_memory.cpp). On these VMs a first-touch page fault costs
+// more than the kernel's write of the page, and a zero pass over a gradient larger than the caches streams it
+// through DRAM once more before the kernel touches it.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -80,8 +81,9 @@ inline bool is_fresh_mapping(const at::Tensor& t) {
 // whole 2 MB chunks. Without this, threads that write interleaved parts of the block (a tile of every channel
 // plane, a channel block of every RoI) fault the same huge page at once and each clears it: measured, 2 threads
 // were 1.4-3x slower than 1 on flow_warp's 58 MB output. Writes zeros over zeros: the contents do not change.
-inline void prefault_parallel(const at::Tensor& t) {
-  if (!is_fresh_mapping(t) || at::get_num_threads() < 2) return;
+// `fresh`: whether t's pages were never touched (a zeros_fresh block, or empty_cached's `zeroed`).
+inline void prefault_parallel(const at::Tensor& t, bool fresh) {
+  if (!fresh || at::get_num_threads() < 2) return;
   constexpr int64_t kChunk = int64_t(2) << 20, kPage = 4096;
   char* base = static_cast<char*>(t.storage().data_ptr().get());
   const int64_t n = static_cast<int64_t>(t.storage().nbytes());
@@ -91,6 +93,30 @@ inline void prefault_parallel(const at::Tensor& t) {
     }
   });
 }
+
+inline void prefault_parallel(const at::Tensor& t) { prefault_parallel(t, is_fresh_mapping(t)); }
+
+// Large-block cache (csrc/cpu_memory.cpp): for kernels that write a large output or gradient on every call, such
+// as a training step's backward. Tensors of at least kCachedMinBytes live on 2 MB-aligned, huge-page-advised
+// anonymous mappings which, when the tensor dies, go back to a process-wide cache instead of to the OS, and are
+// handed out again for a tensor of the same size (rounded up to 2 MB). A first call maps fresh zero pages; later
+// calls get a block whose pages are already mapped, so the kernel pays one write pass over memory it owns instead
+// of a page fault per page (and, on VMs with free-page reporting, the host's re-supply of the page).
+// The cache holds at most FASTOPS_CPU_CACHE_MB (default 1024; 0 disables it) of released blocks, least recently
+// released evicted first; fastops.empty_cpu_cache() unmaps them all.
+constexpr size_t kCachedMinBytes = size_t(8) << 20;
+
+// Uninitialised tensor of `sizes` in `format` (Contiguous or ChannelsLast); below kCachedMinBytes an ordinary
+// at::empty. When `zeroed` is given it is set to whether the memory is known to read as zeros (a fresh mapping):
+// a kernel that needs zeros writes them only when it is false, each thread over the part it then fills, while that
+// part is in cache. `sizes` were checked by the caller (no overflow of the product).
+at::Tensor empty_cached(at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryFormat format,
+                        bool* zeroed = nullptr);
+
+// Unmaps every cached block; returns the bytes released.
+int64_t release_cached_blocks();
+// Bytes held by released blocks waiting for reuse.
+int64_t cached_block_bytes();
 
 }  // namespace cpu_memory
 }  // namespace fastops

@@ -6,7 +6,7 @@ under TRITON_INTERPRET=1), "reference" the plain-PyTorch reference in fastops.re
 """
 import torch  # noqa: F401  (must be imported before fastops._C: it loads libc10)
 
-from fastops._library import cuda_compiled  # noqa: F401
+from fastops._library import cpu_cache_bytes, cuda_compiled, empty_cpu_cache  # noqa: F401
 from fastops.version import __version__  # noqa: F401
 from fastops.ops.masks import paste_masks, yolact_mask_loss, yolact_masks  # noqa: F401
 from fastops.ops.flow_warp import flow_warp  # noqa: F401

@@ -39,6 +39,22 @@ def cuda_compiled() -> bool:
     return bool(torch.ops.fastops._cuda_compiled())
 
 
+def empty_cpu_cache() -> int:
+    """Unmaps the large CPU blocks fastops keeps for reuse and returns how many bytes that released.
+
+    Kernels that write a large output or gradient on every call (the DensePose point-sampling backward, ...) take
+    their memory from a process-wide cache of 2 MB-aligned blocks, so a training loop does not page-fault the same
+    tens of MB in again at every step (csrc/cpu_memory.h). The cache holds at most ``FASTOPS_CPU_CACHE_MB`` MB of
+    released blocks (environment, read once at the first large allocation; default 1024, 0 disables it), like
+    ``torch.cuda.empty_cache`` for PyTorch's CUDA allocator."""
+    return int(torch.ops.fastops._cpu_cache_release())
+
+
+def cpu_cache_bytes() -> int:
+    """Bytes of released large CPU blocks that fastops holds for reuse (see :func:`empty_cpu_cache`)."""
+    return int(torch.ops.fastops._cpu_cache_bytes())
+
+
 def check_impl(impl: str) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")

@@ -394,6 +394,19 @@ def test_property_float32_channel_blocks(b, c, h, w, scale, combo, seed):
                                   return_mask=True)
     exp, exp_mask = flow_warp_pixel_formula(x.double(), f.double(), padding_mode, align_corners, units)
     torch.testing.assert_close(out.double(), exp, atol=2e-5, rtol=2e-5)
+    if h > 1 and w > 1:
+        # The NCHW float32 backward: its layout changes (NCHW <-> channels_last, 8 x 8 AVX2 tiles plus leftover
+        # channels/pixels) around the channels_last scatter, against float64 grid_sample gradients off the integer
+        # positions (one-sided gradients there).
+        xr, fr = x.clone().requires_grad_(), (f + 0.0137).requires_grad_()
+        g = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+        gi, gf = torch.autograd.grad(fastops.flow_warp(xr, fr, padding_mode=padding_mode,
+                                                       align_corners=align_corners, units=units), (xr, fr), g)
+        x64, f64 = xr.detach().double().requires_grad_(), fr.detach().double().requires_grad_()
+        ri, rf = torch.autograd.grad(flow_warp_grid_sample(x64, f64, padding_mode, align_corners, units), (x64, f64),
+                                     g.double())
+        torch.testing.assert_close(gi.double(), ri, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(gf.double(), rf, atol=2e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("shape,scale", [((1, 19, 23, 37), 3.0), ((2, 16, 40, 64), 9.0), ((1, 8, 200, 200), 150.0)])

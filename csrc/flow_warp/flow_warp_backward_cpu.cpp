@@ -10,8 +10,11 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
+#include "avx2_transpose.h"
+#include "cpu_memory.h"
 #include "flow_warp/flow_warp_cpu.h"
 
 namespace fastops {
@@ -220,6 +223,42 @@ void transpose_copy(const S* src, int64_t sB, int64_t sC, int64_t sP, D* dst, in
   constexpr int64_t TP = 64, TC = 16;  // 64 pixels x 16 channels: 256 B runs along pixels, 64 B along channels
   const int64_t pblocks = (P + TP - 1) / TP;
   const bool read_p = sP <= sC, write_c = dC <= dP;
+#if defined(__AVX__)
+  // float -> float between NCHW and channels_last (one side's pixels and the other's channels contiguous): 8 x 8
+  // register transposes, so both sides move in 32-byte vectors; measured 3x faster than the scalar tiles below,
+  // which were a third of the NCHW backward's time.
+  constexpr bool f32 = std::is_same_v<S, float> && std::is_same_v<D, float>;
+  const bool to_cl = sP == 1 && dC == 1, to_nchw = sC == 1 && dP == 1;
+  if (f32 && C >= 8 && (to_cl || to_nchw)) {
+    // As [rows][cols] -> [cols][rows] with contiguous cols: rows are channels (to_cl) or pixels (to_nchw).
+    at::parallel_for(0, B * pblocks, 16, [&](int64_t i0, int64_t i1) {
+      __m256 r[8];
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / pblocks, p0 = (i % pblocks) * TP;
+        const int64_t np = std::min<int64_t>(TP, P - p0);
+        const float* sb = reinterpret_cast<const float*>(src) + b * sB;
+        float* db = reinterpret_cast<float*>(dst) + b * dB;
+        const int64_t c8 = C / 8 * 8, p8 = p0 + np / 8 * 8;
+        for (int64_t c0 = 0; c0 < c8; c0 += 8) {
+          for (int64_t p = p0; p < p8; p += 8) {
+            if (to_cl) {
+              load_tile(sb + c0 * sC + p, sC, r);  // 8 channels x 8 pixels -> 8 pixels x 8 channels
+              for (int k = 0; k < 8; ++k) _mm256_storeu_ps(db + (p + k) * dP + c0, r[k]);
+            } else {
+              load_tile(sb + p * sP + c0, sP, r);  // 8 pixels x 8 channels -> 8 channels x 8 pixels
+              for (int k = 0; k < 8; ++k) _mm256_storeu_ps(db + (c0 + k) * dC + p, r[k]);
+            }
+          }
+          for (int64_t p = p8; p < p0 + np; ++p)
+            for (int64_t c = c0; c < c0 + 8; ++c) db[c * dC + p * dP] = sb[c * sC + p * sP];
+        }
+        for (int64_t c = c8; c < C; ++c)
+          for (int64_t p = p0; p < p0 + np; ++p) db[c * dC + p * dP] = sb[c * sC + p * sP];
+      }
+    });
+    return;
+  }
+#endif
   at::parallel_for(0, B * pblocks, 16, [&](int64_t i0, int64_t i1) {
     D tile[TP][TC];
     for (int64_t i = i0; i < i1; ++i) {
@@ -258,7 +297,7 @@ void transpose_copy(const S* src, int64_t sB, int64_t sC, int64_t sP, D* dst, in
 // A channels_last copy (as a logical [B, C, H, W] tensor) of an NCHW-flattenable tensor, in dtype `dt`.
 Tensor to_channels_last(const Tensor& t, at::ScalarType dt) {
   const int64_t B = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
-  Tensor out = at::empty({B, H, W, C}, t.options().dtype(dt)).permute({0, 3, 1, 2});
+  Tensor out = cpu_memory::empty_cached({B, H, W, C}, dt, at::MemoryFormat::Contiguous).permute({0, 3, 1, 2});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "flow_warp_to_cl", [&] {
     using S = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "flow_warp_to_cl2", [&] {
@@ -279,6 +318,14 @@ std::tuple<Tensor, Tensor> flow_warp_backward_cpu(const Tensor& grad_output, con
   auto [o, gin, gflow] =
       prepare_backward(grad_output, input, flow, padding_mode, align_corners, units, need_input, need_flow);
   const int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  // The large input gradient on a cached block too (as the forward's output, flow_warp_cpu.cpp); both layouts
+  // are filled completely below.
+  for (const auto fmt : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
+    if (need_input && gin.nbytes() >= cpu_memory::kCachedMinBytes && gin.is_contiguous(fmt)) {
+      gin = cpu_memory::empty_cached(gin.sizes(), gin.scalar_type(), fmt);
+      break;
+    }
+  }
   if (B * H * W == 0 || C == 0) {
     if (need_flow) gflow.zero_();
     return {gin, gflow};
@@ -308,8 +355,8 @@ std::tuple<Tensor, Tensor> flow_warp_backward_cpu(const Tensor& grad_output, con
       ws = gin;
       ws.zero_();
     } else {
-      ws = cl ? at::empty({B, H, W, C}, input.options().dtype(acc)).permute({0, 3, 1, 2})
-              : at::empty({B, C, H, W}, input.options().dtype(acc));
+      ws = cl ? cpu_memory::empty_cached({B, H, W, C}, acc, at::MemoryFormat::Contiguous).permute({0, 3, 1, 2})
+              : cpu_memory::empty_cached({B, C, H, W}, acc, at::MemoryFormat::Contiguous);
       ws.zero_();
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_grad_input", [&] {

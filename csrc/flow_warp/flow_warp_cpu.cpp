@@ -243,14 +243,15 @@ std::tuple<Tensor, Tensor> flow_warp_cpu(const Tensor& input, const Tensor& flow
                                          bool align_corners, c10::string_view units, bool return_mask) {
   auto [o, out, mask] = prepare_forward(input, flow, padding_mode, align_corners, units, return_mask);
   if (input.size(0) * input.size(2) * input.size(3) == 0) return {out, mask};
-  // A large output (every element is written) on fresh huge-page-advised memory: first-touch faults of 4 kB pages
-  // cost ~30 ms per 58 MB here, as much as the kernel's own work (`cpu_memory::zeros_fresh`). Only above glibc's
-  // largest mmap threshold (32 MB): smaller blocks are reused from the heap without faults once the threshold
-  // has grown, where fresh pages would be zeroed by the OS on every call.
+  // A large output (every element is written) on a cached block (cpu_memory::empty_cached): first-touch faults of
+  // 4 kB pages cost ~30 ms per 58 MB here, as much as the kernel's own work, and whether the heap reuses a block
+  // below glibc's 32 MB mmap threshold depended on the process's allocation history (one bench row 10.7 ms in
+  // one run, 34.7 ms in the next). A fresh block (first call) is faulted in by each thread over its own 2 MB pages.
   for (const auto fmt : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
-    if (out.nbytes() > (size_t(32) << 20) && out.is_contiguous(fmt)) {
-      out = cpu_memory::zeros_fresh(out.sizes(), out.scalar_type(), fmt);
-      cpu_memory::prefault_parallel(out);
+    if (out.nbytes() >= cpu_memory::kCachedMinBytes && out.is_contiguous(fmt)) {
+      bool fresh = false;
+      out = cpu_memory::empty_cached(out.sizes(), out.scalar_type(), fmt, &fresh);
+      cpu_memory::prefault_parallel(out, fresh);
       break;
     }
   }

@@ -1,0 +1,102 @@
+"""The large-block CPU cache (csrc/cpu_memory.h, fastops.empty_cpu_cache): a reused block holds whatever its last
+owner left there, so every kernel that takes one must write (or zero) all of it. Each test poisons the block a
+first call returned, frees it into the cache, and checks that the next call, which gets that block back, still
+equals the reference. Sizes are just above the cache's 8 MB floor."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastops
+from fastops.reference import densepose as dp_ref
+from fastops.reference.flow_warp import flow_warp_grid_sample
+
+MB = 1 << 20
+
+
+def _twice(run, check):
+    """Calls run() and checks its result; poisons that result's block and drops it into the cache; calls run()
+    again, checks that it took the block back, and checks its result."""
+    first = run()
+    check(first)
+    first.detach().fill_(float("nan"))
+    del first
+    held = fastops.cpu_cache_bytes()
+    assert held >= 8 * MB, "the released block was not cached"
+    second = run()
+    assert fastops.cpu_cache_bytes() < held, "the second call did not reuse the cached block"
+    check(second)
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    fastops.empty_cpu_cache()
+    yield
+    fastops.empty_cpu_cache()
+
+
+def _point_inputs(R=8, C=25, S=112, P=500, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn(R, C, S, S, generator=g, requires_grad=True)  # 10 MB
+    ri = torch.randint(0, R - 1, (P,), generator=g)  # the last RoI gets no point: its planes must still be zero
+    pts = torch.rand(P, 2, generator=g) * S
+    return maps, ri, pts
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_roi_point_sample_backward_zeroes_a_reused_block(threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        maps, ri, pts = _point_inputs()
+        gout = torch.randn(ri.numel(), maps.size(1), generator=torch.Generator().manual_seed(1))
+        want, = torch.autograd.grad(dp_ref.roi_point_sample(maps, ri, pts), maps, gout)
+        def check(got):
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert torch.equal(got[-1], torch.zeros_like(got[-1]))
+
+        _twice(lambda: torch.autograd.grad(fastops.roi_point_sample(maps, ri, pts), maps, gout)[0], check)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_flow_warp_forward_and_backward_fill_reused_blocks(channels_last):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 160, 96, 160, generator=g)  # 9.8 MB
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    flow = torch.randn(1, 2, 96, 160, generator=g) * 4
+    x.requires_grad_(True)
+    flow.requires_grad_(True)
+    want = flow_warp_grid_sample(x, flow)  # float32 grid_sample: its rounding differs by ~1e-4 at these values
+    gout = torch.randn(want.shape, generator=g)
+    want_gx, want_gf = torch.autograd.grad(want, (x, flow), gout)
+
+    _twice(lambda: fastops.flow_warp(x, flow).detach(),
+           lambda got: torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-4))
+    _twice(lambda: torch.autograd.grad(fastops.flow_warp(x, flow), (x, flow), gout)[0],
+           lambda gx: torch.testing.assert_close(gx, want_gx, rtol=1e-4, atol=2e-4))
+    gf = torch.autograd.grad(fastops.flow_warp(x, flow), flow, gout)[0]
+    torch.testing.assert_close(gf, want_gf, rtol=1e-4, atol=1e-3)
+
+
+def test_empty_cpu_cache_releases_and_the_cap_disables():
+    maps, ri, pts = _point_inputs()
+    g, = torch.autograd.grad(fastops.roi_point_sample(maps, ri, pts).sum(), maps)
+    del g
+    assert fastops.cpu_cache_bytes() >= 8 * MB
+    assert fastops.empty_cpu_cache() >= 8 * MB
+    assert fastops.cpu_cache_bytes() == 0
+    # FASTOPS_CPU_CACHE_MB=0: released blocks go straight back to the OS.
+    code = ("import torch, fastops\n"
+            "m = torch.randn(8, 25, 112, 112, requires_grad=True)\n"
+            "ri = torch.zeros(10, dtype=torch.int64); p = torch.ones(10, 2)\n"
+            "g, = torch.autograd.grad(fastops.roi_point_sample(m, ri, p).sum(), m)\n"
+            "del g\n"
+            "assert fastops.cpu_cache_bytes() == 0, fastops.cpu_cache_bytes()\n")
+    env = dict(os.environ, FASTOPS_CPU_CACHE_MB="0")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
