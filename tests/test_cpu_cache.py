@@ -100,3 +100,65 @@ def test_empty_cpu_cache_releases_and_the_cap_disables():
             "assert fastops.cpu_cache_bytes() == 0, fastops.cpu_cache_bytes()\n")
     env = dict(os.environ, FASTOPS_CPU_CACHE_MB="0")
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+def _roi_inputs(channels_last, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 64, 160, 160, generator=g)  # 13 MB: its gradient is a cached block
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xy = torch.rand(700, 2, generator=g) * 90
+    wh = torch.rand(700, 2, generator=g) * 60 + 4
+    # Every RoI on image 0, in its upper-left part: image 1's gradient and most of image 0's must be zeros.
+    rois = torch.cat([torch.zeros(700, 1), xy, xy + wh], 1)
+    return x.requires_grad_(True), rois
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_roi_align_output_and_gradient_on_reused_blocks(channels_last, threads):
+    from torchvision.ops import roi_align as tv_roi_align
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, rois = _roi_inputs(channels_last)
+        args = ((7, 7), 0.5, 2, True)
+        want = tv_roi_align(x, rois, *args)  # [700, 64, 7, 7]: 8.8 MB
+        gout = torch.randn(want.shape, generator=torch.Generator().manual_seed(3))
+        want_g, = torch.autograd.grad(want, x, gout)
+        if not channels_last:  # the vectorised NCHW float32 forward writes every element: a cached output
+            _twice(lambda: fastops.roi_align(x, rois, *args).detach(),
+                   lambda got: torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5))
+
+        def check(g):
+            assert torch.isfinite(g).all()
+            torch.testing.assert_close(g, want_g, rtol=1e-5, atol=1e-5)
+
+        _twice(lambda: torch.autograd.grad(fastops.roi_align(x, rois, *args), x, gout)[0], check)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_multi_scale_gradients_on_reused_blocks():
+    """Four levels, one of which no RoI maps to (its gradient must come back all zeros from a poisoned block)."""
+    from fastops.reference.roi_align import multi_scale_roi_align as ref_msra
+
+    g = torch.Generator().manual_seed(5)
+    sizes = [(200, 200), (100, 100), (50, 50), (25, 25)]
+    feats = [torch.randn(1, 64, h, w, generator=g, requires_grad=True) for h, w in sizes]  # P2: 10 MB
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    xy = torch.rand(300, 2, generator=g) * 500
+    wh = torch.rand(300, 2, generator=g) * 60 + 8  # small boxes: P2 and P3 only
+    rois = torch.cat([torch.zeros(300, 1), xy, xy + wh], 1)
+    gout = torch.randn(300, 64, 7, 7, generator=g)
+    want = torch.autograd.grad(ref_msra(feats, rois, (7, 7), scales, 2), feats, gout)
+    assert want[3].abs().sum() == 0
+
+    def run():
+        return torch.autograd.grad(fastops.multi_scale_roi_align(feats, rois, (7, 7), scales, 2), feats, gout)[0]
+
+    _twice(run, lambda g0: torch.testing.assert_close(g0, want[0], rtol=1e-5, atol=1e-5))
+    got = torch.autograd.grad(fastops.multi_scale_roi_align(feats, rois, (7, 7), scales, 2), feats, gout)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -537,7 +537,6 @@ std::vector<Level<scalar_t>> make_levels(const std::vector<at::Tensor>& feats, c
 #define FASTOPS_ROI_FAST 0
 #endif
 
-using cpu_memory::advise_huge_pages;
 
 #if FASTOPS_ROI_FAST
 // float32 forward, NCHW levels, contiguous output. Blocks of kFastCB channels run in parallel (each output
@@ -614,8 +613,9 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& 
   const auto format = is_channels_last(f0) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor out;
   if (fast && K > 0 && C > 0) {
-    out = at::empty({K, C, ph, pw}, f0.options().memory_format(format));
-    advise_huge_pages(out);
+    // A large output on the block cache (cpu_memory.h): the 50 MB of workload A would otherwise be new pages at
+    // every call, whose first touch cost 5-20 ms (docs/roi_align.md, floors).
+    out = cpu_memory::empty_cached({K, C, ph, pw}, f0.scalar_type(), format);
   } else {
     out = cpu_memory::zeros_fresh({K, C, ph, pw}, f0.scalar_type(), format);
   }
@@ -700,12 +700,22 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
   const auto dtype = grad.scalar_type();
   // half/bfloat16 gradients accumulate in float32 and are cast once at the end.
   const auto acc_dtype = (dtype == at::kHalf || dtype == at::kBFloat16) ? at::kFloat : dtype;
-  // Fresh zero pages (cpu_memory.h): no zero pass; each page is faulted in by the first RoI that touches it.
+  // Gradients on the block cache (cpu_memory.h): fresh zero pages at the first call; afterwards reused blocks,
+  // zeroed by the task that then accumulates into them (NCHW: its channel planes of its (level, image), just
+  // before its RoIs' taps) or, for channels_last levels and maps no RoI reaches, by a parallel fill first.
   std::vector<at::Tensor> grads;
+  std::vector<char> zeroed(L);
   for (size_t l = 0; l < L; ++l) {
-    grads.push_back(cpu_memory::zeros_fresh({N, C, sizes[2 * l], sizes[2 * l + 1]}, acc_dtype,
-                                            channels_last[l] ? at::MemoryFormat::ChannelsLast
-                                                             : at::MemoryFormat::Contiguous));
+    bool z = false;
+    grads.push_back(cpu_memory::empty_cached({N, C, sizes[2 * l], sizes[2 * l + 1]}, acc_dtype,
+                                             channels_last[l] ? at::MemoryFormat::ChannelsLast
+                                                              : at::MemoryFormat::Contiguous,
+                                             &z));
+    zeroed[l] = z;
+  }
+  if (K == 0 || C == 0) {
+    for (size_t l = 0; l < L; ++l)
+      if (!zeroed[l]) grads[l].zero_();
   }
   if (K > 0 && C > 0) {
     int k_min = 0, k_max = 0;
@@ -742,6 +752,18 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
       }
       bool any_cl = false;
       for (const auto& lv : levels) any_cl |= lv.sC == 1 && C > 1;
+      // What the tasks below will not zero themselves: channels_last levels, and NCHW maps of images no RoI of
+      // that level reaches (one group per (level, image): `order` is sorted by level, then image).
+      std::vector<char> task_zeroes(L * N, 0);
+      for (const auto& gr : groups) {
+        const RoiTable<T>& t = tables[order[gr.first]];
+        if (!(levels[t.level].sC == 1 && C > 1)) task_zeroes[t.level * N + t.batch] = 1;
+      }
+      for (size_t l = 0; l < L; ++l) {
+        if (zeroed[l]) continue;
+        for (int64_t b = 0; b < N; ++b)
+          if (!task_zeroes[l * N + b]) grads[l].select(0, b).zero_();
+      }
       const int64_t threads = at::get_num_threads();
       const int64_t ng = static_cast<int64_t>(groups.size());
       const int64_t split = any_cl ? (threads + ng - 1) / std::max<int64_t>(ng, 1) : 1;
@@ -756,6 +778,15 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad, const at::Tensor& 
           const int64_t c0 = task / ng * chunk;
           const auto [i0, i1] = groups[task % ng];
           const int nc = static_cast<int>(std::min<int64_t>(chunk, C - c0));
+          {
+            const RoiTable<T>& t0 = tables[order[i0]];
+            const Level<G>& lz = levels[t0.level];
+            if (!zeroed[t0.level] && task_zeroes[t0.level * N + t0.batch]) {
+              // A contiguous map (NCHW, or one channel): planes [c0, c0 + nc) of this image are one run.
+              G* z = lz.data + t0.batch * lz.sN + c0 * static_cast<int64_t>(lz.H) * lz.W;
+              std::fill(z, z + nc * static_cast<int64_t>(lz.H) * lz.W, G(0));
+            }
+          }
           for (size_t i = i0; i < i1; ++i) {
             const int64_t k = order[i];
             const RoiTable<T>& t = tables[k];
