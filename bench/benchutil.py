@@ -81,12 +81,15 @@ def _status_kb(field):
 def _reset_peak():
     """Return freed heap pages to the OS and reset the RSS high-water mark (VmHWM) to the current RSS.
 
-    Without this, memory the parent freed but glibc kept (e.g. blocks below its dynamic 32 MB mmap threshold) is
-    reused by the call without raising RSS, and its temporaries go uncounted. Returns False if unsupported.
+    Without this, memory the parent freed but glibc or fastops' block cache kept (e.g. blocks below glibc's dynamic
+    32 MB mmap threshold) is reused by the call without raising RSS, and its temporaries go uncounted. Returns False if unsupported.
     """
     try:
         import ctypes
 
+        import fastops
+
+        fastops.empty_cpu_cache()  # fastops' cached large blocks too (docs/README.md, "CPU memory")
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

@@ -77,24 +77,6 @@ inline bool is_fresh_mapping(const at::Tensor& t) {
 }
 
 
-// Faults in the pages of a zeros_fresh block before a multi-threaded kernel writes it, each thread its own run of
-// whole 2 MB chunks. Without this, threads that write interleaved parts of the block (a tile of every channel
-// plane, a channel block of every RoI) fault the same huge page at once and each clears it: measured, 2 threads
-// were 1.4-3x slower than 1 on flow_warp's 58 MB output. Writes zeros over zeros: the contents do not change.
-// `fresh`: whether t's pages were never touched (a zeros_fresh block, or empty_cached's `zeroed`).
-inline void prefault_parallel(const at::Tensor& t, bool fresh) {
-  if (!fresh || at::get_num_threads() < 2) return;
-  constexpr int64_t kChunk = int64_t(2) << 20, kPage = 4096;
-  char* base = static_cast<char*>(t.storage().data_ptr().get());
-  const int64_t n = static_cast<int64_t>(t.storage().nbytes());
-  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t o = c0 * kChunk; o < std::min(n, c1 * kChunk); o += kPage) {
-      reinterpret_cast<volatile char*>(base)[o] = 0;
-    }
-  });
-}
-
-inline void prefault_parallel(const at::Tensor& t) { prefault_parallel(t, is_fresh_mapping(t)); }
 
 // Large-block cache (csrc/cpu_memory.cpp): for kernels that write a large output or gradient on every call, such
 // as a training step's backward. Tensors of at least kCachedMinBytes live on 2 MB-aligned, huge-page-advised

@@ -246,12 +246,10 @@ std::tuple<Tensor, Tensor> flow_warp_cpu(const Tensor& input, const Tensor& flow
   // A large output (every element is written) on a cached block (cpu_memory::empty_cached): first-touch faults of
   // 4 kB pages cost ~30 ms per 58 MB here, as much as the kernel's own work, and whether the heap reuses a block
   // below glibc's 32 MB mmap threshold depended on the process's allocation history (one bench row 10.7 ms in
-  // one run, 34.7 ms in the next). A fresh block (first call) is faulted in by each thread over its own 2 MB pages.
+  // one run, 34.7 ms in the next).
   for (const auto fmt : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
     if (out.nbytes() >= cpu_memory::kCachedMinBytes && out.is_contiguous(fmt)) {
-      bool fresh = false;
-      out = cpu_memory::empty_cached(out.sizes(), out.scalar_type(), fmt, &fresh);
-      cpu_memory::prefault_parallel(out, fresh);
+      out = cpu_memory::empty_cached(out.sizes(), out.scalar_type(), fmt);
       break;
     }
   }
