@@ -19,6 +19,13 @@ from fastops.ops._keypoints import autocast_float32, check_maps, choice, finite_
 
 REFINES = tuple(_reg.REFINES)
 MAX_BLUR = _reg.MAX_BLUR
+_REFINE_SET = frozenset(REFINES)
+_FAST_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
+_MAX_SIDE = 1 << 20  # csrc/keypoints_common.h kMaxSide
+_has_torch_function = torch.overrides.has_torch_function
+_is_autocast_enabled = torch.is_autocast_enabled
+_is_compiling = torch.compiler.is_compiling
+_argmax_op = torch.ops.fastops.heatmap_argmax.default
 
 torch.fx.wrap("heatmap_argmax")
 torch.fx.wrap("soft_argmax")
@@ -68,6 +75,16 @@ def heatmap_argmax(heatmaps: Tensor, refine: str = "none", blur_kernel: int = 11
             c, s = torch.ops.fastops.heatmap_argmax(heatmaps.unsqueeze(0), refine, blur_kernel)
             return c[0], s[0]
         return torch.ops.fastops.heatmap_argmax(heatmaps, refine, blur_kernel)
+    # Eager fast path (the per-call cost matters against one read of small maps): a plain 4-D float CPU tensor with
+    # non-empty maps, valid arguments, impl auto/cpp, no autocast, no tracing or compiling: exactly the checks below
+    # pass, so the compiled op is called directly. Anything else takes the general path (same errors as before).
+    if (type(heatmaps) is Tensor and (impl == "auto" or impl == "cpp") and type(refine) is str
+            and refine in _REFINE_SET and type(blur_kernel) is int and 1 <= blur_kernel <= MAX_BLUR
+            and blur_kernel & 1 and heatmaps.dim() == 4 and heatmaps.dtype in _FAST_DTYPES
+            and heatmaps.device.type == "cpu" and 0 < heatmaps.size(2) < _MAX_SIDE
+            and 0 < heatmaps.size(3) < _MAX_SIDE and not _has_torch_function((heatmaps,))
+            and not _is_autocast_enabled("cpu") and not _is_compiling()):
+        return _argmax_op(heatmaps, refine, blur_kernel)
     leaf = traced_call(heatmap_argmax, (heatmaps,), heatmaps, refine, blur_kernel, impl)
     if leaf is not None:
         return leaf
