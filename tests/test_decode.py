@@ -108,6 +108,40 @@ def test_soft_argmax(normalize, beta):
     close(gi.double(), ri, rtol=1e-4, atol=4e-7 * max(1.0, ri.abs().max().item()))
 
 
+def test_soft_argmax_nan_inf_rule_wide_maps():
+    # maps wide enough for the vector loops: a NaN or a +inf anywhere makes the map's coordinates NaN
+    hm = torch.rand(1, 3, 9, 40)
+    hm[0, 0, 4, 17] = float("nan")
+    hm[0, 1, 8, 33] = float("inf")
+    out = fastops.soft_argmax(hm, 1.0)
+    assert torch.isnan(out[0, :2]).all() and torch.isfinite(out[0, 2]).all()
+
+
+@pytest.mark.parametrize("case", ["far_below", "minus_inf", "huge_scale", "wide_rows"])
+def test_soft_argmax_float_paths(case):
+    """The float kernel's paths: finite maps with beta >= 0 (lean exponentials; pixels far below the maximum
+    underflow to 0), maps with -inf or |beta * max| >= 2^24 (the general path), rows wider than a vector."""
+    g = torch.Generator().manual_seed(4)
+    hm = torch.randn(2, 3, 7, 40 if case == "wide_rows" else 11, generator=g) * 3
+    if case == "far_below":
+        hm[0, :, 2:5] = -1e30
+    if case == "minus_inf":
+        hm[1, 1, 3, 4:9] = float("-inf")
+    if case == "huge_scale":
+        hm = hm * 1e7 + 3e7
+        hm[:, :, 1, 1] = 3.00001e7 + 1e7 * 10
+    for beta in (1.0, 2.5):
+        out = fastops.soft_argmax(hm, beta)
+        want = R.soft_argmax(hm.double(), beta).float()
+        assert torch.isfinite(out).all()
+        close(out, want, rtol=1e-5, atol=1e-5)
+        hr = hm.clone().requires_grad_(True)
+        (gi,) = torch.autograd.grad(fastops.soft_argmax(hr, beta), hr, torch.ones(2, 3, 2))
+        h64 = hm.double().requires_grad_(True)
+        (ri,) = torch.autograd.grad(R.soft_argmax(h64, beta), h64, torch.ones(2, 3, 2, dtype=torch.float64))
+        close(gi.double(), ri, rtol=1e-4, atol=4e-7 * max(1.0, ri.abs().max().item()))
+
+
 def test_soft_argmax_gradcheck_and_dtypes():
     hm = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda h: fastops.soft_argmax(h, 2.0), (hm,))

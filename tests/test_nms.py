@@ -553,3 +553,18 @@ def test_noncontiguous_multiclass_fast_nms():
         for x, y in zip(fastops.fast_nms(yb_nc, ys_nc, 0.5, 50, 60, cross_class=cc),
                         ref.fast_nms(yb, ys, 0.5, 50, 60, 0.05, cc)):
             assert torch.equal(x, y)
+
+
+def test_batched_nms_bench_size_ties_in_torchvision_order():
+    # the benchmark's workload (20k boxes, 80 classes, torch.rand scores: a few exact ties among the survivors, so
+    # the kernel runs ATen's unstable sort of the survivors), and the same with many ties and two NaN scores
+    g = torch.Generator().manual_seed(0)
+    boxes = clustered(20000)
+    idxs = torch.randint(0, 80, (20000,), generator=g)
+    for scores in (torch.rand(20000, generator=g), torch.randint(0, 50, (20000,), generator=g).float() / 50):
+        expect = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
+        assert torch.equal(fastops.batched_nms(boxes, scores, idxs, 0.5), expect)
+    scores[[3, 7]] = float("nan")
+    scores[[4, 9]] = -0.0
+    expect = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(fastops.batched_nms(boxes, scores, idxs, 0.5), expect)

@@ -93,10 +93,62 @@ A map_max_scaled(const A* q, int64_t n, A beta) {
   return beta * mn;
 }
 
-// float: the exponentials in fused multiply-adds (vexp), one row's sums in registers, the lane x positions
-// carried as a vector. Maps are small (one stays in L1 between the max pass and this one).
-inline void softmax_sums(const float* q, int H, int W, float beta, float* e, float& S, float& Sx, float& Sy) {
-  const float mx = map_max_scaled(q, (int64_t)H * W, beta);
+// Maximum of q[0..n) (n > 0) and whether every element is finite (no NaN, no inf), 4 vector accumulators: the
+// first pass of softmax_sums (the map then stays in L1 for the exponentials).
+inline float max_all_finite(const float* q, int64_t n, bool& finite) {
+  int64_t i = 0;
+  float r = q[0], z = 0.0f;
+  if (n >= 4 * kLanes) {
+    vfloat m0 = vload(q), m1 = m0, m2 = m0, m3 = m0, z0 = vfloat{}, z1 = vfloat{};
+    for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+      const vfloat a = vload(q + i), b = vload(q + i + kLanes), c = vload(q + i + 2 * kLanes),
+                   d = vload(q + i + 3 * kLanes);
+      m0 = vmax(a, m0);
+      m1 = vmax(b, m1);
+      m2 = vmax(c, m2);
+      m3 = vmax(d, m3);
+      z0 += (a - a) + (b - b);  // NaN from the first NaN or inf on
+      z1 += (c - c) + (d - d);
+    }
+    const vfloat m = vmax(vmax(m0, m1), vmax(m2, m3)), zz = z0 + z1;
+    r = m[0];
+    for (int j = 1; j < kLanes; ++j) r = m[j] > r ? m[j] : r;
+    for (int j = 0; j < kLanes; ++j) z += zz[j];
+  }
+  for (; i < n; ++i) {
+    r = q[i] > r ? q[i] : r;
+    z += q[i] - q[i];
+  }
+  finite = z == 0.0f;
+  return r;
+}
+
+// vexp for lanes known to be finite and below 1 (beta * h - max of a finite map): the same operations as vexp on
+// that range, hence the same values, without its NaN and overflow handling; 0 below -87.
+inline vfloat vexp_nonpos(vfloat x) {
+  const vfloat xc = vmax(x, vsplat(-87.0f));
+  const vfloat magic = vsplat(12582912.0f);
+  const vfloat n = vfma(xc, vsplat(1.44269504088896341f), magic) - magic;
+  const vfloat r = vfma(n, vsplat(2.12194440e-4f), vfma(n, vsplat(-0.693359375f), xc));
+  const vfloat r2 = r * r;
+  const vfloat a0 = vfma(r, vsplat(1.6666665459e-1f), vsplat(5.0000001201e-1f));
+  const vfloat a1 = vfma(r, vsplat(8.3334519073e-3f), vsplat(4.1665795894e-2f));
+  const vfloat a2 = vfma(r, vsplat(1.9875691500e-4f), vsplat(1.3981999507e-3f));
+  const vfloat p = vfma(vfma(vfma(r2, a2, a1), r2, a0), r2, r + 1.0f);
+  const vint e = (__builtin_convertvector(n, vint) + 127) << 23;
+  vfloat scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  const vint keep = x >= vsplat(-87.0f);
+  const vint v = (vint)(p * scale) & keep;
+  vfloat out;
+  std::memcpy(&out, &v, sizeof(out));
+  return out;
+}
+
+// One map's exponentials and sums (see softmax_sums below), with `EXP` the vector exp.
+template <vfloat (*EXP)(vfloat)>
+inline void softmax_sums_with(const float* q, int H, int W, float beta, float mx, float* e, float& S, float& Sx,
+                              float& Sy) {
   vfloat s = vfloat{}, sx = vfloat{}, sy = vfloat{};
   const vfloat vb = vsplat(beta), nvm = vsplat(-mx);
   const int full = W - W % kLanes;
@@ -107,7 +159,7 @@ inline void softmax_sums(const float* q, int H, int W, float beta, float* e, flo
     vfloat rs = vfloat{}, rx = vfloat{}, vx = viota(0.0f);
     int x = 0;
     for (; x < full; x += kLanes) {
-      const vfloat v = vexp(vfma(vb, vload(r + x), nvm));
+      const vfloat v = EXP(vfma(vb, vload(r + x), nvm));
       if (er) vstore(er + x, v);
       rs += v;
       rx = vfma(v, vx, rx);
@@ -131,6 +183,20 @@ inline void softmax_sums(const float* q, int H, int W, float beta, float* e, flo
   S = vsum(s);
   Sx = vsum(sx);
   Sy = vsum(sy);
+}
+
+// float: the exponentials in fused multiply-adds, one row's sums in registers, the lane x positions carried as a
+// vector. Maps are small (one stays in L1 between the max pass and this one). A finite map with beta >= 0 (the
+// usual case) takes vexp_nonpos (same values, fewer operations per pixel); NaN/inf maps and beta < 0 take vexp.
+inline void softmax_sums(const float* q, int H, int W, float beta, float* e, float& S, float& Sx, float& Sy) {
+  if (beta >= 0.0f) {
+    bool finite;
+    const float m = max_all_finite(q, (int64_t)H * W, finite);
+    // |beta * m| < 2^24: the rounding of beta * m (what beta * h - mx can exceed 0 by) stays below 1
+    if (finite && std::fabs(beta * m) < 16777216.0f)
+      return softmax_sums_with<vexp_nonpos>(q, H, W, beta, beta * m, e, S, Sx, Sy);
+  }
+  softmax_sums_with<vexp>(q, H, W, beta, map_max_scaled(q, (int64_t)H * W, beta), e, S, Sx, Sy);
 }
 
 // d coord / d h_i = beta * p_i * (pos_i - coord) for one map, from e_i = exp(beta * h_i - max) and S = sum e.

@@ -289,6 +289,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
   std::vector<int32_t> order(n), grouped(n), kept(n);
   std::vector<int64_t> seg;  // segment starts (+ n at the end)
   std::vector<uint8_t> keep(n, 0);
+  at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_batched_nms", [&] {
     using A = acc_t<scalar_t>;
     const std::vector<A> s = to_acc<A, scalar_t>(scores);
@@ -328,37 +329,52 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
         for (int64_t k = 0; k < nk; ++k) keep[kept[st + k]] = 1;
       }
     });
+    int64_t nk = 0;
+    for (int64_t i = 0; i < n; ++i) nk += keep[i];
+    // Survivors in stable descending score order, branch-free (w < n at every write: `grouped` is free again).
+    int32_t* stable = grouped.data();
+    int64_t w = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t p = order[i];
+      stable[w] = p;
+      w += keep[p];
+    }
+    out = at::empty({nk}, boxes.options().dtype(at::kLong));
+    int64_t* o = out.data_ptr<int64_t>();
+    bool ties = false;
+    if (n * 4 > kTorchvisionVanillaNumelCpu) {
+      // torchvision's per-class path (boxes.numel() > 4000 on CPU) orders the survivors with an unstable
+      // `scores[keep].sort(descending=True)` over ascending indices. Without tied scores that is the stable order
+      // above; with ties, run the sort ATen's CPU kernel runs (std::sort of (value, position) pairs with
+      // `(isnan(a) && !isnan(b)) || a > b`) on the same values in the same initial order, so tied scores come out
+      // in torchvision's order. The comparator is desc_key(a) < desc_key(b) on packed (key, position) words: the
+      // same outcome for every pair (NaN first, -0.0 == +0.0), hence the same sequence of moves.
+      // (half/bf16: as torchvision on float32 input.)
+      for (int64_t k = 1; k < nk && !ties; ++k) ties = desc_key(s[stable[k]]) == desc_key(s[stable[k - 1]]);
+      if (ties) {
+        if constexpr (std::is_same_v<A, float>) {
+          std::vector<uint64_t> v(n);
+          int64_t m = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            v[m] = packed(s[i], int32_t(i));
+            m += keep[i];
+          }
+          std::sort(v.begin(), v.begin() + nk, [](uint64_t a, uint64_t b) { return (a >> 32) < (b >> 32); });
+          for (int64_t k = 0; k < nk; ++k) o[k] = packed_pos(v[k]);
+        } else {
+          std::vector<std::pair<uint64_t, int32_t>> v;
+          v.reserve(nk);
+          for (int64_t i = 0; i < n; ++i)
+            if (keep[i]) v.push_back({desc_key(s[i]), int32_t(i)});
+          std::sort(v.begin(), v.end(), [](const std::pair<uint64_t, int32_t>& a,
+                                           const std::pair<uint64_t, int32_t>& b) { return a.first < b.first; });
+          for (int64_t k = 0; k < nk; ++k) o[k] = v[k].second;
+        }
+      }
+    }
+    if (!ties)
+      for (int64_t k = 0; k < nk; ++k) o[k] = stable[k];
   });
-  int64_t nk = 0;
-  for (int64_t i = 0; i < n; ++i) nk += keep[i];
-  at::Tensor out = at::empty({nk}, boxes.options().dtype(at::kLong));
-  int64_t* o = out.data_ptr<int64_t>();
-  int64_t w = 0;
-  for (int64_t i = 0; i < n; ++i)
-    if (keep[order[i]]) o[w++] = order[i];  // stable descending score order
-  if (n * 4 > kTorchvisionVanillaNumelCpu) {
-    // torchvision's per-class path (boxes.numel() > 4000 on CPU) orders the survivors with an unstable
-    // `scores[keep].sort(descending=True)` over ascending indices. Without tied scores that is the stable order
-    // above; with ties, run the sort ATen's CPU kernel runs (std::sort of (value, position) pairs by value,
-    // NaN first) on the same values in the same initial order, so tied scores come out in torchvision's order.
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "fastops_batched_nms_ties", [&] {
-      using A = acc_t<scalar_t>;  // half/bf16: as torchvision on float32 input
-      const scalar_t* sp = scores.const_data_ptr<scalar_t>();
-      const int64_t ss = scores.stride(0);
-      bool ties = false;
-      for (int64_t k = 1; k < nk && !ties; ++k)
-        ties = desc_key(A(sp[o[k] * ss])) == desc_key(A(sp[o[k - 1] * ss]));
-      if (!ties) return;
-      std::vector<std::pair<A, int64_t>> v;
-      v.reserve(nk);
-      for (int64_t i = 0; i < n; ++i)
-        if (keep[i]) v.push_back({A(sp[i * ss]), i});
-      std::sort(v.begin(), v.end(), [](const std::pair<A, int64_t>& x, const std::pair<A, int64_t>& y) {
-        return (std::isnan(x.first) && !std::isnan(y.first)) || (x.first > y.first);
-      });
-      for (int64_t k = 0; k < nk; ++k) o[k] = v[k].second;
-    });
-  }
   return out;
 }
 

@@ -19,6 +19,13 @@ from fastops.ops._keypoints import autocast_float32, check_maps, choice, finite_
 
 REFINES = tuple(_reg.REFINES)
 MAX_BLUR = _reg.MAX_BLUR
+_REFINE_SET = frozenset(REFINES)
+_FAST_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
+_MAX_SIDE = 1 << 20  # csrc/keypoints_common.h kMaxSide
+_has_torch_function = torch.overrides.has_torch_function
+_is_autocast_enabled = torch.is_autocast_enabled
+_is_compiling = torch.compiler.is_compiling
+_argmax_op = torch.ops.fastops.heatmap_argmax.default
 
 torch.fx.wrap("heatmap_argmax")
 torch.fx.wrap("soft_argmax")
@@ -48,8 +55,8 @@ def heatmap_argmax(heatmaps: Tensor, refine: str = "none", blur_kernel: int = 11
 
     Speed (none/quarter): bandwidth-bound, one read of the maps (6.3 MB for 32x17x64x48 float32) and nothing else
     of size (one pass keeps per-lane maxima and the first block reaching them; only that block is read again). On
-    the 2-core dev VM, 1 thread: the op 0.16-0.20 ms, ``torch.amax`` over the same maps 0.13-0.14 ms (1.2-1.5x of
-    one read; bench/test_bench_decode.py::test_heatmap_argmax_vs_amax).
+    the 2-core dev VM (quiet, 2026-12-02): the op 0.25 ms at 1 thread and 0.13-0.16 ms at 2, ``torch.amax`` over the
+    same maps 0.24 / 0.12 ms (1.05-1.3x of one read; bench/test_bench_decode.py::test_heatmap_argmax_vs_amax).
 
     ONNX (both exporters, opset >= 15; every refine): ArgMax over H*W, GatherElements of the score and of the
     refinement's neighbours, Where for the -1 / offset rules; exact in onnxruntime for none / quarter / hourglass
@@ -68,6 +75,16 @@ def heatmap_argmax(heatmaps: Tensor, refine: str = "none", blur_kernel: int = 11
             c, s = torch.ops.fastops.heatmap_argmax(heatmaps.unsqueeze(0), refine, blur_kernel)
             return c[0], s[0]
         return torch.ops.fastops.heatmap_argmax(heatmaps, refine, blur_kernel)
+    # Eager fast path (the per-call cost matters against one read of small maps): a plain 4-D float CPU tensor with
+    # non-empty maps, valid arguments, impl auto/cpp, no autocast, no tracing or compiling: exactly the checks below
+    # pass, so the compiled op is called directly. Anything else takes the general path (same errors as before).
+    if (type(heatmaps) is Tensor and (impl == "auto" or impl == "cpp") and type(refine) is str
+            and refine in _REFINE_SET and type(blur_kernel) is int and 1 <= blur_kernel <= MAX_BLUR
+            and blur_kernel & 1 and heatmaps.dim() == 4 and heatmaps.dtype in _FAST_DTYPES
+            and heatmaps.device.type == "cpu" and 0 < heatmaps.size(2) < _MAX_SIDE
+            and 0 < heatmaps.size(3) < _MAX_SIDE and not _has_torch_function((heatmaps,))
+            and not _is_autocast_enabled("cpu") and not _is_compiling()):
+        return _argmax_op(heatmaps, refine, blur_kernel)
     leaf = traced_call(heatmap_argmax, (heatmaps,), heatmaps, refine, blur_kernel, impl)
     if leaf is not None:
         return leaf
@@ -104,8 +121,9 @@ def soft_argmax(heatmaps: Tensor, beta: float = 1.0, normalize: bool = False, im
     or torch.compile) the forward also writes ``p`` (float32; kept for the backward, as torch.softmax keeps its
     output) and the backward is one read of ``p`` and one write of the gradient: forward+backward moves 4 x the maps'
     bytes (27 MB for 32x17x64x48 float32) and computes one exp per pixel; exp-bound, not bandwidth-bound: on the
-    2-core dev VM, 1 thread, forward+backward 3.7-3.9 ms against ~2.6 ms for one exp pass (``torch.exp`` over the
-    same pixels, 1.9 ms) plus the 4 x 6.7 MB moved at memcpy speed (0.75 ms): ~1.5x of that floor
+    2-core dev VM (quiet, 2026-12-02), forward+backward 1.9-2.3 ms at 1 thread and 1.0-1.4 ms at 2, against ~2.6 ms
+    at 1 thread for ``torch.exp`` over the same pixels (1.9 ms) plus the 4 x 6.7 MB moved at memcpy speed (0.75 ms):
+    below that floor (its own exp is cheaper than torch.exp); the two ops alone take 1.5 ms at 1 thread
     (docs/heatmaps.md, "soft_argmax: the autograd path keeps the probabilities").
 
     ONNX (both exporters, opset >= 15): Softmax of beta * h over H*W, then ReduceSum against Range index grids
