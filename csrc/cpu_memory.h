@@ -79,14 +79,14 @@ inline bool is_fresh_mapping(const at::Tensor& t) {
 
 
 // Large-block cache (csrc/cpu_memory.cpp): for kernels that write a large output or gradient on every call, such
-// as a training step's backward. Tensors of at least kCachedMinBytes live on 2 MB-aligned, huge-page-advised
+// as a training step's backward. Tensors of at least kCachedMinBytes (4 MB) live on 2 MB-aligned, huge-page-advised
 // anonymous mappings which, when the tensor dies, go back to a process-wide cache instead of to the OS, and are
 // handed out again for a tensor of the same size (rounded up to 2 MB). A first call maps fresh zero pages; later
 // calls get a block whose pages are already mapped, so the kernel pays one write pass over memory it owns instead
 // of a page fault per page (and, on VMs with free-page reporting, the host's re-supply of the page).
 // The cache holds at most FASTOPS_CPU_CACHE_MB (default 1024; 0 disables it) of released blocks, least recently
 // released evicted first; fastops.empty_cpu_cache() unmaps them all.
-constexpr size_t kCachedMinBytes = size_t(8) << 20;
+constexpr size_t kCachedMinBytes = size_t(4) << 20;
 
 // Uninitialised tensor of `sizes` in `format` (Contiguous or ChannelsLast); below kCachedMinBytes an ordinary
 // at::empty. When `zeroed` is given it is set to whether the memory is known to read as zeros (a fresh mapping):

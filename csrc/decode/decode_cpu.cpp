@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu_memory.h"
 #include "keypoints_vec.h"
 #include "decode/decode.h"
 
@@ -288,7 +289,11 @@ std::tuple<Tensor, Tensor> soft_argmax_probs_cpu(const Tensor& heatmaps, double 
   check_soft_argmax_args(heatmaps, beta);
   const Tensor hm = heatmaps.contiguous();
   Tensor coords = at::empty({hm.size(0), hm.size(1), 2}, hm.options());
-  Tensor probs = at::empty(hm.sizes(), hm.options().dtype(hm.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  // probs (saved for the backward) and the backward's gradient: one per training step, so on the block cache
+  // (cpu_memory.h): glibc returned them to the OS between steps depending on its heap's history (~160 page faults
+  // per call measured in the slow state).
+  Tensor probs = cpu_memory::empty_cached(hm.sizes(), hm.scalar_type() == at::kDouble ? at::kDouble : at::kFloat,
+                                          at::MemoryFormat::Contiguous);
   soft_argmax_maps(hm, beta, normalize, coords, &probs);
   return {coords, probs};
 }
@@ -302,7 +307,7 @@ Tensor soft_argmax_probs_backward_cpu(const Tensor& grad, const Tensor& probs, c
   const Tensor cd = coords.to(pr.scalar_type()).contiguous();
   const int64_t B = pr.size(0), K = pr.size(1);
   const int H = (int)pr.size(2), W = (int)pr.size(3);
-  Tensor gin = at::empty(pr.sizes(), pr.options());
+  Tensor gin = cpu_memory::empty_cached(pr.sizes(), pr.scalar_type(), at::MemoryFormat::Contiguous);
   if (gin.numel() == 0) return gin;
   AT_DISPATCH_FLOATING_TYPES(pr.scalar_type(), "soft_argmax_probs_backward", [&] {
     using A = scalar_t;
