@@ -117,8 +117,8 @@ inline vfloat vmin(vfloat a, vfloat b) { return a < b ? a : b; }
 // the clamp (x86 max/min return the constant for a NaN lane) keeps NaN away from the integer conversion. Fused
 // multiply-adds where the ISA has them, and the polynomial in Estrin's form: the dependency chain (which bounds a
 // loop of exponentials) is about half of Horner's.
-inline vfloat vexp(vfloat x) {
-  const vfloat xc = vmin(vmax(x, vsplat(-87.0f)), vsplat(88.0f));
+// vexp_poly: the polynomial and the power of two, for lanes already clamped to [-87, 88].
+inline vfloat vexp_poly(vfloat xc) {
   const vfloat magic = vsplat(12582912.0f);
   const vfloat n = vfma(xc, vsplat(1.44269504088896341f), magic) - magic;
   const vfloat r = vfma(n, vsplat(2.12194440e-4f), vfma(n, vsplat(-0.693359375f), xc));
@@ -130,6 +130,11 @@ inline vfloat vexp(vfloat x) {
   const vint e = (__builtin_convertvector(n, vint) + 127) << 23;
   vfloat scale;
   std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+}
+
+inline vfloat vexp(vfloat x) {
+  const vfloat ps = vexp_poly(vmin(vmax(x, vsplat(-87.0f)), vsplat(88.0f)));
   const vint keep = x >= vsplat(-87.0f);  // false below -87 and for NaN
   const vint nan = x != x;
   vfloat alt;  // NaN lanes keep x, the others 0
@@ -137,7 +142,7 @@ inline vfloat vexp(vfloat x) {
     const vint xb = (vint)x & nan;
     std::memcpy(&alt, &xb, sizeof(alt));
   }
-  return keep ? p * scale : alt;
+  return keep ? ps : alt;
 }
 
 // Max that propagates NaN (as max_pool2d), lane by lane.

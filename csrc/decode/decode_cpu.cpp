@@ -127,20 +127,8 @@ inline float max_all_finite(const float* q, int64_t n, bool& finite) {
 // vexp for lanes known to be finite and below 1 (beta * h - max of a finite map): the same operations as vexp on
 // that range, hence the same values, without its NaN and overflow handling; 0 below -87.
 inline vfloat vexp_nonpos(vfloat x) {
-  const vfloat xc = vmax(x, vsplat(-87.0f));
-  const vfloat magic = vsplat(12582912.0f);
-  const vfloat n = vfma(xc, vsplat(1.44269504088896341f), magic) - magic;
-  const vfloat r = vfma(n, vsplat(2.12194440e-4f), vfma(n, vsplat(-0.693359375f), xc));
-  const vfloat r2 = r * r;
-  const vfloat a0 = vfma(r, vsplat(1.6666665459e-1f), vsplat(5.0000001201e-1f));
-  const vfloat a1 = vfma(r, vsplat(8.3334519073e-3f), vsplat(4.1665795894e-2f));
-  const vfloat a2 = vfma(r, vsplat(1.9875691500e-4f), vsplat(1.3981999507e-3f));
-  const vfloat p = vfma(vfma(vfma(r2, a2, a1), r2, a0), r2, r + 1.0f);
-  const vint e = (__builtin_convertvector(n, vint) + 127) << 23;
-  vfloat scale;
-  std::memcpy(&scale, &e, sizeof(scale));
   const vint keep = x >= vsplat(-87.0f);
-  const vint v = (vint)(p * scale) & keep;
+  const vint v = (vint)vexp_poly(vmax(x, vsplat(-87.0f))) & keep;
   vfloat out;
   std::memcpy(&out, &v, sizeof(out));
   return out;
