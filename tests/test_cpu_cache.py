@@ -177,3 +177,18 @@ def test_soft_argmax_probs_and_gradient_on_reused_blocks():
 
     _twice(lambda: torch.autograd.grad(fastops.soft_argmax(hm, 2.0), hm, gout)[0],
            lambda got: torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4))
+
+
+@pytest.mark.parametrize("mode", ["top", "bottom", "left", "right"])
+def test_corner_pool_output_and_gradient_on_reused_blocks(mode):
+    from fastops.reference.corner_pool import corner_pool as cornernet_pool  # CornerNet's tie rule in backward
+
+    g = torch.Generator().manual_seed(9)
+    # 8.4 MB, W % 8 != 0 (the AVX tiles' leftover columns) and ties from rounding (the record rule).
+    x = (torch.randn(1, 128, 128, 129, generator=g) * 4).round().requires_grad_(True)
+    gout = torch.randn(x.shape, generator=g)
+    want = cornernet_pool(x, mode)
+    want_g, = torch.autograd.grad(want, x, gout)
+    _twice(lambda: fastops.corner_pool(x.detach(), mode), lambda got: torch.testing.assert_close(got, want.detach()))
+    _twice(lambda: torch.autograd.grad(fastops.corner_pool(x, mode), x, gout)[0],
+           lambda gi: torch.testing.assert_close(gi, want_g, rtol=1e-5, atol=1e-5))
