@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastops
-from fastops.reference.flow_warp import flow_warp_grid_sample, flow_warp_pixel_formula
+from fastops.reference.flow_warp import flow_warp_grid_sample, flow_warp_pixel_formula, sample_positions
 
 COMBOS = list(itertools.product(("zeros", "border"), (True, False), ("pixel", "normalized")))
 
@@ -406,7 +406,13 @@ def test_property_float32_channel_blocks(b, c, h, w, scale, combo, seed):
         ri, rf = torch.autograd.grad(flow_warp_grid_sample(x64, f64, padding_mode, align_corners, units), (x64, f64),
                                      g.double())
         torch.testing.assert_close(gi.double(), ri, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(gf.double(), rf, atol=2e-3, rtol=1e-4)
+        # The flow gradient jumps where a sample position crosses a grid line (the taps change): pixels whose
+        # float64 position is within 1e-3 px of one may fall on the other side in float32 (seen: ix 1e-6 from an
+        # integer, a jump of 22.7). Those pixels are left out of the flow-gradient comparison.
+        ix, iy = sample_positions(fr.detach(), align_corners, units)
+        smooth = ((ix - ix.round()).abs() > 1e-3) & ((iy - iy.round()).abs() > 1e-3)
+        smooth = smooth.unsqueeze(1).expand_as(gf)
+        torch.testing.assert_close(gf.double()[smooth], rf[smooth], atol=2e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("shape,scale", [((1, 19, 23, 37), 3.0), ((2, 16, 40, 64), 9.0), ((1, 8, 200, 200), 150.0)])
