@@ -22,14 +22,9 @@ namespace {
 
 constexpr size_t kHuge = size_t(2) << 20;
 
-struct CachedBlock {
-  void* ptr;
-  size_t bytes;  // a multiple of kHuge; ptr is kHuge-aligned
-};
-
 struct BlockCache {
   std::mutex mu;
-  std::list<CachedBlock> free_blocks;  // most recently released first
+  std::list<MmapBlock> free_blocks;  // most recently released first; kHuge-aligned, bytes a multiple of kHuge
   size_t cached_bytes = 0;
   size_t cap_bytes = 0;
 };
@@ -70,9 +65,9 @@ void* map_aligned(size_t bytes) {
 
 void release_block(void* ctx) {
   auto* b = static_cast<MmapBlock*>(ctx);
-  const CachedBlock blk{b->ptr, b->bytes};
+  const MmapBlock blk = *b;
   delete b;
-  std::list<CachedBlock> evicted;
+  std::list<MmapBlock> evicted;
   {
     BlockCache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
@@ -88,19 +83,18 @@ void release_block(void* ctx) {
       evicted.push_back(blk);
     }
   }
-  for (const CachedBlock& e : evicted) munmap(e.ptr, e.bytes);
+  for (const MmapBlock& e : evicted) munmap(e.ptr, e.bytes);
 }
 
 }  // namespace
 
 at::Tensor empty_cached(at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryFormat format, bool* zeroed) {
-  const auto options = at::TensorOptions().dtype(dtype).device(at::kCPU);
   int64_t numel = 1;
   for (auto s : sizes) numel *= s;
   const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
   if (nbytes < kCachedMinBytes) {
     if (zeroed != nullptr) *zeroed = false;
-    return at::empty(sizes, options.memory_format(format));
+    return at::empty(sizes, at::TensorOptions().dtype(dtype).device(at::kCPU).memory_format(format));
   }
   const size_t bytes = (nbytes + kHuge - 1) & ~(kHuge - 1);
   void* ptr = nullptr;
@@ -121,16 +115,11 @@ at::Tensor empty_cached(at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryF
   TORCH_CHECK(ptr != nullptr, "fastops: cannot map ", bytes, " bytes for a tensor of ", sizes,
               " elements (out of memory)");
   if (zeroed != nullptr) *zeroed = fresh;
-  auto* ctx = new MmapBlock{ptr, bytes};
-  c10::DataPtr data(ptr, ctx, &release_block, at::Device(at::kCPU));
-  c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), c10::GetCPUAllocator(),
-                       /*resizable=*/true);
-  const at::Tensor meta = at::empty(sizes, options.device(at::kMeta).memory_format(format));
-  return at::empty({0}, options).set_(storage, 0, sizes, meta.strides());
+  return tensor_on_mapping(ptr, new MmapBlock{ptr, bytes}, &release_block, nbytes, sizes, dtype, format);
 }
 
 int64_t release_cached_blocks() {
-  std::list<CachedBlock> all;
+  std::list<MmapBlock> all;
   size_t freed = 0;
   {
     BlockCache& c = cache();
@@ -139,7 +128,7 @@ int64_t release_cached_blocks() {
     freed = c.cached_bytes;
     c.cached_bytes = 0;
   }
-  for (const CachedBlock& e : all) munmap(e.ptr, e.bytes);
+  for (const MmapBlock& e : all) munmap(e.ptr, e.bytes);
   return static_cast<int64_t>(freed);
 }
 

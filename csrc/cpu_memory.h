@@ -4,8 +4,8 @@
 // through DRAM once more before the kernel touches it.
 #pragma once
 
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/core/CPUAllocator.h>
 
 #include <sys/mman.h>
@@ -43,6 +43,18 @@ inline void free_mmap_block(void* ctx) {
   delete b;
 }
 
+// A CPU tensor of `sizes` in `format` (the strides at::empty would give) on `nbytes` at `ptr`, which `deleter(ctx)`
+// releases when the storage dies. The storage stays resizable through the ordinary CPU allocator.
+inline at::Tensor tensor_on_mapping(void* ptr, MmapBlock* ctx, void (*deleter)(void*), size_t nbytes,
+                                    at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryFormat format) {
+  const auto options = at::TensorOptions().dtype(dtype).device(at::kCPU);
+  c10::DataPtr data(ptr, ctx, deleter, at::Device(at::kCPU));
+  c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), c10::GetCPUAllocator(),
+                       /*resizable=*/true);
+  const at::Tensor meta = at::empty(sizes, options.device(at::kMeta).memory_format(format));
+  return at::empty({0}, options).set_(storage, 0, sizes, meta.strides());
+}
+
 // A zero-filled tensor of `sizes` in `format` (Contiguous or ChannelsLast), without a zero pass when it is
 // large (>= min_mmap_bytes): fresh anonymous mmap, whose pages the OS supplies zeroed at their first touch (by the
 // kernel that fills the tensor, while the page is in cache), with huge-page advice when `huge_pages`. Pages a
@@ -62,13 +74,7 @@ inline at::Tensor zeros_fresh(at::IntArrayRef sizes, at::ScalarType dtype, at::M
   TORCH_CHECK(ptr != MAP_FAILED, "fastops: cannot map ", nbytes, " bytes for a tensor of ", sizes,
               " elements (out of memory)");
   if (huge_pages) advise_huge_pages(ptr, nbytes);
-  auto* ctx = new MmapBlock{ptr, nbytes};
-  c10::DataPtr data(ptr, ctx, &free_mmap_block, at::Device(at::kCPU));
-  c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), c10::GetCPUAllocator(),
-                       /*resizable=*/true);
-  // Strides of `format` (what at::empty would give), then the storage swapped in.
-  const at::Tensor meta = at::empty(sizes, options.device(at::kMeta).memory_format(format));
-  return at::empty({0}, options).set_(storage, 0, sizes, meta.strides());
+  return tensor_on_mapping(ptr, new MmapBlock{ptr, nbytes}, &free_mmap_block, nbytes, sizes, dtype, format);
 }
 
 // Whether t's memory is a zeros_fresh mmap block (its untouched pages are still the OS's zero pages).
@@ -94,6 +100,14 @@ constexpr size_t kCachedMinBytes = size_t(4) << 20;
 // part is in cache. `sizes` were checked by the caller (no overflow of the product).
 at::Tensor empty_cached(at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryFormat format,
                         bool* zeroed = nullptr);
+
+// empty_cached shaped and laid out like t (Contiguous, else ChannelsLast); at::empty_like for other layouts.
+inline at::Tensor empty_cached_like(const at::Tensor& t) {
+  for (const auto fmt : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
+    if (t.is_contiguous(fmt)) return empty_cached(t.sizes(), t.scalar_type(), fmt);
+  }
+  return at::empty_like(t, at::MemoryFormat::Preserve);
+}
 
 // Unmaps every cached block; returns the bytes released.
 int64_t release_cached_blocks();

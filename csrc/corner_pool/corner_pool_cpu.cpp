@@ -263,7 +263,7 @@ Tensor corner_pool_cpu(const Tensor& input, c10::string_view mode_s) {
   const int mode = parse_pool_mode(mode_s);
   check_pool_args(input);
   const Tensor in = input.contiguous();
-  Tensor out = cpu_memory::empty_cached(in.sizes(), in.scalar_type(), at::MemoryFormat::Contiguous);
+  Tensor out = cpu_memory::empty_cached_like(in);
   if (out.numel() > 0) pool_forward(in, out, Tensor(), mode);
   return out;
 }
@@ -272,7 +272,7 @@ std::tuple<Tensor, Tensor> corner_pool_masked_cpu(const Tensor& input, c10::stri
   const int mode = parse_pool_mode(mode_s);
   check_pool_args(input);
   const Tensor in = input.contiguous();
-  Tensor out = cpu_memory::empty_cached(in.sizes(), in.scalar_type(), at::MemoryFormat::Contiguous);
+  Tensor out = cpu_memory::empty_cached_like(in);
   Tensor mask = at::zeros(pool_mask_shape(in.sizes(), mode), in.options().dtype(at::kByte));
   if (out.numel() > 0) pool_forward(in, out, mask, mode);
   return {out, mask};
@@ -287,7 +287,7 @@ Tensor corner_pool_backward_cpu(const Tensor& grad, const Tensor& input, const T
   const Tensor g = grad.to(in.scalar_type()).contiguous();
   const int64_t BC = in.size(0) * in.size(1);
   const int H = (int)in.size(2), W = (int)in.size(3);
-  Tensor gin = cpu_memory::empty_cached(in.sizes(), in.scalar_type(), at::MemoryFormat::Contiguous);
+  Tensor gin = cpu_memory::empty_cached_like(in);
   if (gin.numel() == 0) return gin;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "corner_pool_backward", [&] {
     using A = acc_t<scalar_t>;
@@ -333,7 +333,7 @@ Tensor corner_pool_masked_backward_cpu(const Tensor& grad, const Tensor& mask, c
   const Tensor mk = mask.contiguous();
   const int64_t BC = g.size(0) * g.size(1);
   const int H = (int)g.size(2), W = (int)g.size(3);
-  Tensor gin = cpu_memory::empty_cached(g.sizes(), g.scalar_type(), at::MemoryFormat::Contiguous);
+  Tensor gin = cpu_memory::empty_cached_like(g);
   if (gin.numel() == 0) return gin;
   const bool cols = mode == kTop || mode == kBottom;
   const int64_t mplane = mk.size(2) * mk.size(3);

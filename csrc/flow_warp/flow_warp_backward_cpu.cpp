@@ -320,12 +320,7 @@ std::tuple<Tensor, Tensor> flow_warp_backward_cpu(const Tensor& grad_output, con
   const int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   // The large input gradient on a cached block too (as the forward's output, flow_warp_cpu.cpp); both layouts
   // are filled completely below.
-  for (const auto fmt : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
-    if (need_input && gin.nbytes() >= cpu_memory::kCachedMinBytes && gin.is_contiguous(fmt)) {
-      gin = cpu_memory::empty_cached(gin.sizes(), gin.scalar_type(), fmt);
-      break;
-    }
-  }
+  if (need_input) gin = cpu_memory::empty_cached_like(gin);
   if (B * H * W == 0 || C == 0) {
     if (need_flow) gflow.zero_();
     return {gin, gflow};

@@ -247,12 +247,7 @@ std::tuple<Tensor, Tensor> flow_warp_cpu(const Tensor& input, const Tensor& flow
   // 4 kB pages cost ~30 ms per 58 MB here, as much as the kernel's own work, and whether the heap reuses a block
   // below glibc's 32 MB mmap threshold depended on the process's allocation history (one bench row 10.7 ms in
   // one run, 34.7 ms in the next).
-  for (const auto fmt : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast}) {
-    if (out.nbytes() >= cpu_memory::kCachedMinBytes && out.is_contiguous(fmt)) {
-      out = cpu_memory::empty_cached(out.sizes(), out.scalar_type(), fmt);
-      break;
-    }
-  }
+  out = cpu_memory::empty_cached_like(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "flow_warp_cpu", [&] {
     forward_kernel<scalar_t>(input, flow, out, return_mask ? mask.data_ptr<scalar_t>() : nullptr, o);
   });

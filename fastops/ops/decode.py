@@ -14,14 +14,14 @@ import torch
 from torch import Tensor
 
 import fastops.registrations.decode as _reg
-from fastops._library import check_int, dispatch, reference_module, triton_module
-from fastops.ops._keypoints import autocast_float32, check_maps, choice, finite_float, grad_path, traced_call
+from fastops._library import FLOAT_DTYPES, check_int, dispatch, reference_module, triton_module
+from fastops.ops._keypoints import (MAX_SIDE, autocast_float32, check_maps, choice, finite_float, grad_path,
+                                    traced_call)
 
 REFINES = tuple(_reg.REFINES)
 MAX_BLUR = _reg.MAX_BLUR
 _REFINE_SET = frozenset(REFINES)
-_FAST_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
-_MAX_SIDE = 1 << 20  # csrc/keypoints_common.h kMaxSide
+_FAST_DTYPES = frozenset(FLOAT_DTYPES)
 _has_torch_function = torch.overrides.has_torch_function
 _is_autocast_enabled = torch.is_autocast_enabled
 _is_compiling = torch.compiler.is_compiling
@@ -81,8 +81,8 @@ def heatmap_argmax(heatmaps: Tensor, refine: str = "none", blur_kernel: int = 11
     if (type(heatmaps) is Tensor and (impl == "auto" or impl == "cpp") and type(refine) is str
             and refine in _REFINE_SET and type(blur_kernel) is int and 1 <= blur_kernel <= MAX_BLUR
             and blur_kernel & 1 and heatmaps.dim() == 4 and heatmaps.dtype in _FAST_DTYPES
-            and heatmaps.device.type == "cpu" and 0 < heatmaps.size(2) < _MAX_SIDE
-            and 0 < heatmaps.size(3) < _MAX_SIDE and not _has_torch_function((heatmaps,))
+            and heatmaps.device.type == "cpu" and 0 < heatmaps.size(2) < MAX_SIDE
+            and 0 < heatmaps.size(3) < MAX_SIDE and not _has_torch_function((heatmaps,))
             and not _is_autocast_enabled("cpu") and not _is_compiling()):
         return _argmax_op(heatmaps, refine, blur_kernel)
     leaf = traced_call(heatmap_argmax, (heatmaps,), heatmaps, refine, blur_kernel, impl)
