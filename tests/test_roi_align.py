@@ -147,6 +147,36 @@ class TestForwardAgainstTorchvision:
         expected = tv_roi_align(x, rois, (ph, pw), scale, sr, aligned)
         assert_close(fastops.roi_align(x, rois, (ph, pw), scale, sr, aligned), expected, torch.float32)
 
+    @pytest.mark.parametrize("pw", [5, 6, 7, 8])
+    def test_wide_rois_split_x_step(self, pw):
+        """float32 NCHW RoIs wide on their map with 5-8 bins across take the split x step (bins 0-3 and 4-7 on two
+        window segments, interleaved column pairs): wide and short boxes, boxes over the right edge (segments
+        shifted left to stay in the row), maps barely wider than a segment; equal at 1 and 2 threads."""
+        g = torch.Generator().manual_seed(pw)
+        for w in (150, 37, 17):
+            x = torch.randn(2, 19, 23, w, generator=g)
+            k = 64
+            bw = torch.rand(k, generator=g) * (w * 1.1 - 8) + 8
+            bh = torch.rand(k, generator=g) * 20 + 0.5
+            x1 = torch.rand(k, generator=g) * (w + 4) - bw / 2
+            y1 = torch.rand(k, generator=g) * 23 - 2
+            rois = torch.stack([torch.randint(0, 2, (k,), generator=g).float(), x1, y1, x1 + bw, y1 + bh], 1)
+            for ph in (1, 7, 9):
+                for sr in (2, 0, 1):
+                    for aligned in (False, True):
+                        expected = tv_roi_align(x, rois, (ph, pw), 1.0, sr, aligned)
+                        got = fastops.roi_align(x, rois, (ph, pw), 1.0, sr, aligned)
+                        assert_close(got, expected, torch.float32)
+            old = torch.get_num_threads()
+            try:
+                torch.set_num_threads(2)
+                two = fastops.roi_align(x, rois, (7, pw), 1.0, 2, True)
+                torch.set_num_threads(1)
+                one = fastops.roi_align(x, rois, (7, pw), 1.0, 2, True)
+            finally:
+                torch.set_num_threads(old)
+            assert torch.equal(one, two)
+
     @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
     @pytest.mark.parametrize("out", [7, (5, 11)])
     def test_non_finite_features(self, bad, out):

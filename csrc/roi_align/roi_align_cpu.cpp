@@ -54,7 +54,12 @@ struct RoiTable {
   // Packed float32 NCHW forward (pack_table): nt taps per output row (padded with zero weights), rows read as
   // nvec whole vectors from column xs, then dense x weights [ns columns from xs + slo][8 bins] per bin block.
   int nt = 0, nvec = 0, xs = 0, slo = 0, ns = 0, tail = 8;  // tail: valid lanes of the last row vector
-  std::vector<float> pk;  // [ph][nt] row offsets (int32 bits), [ph][nt] weights, [nqb][ns][8] x weights
+  // Split x step (pack_split, 5 <= pw <= 8): bins 0-3 read columns xl + [0, 8 nv2), bins 4.. read xr + [0, 8 nv2);
+  // the y step stores the two segments' columns as interleaved pairs, the x step takes one pair per FMA.
+  int nv2 = 0, xl = 0, xr = 0, ulo = 0, nu = 0;
+  size_t x2off = 0;
+  std::vector<float> pk;  // [ph][nt] row offsets (int32 bits), [ph][nt] weights, [nqb][ns][8] x weights,
+                          // then (split) [nu][8] pair weights
 };
 
 // Appends the taps of all samples of each bin along one axis, merging repeated pixels.
@@ -100,6 +105,62 @@ constexpr int kLanes = 16;
 // offset would not fit an int.
 constexpr int kVec = 8;  // floats per AVX2 register
 
+// Pair slot k of an 8-pair group holds pair kPairSlot[k] (the order _mm256_unpacklo/hi_ps leave the pairs in);
+// the permutation is its own inverse.
+constexpr int kPairSlot[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+
+// The split x step: the dense x step costs one 8-bin FMA per window column and output row, though a column feeds
+// one or two bins. Bins 0-3 and 4-7 read two segments of the window; their columns, interleaved as pairs
+// (left, right), make one FMA per pair: even lanes bins 0-3 of the left column, odd lanes bins 4-7 of the right
+// one. Chosen when the estimated work (y-step vectors per tap + x-step FMAs) drops by 10% or more.
+inline void pack_split(RoiTable<float>& t, int pw, int W) {
+  t.nv2 = 0;
+  if (pw < 5 || pw > kVec || t.nt > 4) return;
+  int l0 = INT32_MAX, l1 = -1, r0 = INT32_MAX, r1 = -1;
+  for (int q = 0; q < pw; ++q)
+    for (int b = t.xo[q]; b < t.xo[q + 1]; ++b) {
+      const int c = t.xi[b] + t.x0;
+      if (q < 4) {
+        l0 = std::min(l0, c);
+        l1 = std::max(l1, c);
+      } else {
+        r0 = std::min(r0, c);
+        r1 = std::max(r1, c);
+      }
+    }
+  if (l1 < 0 || r1 < 0) return;
+  const int n = std::max(l1 - l0 + 1, r1 - r0 + 1);
+  const int nv2 = (n + kVec - 1) / kVec;
+  if (nv2 > 16 || kVec * nv2 > W) return;
+  const int xl = std::min(l0, W - kVec * nv2), xr = std::min(r0, W - kVec * nv2);
+  std::vector<float> X2(static_cast<size_t>(nv2) * kVec * kVec, 0.f);
+  for (int q = 0; q < pw; ++q)
+    for (int b = t.xo[q]; b < t.xo[q + 1]; ++b) {
+      const int i = t.xi[b] + t.x0 - (q < 4 ? xl : xr);  // pair index, in [0, 8 nv2)
+      const int u = i / kVec * kVec + kPairSlot[i % kVec];
+      X2[static_cast<size_t>(u) * kVec + (q < 4 ? 2 * q : 2 * (q - 4) + 1)] += t.xw[b];
+    }
+  int ulo = INT32_MAX, uhi = -1;
+  for (int u = 0; u < nv2 * kVec; ++u)
+    for (int l = 0; l < kVec; ++l)
+      if (X2[static_cast<size_t>(u) * kVec + l] != 0.f) {
+        ulo = std::min(ulo, u);
+        uhi = std::max(uhi, u + 1);
+      }
+  if (uhi < 0) return;
+  const int old_cost = t.nt * t.nvec + t.ns, new_cost = 2 * t.nt * nv2 + (uhi - ulo) + nv2 + 1;
+  if (10 * new_cost > 9 * old_cost) return;
+  t.nv2 = nv2;
+  t.xl = xl;
+  t.xr = xr;
+  t.ulo = ulo;
+  t.nu = uhi - ulo;
+  t.x2off = (t.pk.size() + kVec - 1) / kVec * kVec;
+  t.pk.resize(t.x2off + static_cast<size_t>(t.nu) * kVec, 0.f);
+  std::copy(X2.begin() + static_cast<size_t>(ulo) * kVec, X2.begin() + static_cast<size_t>(uhi) * kVec,
+            t.pk.begin() + t.x2off);
+}
+
 inline bool pack_table(RoiTable<float>& t, int ph, int pw, int W, int H, int64_t sH) {
   t.nvec = 0;
   if (t.span <= 0 || static_cast<int64_t>(H) * sH >= (int64_t(1) << 31)) return false;
@@ -136,6 +197,7 @@ inline bool pack_table(RoiTable<float>& t, int ph, int pw, int W, int H, int64_t
   for (int q = 0; q < pw; ++q)
     for (int b = t.xo[q]; b < t.xo[q + 1]; ++b)
       X[(static_cast<size_t>(q / kVec) * t.ns + (t.xi[b] + t.x0 - t.xs - t.slo)) * kVec + q % kVec] += t.xw[b];
+  pack_split(t, pw, W);
   return true;
 }
 
@@ -328,18 +390,83 @@ inline void fast_ystep_any(const float* __restrict__ base, const int32_t* __rest
   }
 }
 
+// y step of the split x step: for each output row, the window segments at columns xl and xr (nv2 vectors each)
+// are lerped like fast_ystep, then stored as interleaved (left, right) pairs, 16 floats per vector pair.
+template <int NV, int NT>
+inline void fast_ystep2_fixed(const float* __restrict__ plane, const int32_t* __restrict__ rows,
+                              const float* __restrict__ w, int ph, int xl, int xr, float* __restrict__ V, int ldv) {
+  for (int p = 0; p < ph; ++p) {
+    const int32_t* r = rows + p * NT;
+    const float* wp = w + p * NT;
+    __m256 al[NV], ar[NV];
+    const __m256 w0 = _mm256_broadcast_ss(wp);
+    for (int j = 0; j < NV; ++j) {
+      al[j] = _mm256_mul_ps(w0, _mm256_loadu_ps(plane + r[0] + xl + kVec * j));
+      ar[j] = _mm256_mul_ps(w0, _mm256_loadu_ps(plane + r[0] + xr + kVec * j));
+    }
+    for (int a = 1; a < NT; ++a) {
+      const __m256 wa = _mm256_broadcast_ss(wp + a);
+      const float* row = plane + r[a];
+      for (int j = 0; j < NV; ++j) {
+        al[j] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(row + xl + kVec * j), al[j]);
+        ar[j] = _mm256_fmadd_ps(wa, _mm256_loadu_ps(row + xr + kVec * j), ar[j]);
+      }
+    }
+    for (int j = 0; j < NV; ++j) {
+      _mm256_storeu_ps(V + p * ldv + 2 * kVec * j, _mm256_unpacklo_ps(al[j], ar[j]));
+      _mm256_storeu_ps(V + p * ldv + 2 * kVec * j + kVec, _mm256_unpackhi_ps(al[j], ar[j]));
+    }
+  }
+}
+
+template <int NT>
+inline void fast_ystep2(const float* __restrict__ plane, const int32_t* __restrict__ rows,
+                        const float* __restrict__ w, int ph, int nv2, int xl, int xr, float* __restrict__ V,
+                        int ldv) {
+  if (nv2 == 1) return fast_ystep2_fixed<1, NT>(plane, rows, w, ph, xl, xr, V, ldv);
+  if (nv2 == 2) return fast_ystep2_fixed<2, NT>(plane, rows, w, ph, xl, xr, V, ldv);
+  for (int p = 0; p < ph; ++p) {
+    const int32_t* r = rows + p * NT;
+    const float* wp = w + p * NT;
+    for (int j = 0; j < nv2; ++j) {
+      const float* bl = plane + xl + kVec * j;
+      const float* br = plane + xr + kVec * j;
+      const __m256 w0 = _mm256_broadcast_ss(wp);
+      __m256 al = _mm256_mul_ps(w0, _mm256_loadu_ps(bl + r[0]));
+      __m256 ar = _mm256_mul_ps(w0, _mm256_loadu_ps(br + r[0]));
+      for (int a = 1; a < NT; ++a) {
+        const __m256 wa = _mm256_broadcast_ss(wp + a);
+        al = _mm256_fmadd_ps(wa, _mm256_loadu_ps(bl + r[a]), al);
+        ar = _mm256_fmadd_ps(wa, _mm256_loadu_ps(br + r[a]), ar);
+      }
+      _mm256_storeu_ps(V + p * ldv + 2 * kVec * j, _mm256_unpacklo_ps(al, ar));
+      _mm256_storeu_ps(V + p * ldv + 2 * kVec * j + kVec, _mm256_unpackhi_ps(al, ar));
+    }
+  }
+}
+
 // x step for PB output rows and one block of up to 8 bins. A row's full 8-lane store may run past its last
 // valid bin onto later rows of the same output plane, which are written afterwards: allowed while it stays
 // within the `room` floats left from the chunk's first row (0 when there are several bin blocks per row).
 // Returns acc * 0 summed over the rows (NaN if any result is not finite).
-template <int PB>
+// kSplit: V holds (left, right) column pairs and X pair weights (pack_split); the lanes come out as bins
+// 0 4 1 5 2 6 3 7 and are put back in order before the stores.
+template <int PB, bool kSplit = false>
 inline __m256 fast_xstep(const float* __restrict__ V, int ldv, const float* __restrict__ X, int ns,
                          float* __restrict__ out, int pw, int nvalid, int room) {
   __m256 acc[PB];
   for (int r = 0; r < PB; ++r) acc[r] = _mm256_setzero_ps();
   for (int s = 0; s < ns; ++s) {
     const __m256 x = _mm256_loadu_ps(X + s * kVec);
-    for (int r = 0; r < PB; ++r) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(V + r * ldv + s), x, acc[r]);
+    for (int r = 0; r < PB; ++r) {
+      const __m256 v = kSplit ? _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(V + r * ldv + 2 * s)))
+                              : _mm256_broadcast_ss(V + r * ldv + s);
+      acc[r] = _mm256_fmadd_ps(v, x, acc[r]);
+    }
+  }
+  if constexpr (kSplit) {
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    for (int r = 0; r < PB; ++r) acc[r] = _mm256_permutevar8x32_ps(acc[r], order);
   }
   const __m256 zero = _mm256_setzero_ps();
   __m256 chk = zero;
@@ -364,6 +491,33 @@ inline bool fast_plane(const RoiTable<float>& t, const float* __restrict__ plane
   const int32_t* rows = reinterpret_cast<const int32_t*>(t.pk.data());
   const float* w = t.pk.data() + ytab;
   const float* X = t.pk.data() + (2 * ytab + kVec - 1) / kVec * kVec;
+  if (t.nv2 > 0) {
+    switch (nt) {
+      case 1: fast_ystep2<1>(plane, rows, w, ph, t.nv2, t.xl, t.xr, V, ldv); break;
+      case 2: fast_ystep2<2>(plane, rows, w, ph, t.nv2, t.xl, t.xr, V, ldv); break;
+      case 3: fast_ystep2<3>(plane, rows, w, ph, t.nv2, t.xl, t.xr, V, ldv); break;
+      default: fast_ystep2<4>(plane, rows, w, ph, t.nv2, t.xl, t.xr, V, ldv); break;
+    }
+    const float* X2 = t.pk.data() + t.x2off;
+    const float* Vs = V + 2 * t.ulo;
+    __m256 chk = _mm256_setzero_ps();
+    for (int p0 = 0; p0 < ph; p0 += 8) {
+      const int pb = std::min(8, ph - p0);
+      const int room = (ph - p0) * pw;
+      float* o = out + p0 * pw;
+      const float* Vp = Vs + p0 * ldv;
+      switch (pb) {
+#define FASTOPS_XSTEP2(PB) \
+  case PB:                \
+    chk = _mm256_add_ps(chk, fast_xstep<PB, true>(Vp, ldv, X2, t.nu, o, pw, pw, room)); \
+    break;
+        FASTOPS_XSTEP2(1) FASTOPS_XSTEP2(2) FASTOPS_XSTEP2(3) FASTOPS_XSTEP2(4)
+        FASTOPS_XSTEP2(5) FASTOPS_XSTEP2(6) FASTOPS_XSTEP2(7) FASTOPS_XSTEP2(8)
+#undef FASTOPS_XSTEP2
+      }
+    }
+    return _mm256_movemask_ps(_mm256_cmp_ps(chk, chk, _CMP_UNORD_Q)) == 0;
+  }
   const float* base = plane + t.xs;
   if (t.tail == kVec && nvec <= 4 && nt >= 1 && nt <= 4) {
     switch (nvec * 8 + nt) {
@@ -550,7 +704,7 @@ bool forward_fast(const std::vector<RoiTable<float>>& tables, const std::vector<
                   int max_span) {
   const int64_t plane_out = static_cast<int64_t>(ph) * pw;
   int ldv = kVec;
-  for (int64_t k : order) ldv = std::max(ldv, tables[k].nvec * kVec);
+  for (int64_t k : order) ldv = std::max({ldv, tables[k].nvec * kVec, 2 * kVec * tables[k].nv2});
   at::parallel_for(0, (C + kFastCB - 1) / kFastCB, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> V(static_cast<size_t>(ph) * ldv), Vx(static_cast<size_t>(max_span) + kLanes);
     for (int64_t blk = b0; blk < b1; ++blk) {
