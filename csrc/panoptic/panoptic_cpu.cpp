@@ -1,11 +1,16 @@
 // panoptic_fuse: CPU kernel (schema and argument checks in panoptic.cpp).
 //
-// Parallel over output rows. Per row: the semantic logits are upsampled on the fly (vertical lerp of the two
-// source rows for every channel into a small buffer, then a horizontal lerp per channel and pixel), the stuff
-// channels are reduced to a running (max, argmax) once, the thing channels to their max (void), and each
-// instance is visited only where its box covers the row; outside its box an instance is a 0 logit, and those zeros
-// are merged in one pass per row (only the lowest instance not covering a pixel can win there). Nothing of size
-// [S+N+1, H, W] is ever built.
+// Parallel over output rows, in blocks of rows that share their two source rows. Per block the semantic logits
+// are upsampled on the fly and reduced per pixel: the stuff channels to a running (max, first argmax), the thing
+// channels to their max (void). With an integer horizontal scale of 2, 4 or 8 (UPSNet's 4x fcn_output) every
+// channel is evaluated on vectors of LN consecutive source cells (fast_group: F phase weights fixed per cell, the
+// horizontal lerp once per channel and block, then one lerp, compare and blend per pixel and channel; no selection,
+// so its cost does not depend on the logits); other scales keep per cell only the candidate channels whose largest
+// corner reaches the best smallest corner. Then each instance is visited only where its box covers the row; outside
+// its box an instance is a 0 logit, and those zeros are merged in one pass per row (only the lowest instance not
+// covering a pixel can win there). Nothing of size [S+N+1, H, W] is ever built. Compute-bound: at 800x1216 with
+// 133 channels the 4x fast path evaluates 129 M upsampled logits (27 ms at 1 thread here); one read of the 32 MB
+// input and one write of the 3.9 MB output are about 3 ms of that (estimated, not measured apart).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
