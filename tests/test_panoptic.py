@@ -375,6 +375,19 @@ def test_nan_inf_logits_follow_the_reference_argmax(impl, output_size):
         assert out[1, 2] == 0  # hand check: the NaN stuff logit at (1, 2) wins
 
 
+@pytest.mark.parametrize("impl", ("cpp", "triton"))
+def test_void_is_the_only_channel(impl):
+    # No stuff classes and no instances: UPSNet's logits are the void channel alone, so every pixel is void, also
+    # where the thing logits are -inf (the void logit -inf).
+    sem = torch.full((2, 3, 12), float("-inf"))
+    sem[0, 0, 0] = 1.0
+    none = (torch.zeros(0, 2, 2), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    for out_size in (None, (6, 48)):
+        out = fastops.panoptic_fuse(sem, *none, num_stuff=0, output_size=out_size, impl=impl)
+        assert torch.equal(out, upsnet_fuse(sem, *none, 0, out_size, True))
+        assert (out == 255).all()
+
+
 @settings(deadline=None)
 @given(seed=st.integers(0, 10 ** 6), n_nan=st.integers(1, 6), up=st.sampled_from([None, (11, 13)]),
        void=st.booleans())
