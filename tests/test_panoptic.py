@@ -193,14 +193,15 @@ def test_non_contiguous_and_layouts():
     _assert_same_ids(out2, sem, masks, boxes, labels, 5, None, True)
 
 
-def test_thread_independent():
-    sem, masks, boxes, labels = _data(N=10, h=20, w=24, out=(60, 70), smooth=True)
+@pytest.mark.parametrize("out", ((60, 70), (80, 96)))  # the candidate path / the 4x fast path of the CPU kernel
+def test_thread_independent(out):
+    sem, masks, boxes, labels = _data(N=10, h=20, w=24, out=out, smooth=True)
     old = torch.get_num_threads()
     try:
         outs = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            outs.append(fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=5, output_size=(60, 70)))
+            outs.append(fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=5, output_size=out))
     finally:
         torch.set_num_threads(old)
     assert torch.equal(outs[0], outs[1])
@@ -374,6 +375,19 @@ def test_nan_inf_logits_follow_the_reference_argmax(impl, output_size):
         assert out[1, 2] == 0  # hand check: the NaN stuff logit at (1, 2) wins
 
 
+@pytest.mark.parametrize("impl", ("cpp", "triton"))
+def test_void_is_the_only_channel(impl):
+    # No stuff classes and no instances: UPSNet's logits are the void channel alone, so every pixel is void, also
+    # where the thing logits are -inf (the void logit -inf).
+    sem = torch.full((2, 3, 12), float("-inf"))
+    sem[0, 0, 0] = 1.0
+    none = (torch.zeros(0, 2, 2), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    for out_size in (None, (6, 48)):
+        out = fastops.panoptic_fuse(sem, *none, num_stuff=0, output_size=out_size, impl=impl)
+        assert torch.equal(out, upsnet_fuse(sem, *none, 0, out_size, True))
+        assert (out == 255).all()
+
+
 @settings(deadline=None)
 @given(seed=st.integers(0, 10 ** 6), n_nan=st.integers(1, 6), up=st.sampled_from([None, (11, 13)]),
        void=st.booleans())
@@ -388,6 +402,35 @@ def test_property_non_finite_logits(seed, n_nan, up, void):
         t[idx] = vals[int(torch.randint(0, 3, (1,), generator=g))]
     out = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=3, output_size=up, void=void)
     assert torch.equal(out, upsnet_fuse(sem, masks, boxes, labels, 3, up, void))
+
+
+# The CPU kernel's fast path: an integer horizontal scale of 2, 4 or 8 (UPSNet's 4x fcn_output) evaluates every channel
+# on vectors of 8 (float) / 4 (double) source cells; the border cells, and rows with a non-finite or huge value (NaN
+# rules), take other code. Multiples of 0.5 make exact ties; the values are bitwise the reference's. (w >= 10: a run of
+# at least 8 regular cells; S = N = 0 with void: the void channel is the only one, 255 even where it is -inf.)
+@settings(deadline=None)
+@given(scale=st.sampled_from([2, 4, 8]), vscale=st.sampled_from([1, 2, 4]), h=st.integers(1, 5),
+       w=st.integers(10, 21), S=st.integers(0, 6), T=st.integers(1, 6), N=st.integers(0, 4), void=st.booleans(),
+       n_bad=st.integers(0, 3), dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+       transposed=st.booleans(), seed=st.integers(0, 10 ** 6))
+def test_property_integer_scale_fast_path(scale, vscale, h, w, S, T, N, void, n_bad, dtype, transposed, seed):
+    if S == 0 and N == 0 and not void:
+        return
+    out = (h * vscale, w * scale)
+    sem, masks, boxes, labels = _data(S=S, T=T, h=h, w=w, N=N, M=5, out=out, seed=seed, spread=1.2)
+    sem = (sem * 2).round() / 2
+    g = torch.Generator().manual_seed(seed)
+    bad = torch.tensor([float("nan"), float("inf"), float("-inf"), 3e38, -3e38])
+    for _ in range(n_bad):
+        idx = tuple(int(torch.randint(0, n, (1,), generator=g)) for n in sem.shape)
+        sem[idx] = bad[int(torch.randint(0, 5, (1,), generator=g))]
+    sem, masks = sem.to(dtype), masks.to(dtype)
+    if transposed:
+        sem = sem.transpose(1, 2).contiguous().transpose(1, 2)
+    res = fastops.panoptic_fuse(sem, masks, boxes, labels, num_stuff=S, output_size=out, void=void)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    exp = upsnet_fuse(sem.to(acc), masks.to(acc), boxes, labels, S, out, void)
+    assert torch.equal(res, exp), (res != exp).nonzero()[:5]
 
 
 def test_torchscript_and_fx(tmp_path):

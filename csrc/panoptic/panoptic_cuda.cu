@@ -101,7 +101,8 @@ __global__ void fuse_kernel(const scalar_t* __restrict__ X, int64_t C, int64_t h
         arg = static_cast<int32_t>(S + i);
       }
     }
-    if (with_void && beats(tmax - smax, best)) arg = kVoidId;
+    // S = N = 0: the void logit is the only channel (255 even where it is -inf or the thing max is -inf).
+    if (with_void && (beats(tmax - smax, best) || (S == 0 && N == 0))) arg = kVoidId;
     out[idx] = arg;
   }
 }

@@ -153,6 +153,8 @@ def panoptic_fuse_triton(semantic_logits: Tensor, mask_logits: Tensor, boxes: Te
     N = mask_logits.shape[0]
     if H * W == 0:
         return out
+    if void and num_stuff == 0 and N == 0:
+        return out.fill_(_reg.VOID_ID)  # the void logit is the only channel (255 even where it is -inf)
     insts = instance_regions(boxes, labels, num_stuff, C - num_stuff, H, W)
     if N == 0:
         insts = torch.zeros((1, _reg.INST_FIELDS), dtype=torch.int64, device=semantic_logits.device)
