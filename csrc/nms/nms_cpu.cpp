@@ -160,11 +160,21 @@ uint64_t* replay_partition(uint64_t* f, int64_t len, uint32_t p, std::vector<uin
     const __m256i sign = _mm256_set1_epi64x(std::numeric_limits<int64_t>::min());
     const __m256i p0 = _mm256_set1_epi64x(int64_t((uint64_t(p) << 32) ^ (uint64_t(1) << 63)));
     const __m256i p1 = _mm256_set1_epi64x(int64_t(((uint64_t(p) << 32) | 0xFFFFFFFFu) ^ (uint64_t(1) << 63)));
-    for (; w0 < (len >> 6); ++w0) {
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    for (; w0 < nw; ++w0) {
       const uint64_t* q = f + (w0 << 6);
+      const int e = int(std::min<int64_t>(64, len - (w0 << 6)));
       uint64_t lt = 0, gt = 0;
-      for (int k = 0; k < 16; ++k) {
+      int k = 0;
+      for (; 4 * k + 4 <= e; ++k) {
         const __m256i x = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 4 * k)), sign);
+        lt |= uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(p0, x)))) << (4 * k);
+        gt |= uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(x, p1)))) << (4 * k);
+      }
+      if (4 * k < e) {  // the last 1-3 words, masked (bits past len are never read: the scans stop inside)
+        const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(e - 4 * k), lane);
+        const __m256i x = _mm256_xor_si256(
+            _mm256_maskload_epi64(reinterpret_cast<const long long*>(q + 4 * k), m), sign);
         lt |= uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(p0, x)))) << (4 * k);
         gt |= uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(x, p1)))) << (4 * k);
       }
