@@ -128,10 +128,10 @@ def soft_argmax(heatmaps: Tensor, beta: float = 1.0, normalize: bool = False, im
     or torch.compile) the forward also writes ``p`` (float32; kept for the backward, as torch.softmax keeps its
     output) and the backward is one read of ``p`` and one write of the gradient: forward+backward moves 4 x the maps'
     bytes (27 MB for 32x17x64x48 float32) and computes one exp per pixel; exp-bound, not bandwidth-bound: on the
-    2-core dev VM (quiet, 2026-12-02), forward+backward 1.9-2.3 ms at 1 thread and 1.0-1.4 ms at 2, against ~2.6 ms
-    at 1 thread for ``torch.exp`` over the same pixels (1.9 ms) plus the 4 x 6.7 MB moved at memcpy speed (0.75 ms):
-    below that floor (its own exp is cheaper than torch.exp); the two ops alone take 1.5 ms at 1 thread
-    (docs/heatmaps.md, "soft_argmax: the autograd path keeps the probabilities").
+    2-core dev VM (quiet, 2026-12-02), forward+backward 1.5-1.6 ms at 1 thread and 0.86-0.93 ms at 2, against
+    ~2.6 ms at 1 thread for ``torch.exp`` over the same pixels (1.9 ms) plus the 4 x 6.7 MB moved at memcpy speed
+    (0.75 ms): below that floor (its own exp is cheaper than torch.exp); the two ops alone take 1.3 ms at 1 thread
+    (docs/heatmaps.md, "soft_argmax: the autograd path keeps the probabilities" and "Figures (small7)").
 
     ONNX (both exporters, opset >= 15): Softmax of beta * h over H*W, then ReduceSum against Range index grids
     (dynamic batch and map sizes); onnxruntime matches eager to ~1e-6.
