@@ -117,7 +117,7 @@ def test_soft_argmax_nan_inf_rule_wide_maps():
     assert torch.isnan(out[0, :2]).all() and torch.isfinite(out[0, 2]).all()
 
 
-@pytest.mark.parametrize("case", ["far_below", "minus_inf", "huge_scale", "wide_rows"])
+@pytest.mark.parametrize("case", ["far_below", "near_87", "minus_inf", "huge_scale", "wide_rows"])
 def test_soft_argmax_float_paths(case):
     """The float kernel's paths: finite maps with beta >= 0 (lean exponentials; pixels far below the maximum
     underflow to 0), maps with -inf or |beta * max| >= 2^24 (the general path), rows wider than a vector."""
@@ -125,6 +125,12 @@ def test_soft_argmax_float_paths(case):
     hm = torch.randn(2, 3, 7, 40 if case == "wide_rows" else 11, generator=g) * 3
     if case == "far_below":
         hm[0, :, 2:5] = -1e30
+    if case == "near_87":  # exponents just above -87 everywhere (no clamp needed) / a few just below (clamped)
+        hm = hm.clamp(-3.0, 3.0)
+        hm[0, :, 0, 0] = 31.0
+        hm[0, :, 3, :] = 31.0 - 87.0 / 2.5 + 0.01
+        hm[1, :, 0, 0] = 31.0
+        hm[1, :, 3, 2:6] = 31.0 - 99.0 / 2.5
     if case == "minus_inf":
         hm[1, 1, 3, 4:9] = float("-inf")
     if case == "huge_scale":
@@ -287,7 +293,15 @@ def test_soft_argmax_keeps_probs_for_backward():
     g = torch.randn(2, 3, 2, dtype=torch.float64)
     xr = x.clone().requires_grad_(True)
     out = fastops.soft_argmax(xr, 1.5, normalize=True)
-    assert "_soft_argmax_probs" in type(out.grad_fn).__name__, type(out.grad_fn).__name__
+    # the eager fast path's _SoftArgmaxProbs; the general path (here: an int beta) the registered autograd of
+    # `_soft_argmax_probs`: the same ops
+    assert "SoftArgmaxProbs" in type(out.grad_fn).__name__, type(out.grad_fn).__name__
+    slow = fastops.soft_argmax(xr, 2, normalize=True)
+    assert "_soft_argmax_probs" in type(slow.grad_fn).__name__, type(slow.grad_fn).__name__
+    x3 = x.clone().requires_grad_(True)
+    (ws,) = torch.autograd.grad(R.soft_argmax(x3, 2.0, True), x3, g)
+    (gs,) = torch.autograd.grad(slow, xr, g)
+    close(gs, ws, torch.float64, rtol=1e-10, atol=1e-14)
     c, p = torch.ops.fastops._soft_argmax_probs(xr, 1.5, True)
     assert p.dtype == torch.float64 and not p.requires_grad
     close(p, torch.softmax(1.5 * x.flatten(2), -1).view_as(x), torch.float64, rtol=1e-12, atol=1e-15)

@@ -568,3 +568,19 @@ def test_batched_nms_bench_size_ties_in_torchvision_order():
     scores[[4, 9]] = -0.0
     expect = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
     assert torch.equal(fastops.batched_nms(boxes, scores, idxs, 0.5), expect)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 7, 300, 3000, 0])
+def test_batched_nms_tie_densities_in_torchvision_order(levels):
+    # the survivors' sort replays std::sort's partition phase (bit-mask scans) and orders tied runs by the positions
+    # it leaves: every density of ties, from all equal to a few pairs (levels 0: torch.rand), against torchvision
+    g = torch.Generator().manual_seed(11 + levels)
+    boxes = clustered(6000)
+    idxs = torch.randint(0, 3, (6000,), generator=g)
+    scores = torch.rand(6000, generator=g) if levels == 0 else \
+        torch.randint(0, levels, (6000,), generator=g).float() / levels
+    for n in (6000, 1100, 1021):
+        expect = torchvision.ops.batched_nms(boxes[:n], scores[:n], idxs[:n], 0.7)
+        # at 1 and 2 threads (the two halves of the first partition run on two threads)
+        for got in per_thread_count(lambda: fastops.batched_nms(boxes[:n], scores[:n], idxs[:n], 0.7)):
+            assert torch.equal(got, expect)

@@ -94,13 +94,14 @@ A map_max_scaled(const A* q, int64_t n, A beta) {
   return beta * mn;
 }
 
-// Maximum of q[0..n) (n > 0) and whether every element is finite (no NaN, no inf), 4 vector accumulators: the
-// first pass of softmax_sums (the map then stays in L1 for the exponentials).
-inline float max_all_finite(const float* q, int64_t n, bool& finite) {
+// Maximum and minimum of q[0..n) (n > 0) and whether every element is finite (no NaN, no inf), 4 vector
+// accumulators: the first pass of softmax_sums (the map then stays in L1 for the exponentials).
+inline float max_min_all_finite(const float* q, int64_t n, float& mn, bool& finite) {
   int64_t i = 0;
   float r = q[0], z = 0.0f;
+  mn = q[0];
   if (n >= 4 * kLanes) {
-    vfloat m0 = vload(q), m1 = m0, m2 = m0, m3 = m0, z0 = vfloat{}, z1 = vfloat{};
+    vfloat m0 = vload(q), m1 = m0, m2 = m0, m3 = m0, n0 = m0, n1 = m0, z0 = vfloat{}, z1 = vfloat{};
     for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
       const vfloat a = vload(q + i), b = vload(q + i + kLanes), c = vload(q + i + 2 * kLanes),
                    d = vload(q + i + 3 * kLanes);
@@ -108,19 +109,26 @@ inline float max_all_finite(const float* q, int64_t n, bool& finite) {
       m1 = vmax(b, m1);
       m2 = vmax(c, m2);
       m3 = vmax(d, m3);
+      n0 = vmin(vmin(a, b), n0);
+      n1 = vmin(vmin(c, d), n1);
       z0 += (a - a) + (b - b);  // NaN from the first NaN or inf on
       z1 += (c - c) + (d - d);
     }
-    const vfloat m = vmax(vmax(m0, m1), vmax(m2, m3)), zz = z0 + z1;
+    const vfloat m = vmax(vmax(m0, m1), vmax(m2, m3)), nn = vmin(n0, n1), zz = z0 + z1;
     r = m[0];
-    for (int j = 1; j < kLanes; ++j) r = m[j] > r ? m[j] : r;
+    mn = nn[0];
+    for (int j = 1; j < kLanes; ++j) {
+      r = m[j] > r ? m[j] : r;
+      mn = nn[j] < mn ? nn[j] : mn;
+    }
     for (int j = 0; j < kLanes; ++j) z += zz[j];
   }
   for (; i < n; ++i) {
     r = q[i] > r ? q[i] : r;
+    mn = q[i] < mn ? q[i] : mn;
     z += q[i] - q[i];
   }
-  finite = z == 0.0f;
+  finite = z == 0.0f;  // when false, r and mn are not used
   return r;
 }
 
@@ -134,10 +142,15 @@ inline vfloat vexp_nonpos(vfloat x) {
   return out;
 }
 
+// vexp_nonpos for lanes known to be in [-87, 1): vexp_poly alone (its clamp and mask are identities there).
+inline vfloat vexp_inrange(vfloat x) { return vexp_poly(x); }
+
 // One map's exponentials and sums (see softmax_sums below), with `EXP` the vector exp.
+// `pf` (may be null): the next map of the same size, prefetched row by row while this one's exponentials run (the
+// max pass that reads a map first is otherwise stalled on L2/L3 for the whole map).
 template <vfloat (*EXP)(vfloat)>
 inline void softmax_sums_with(const float* q, int H, int W, float beta, float mx, float* e, float& S, float& Sx,
-                              float& Sy) {
+                              float& Sy, const float* pf) {
   vfloat s = vfloat{}, sx = vfloat{}, sy = vfloat{};
   const vfloat vb = vsplat(beta), nvm = vsplat(-mx);
   const int full = W - W % kLanes;
@@ -145,6 +158,11 @@ inline void softmax_sums_with(const float* q, int H, int W, float beta, float mx
   for (int y = 0; y < H; ++y) {
     const float* r = q + (int64_t)y * W;
     float* er = e ? e + (int64_t)y * W : nullptr;
+    if (pf) {
+      const float* pr = pf + (int64_t)y * W;
+      for (int k = 0; k < W; k += 16) __builtin_prefetch(pr + k);
+      __builtin_prefetch(pr + W - 1);
+    }
     vfloat rs = vfloat{}, rx = vfloat{}, vx = viota(0.0f);
     int x = 0;
     for (; x < full; x += kLanes) {
@@ -177,15 +195,22 @@ inline void softmax_sums_with(const float* q, int H, int W, float beta, float mx
 // float: the exponentials in fused multiply-adds, one row's sums in registers, the lane x positions carried as a
 // vector. Maps are small (one stays in L1 between the max pass and this one). A finite map with beta >= 0 (the
 // usual case) takes vexp_nonpos (same values, fewer operations per pixel); NaN/inf maps and beta < 0 take vexp.
-inline void softmax_sums(const float* q, int H, int W, float beta, float* e, float& S, float& Sx, float& Sy) {
+inline void softmax_sums(const float* q, int H, int W, float beta, float* e, float& S, float& Sx, float& Sy,
+                         const float* pf = nullptr) {
   if (beta >= 0.0f) {
     bool finite;
-    const float m = max_all_finite(q, (int64_t)H * W, finite);
+    float mn;
+    const float m = max_min_all_finite(q, (int64_t)H * W, mn, finite);
     // |beta * m| < 2^24: the rounding of beta * m (what beta * h - mx can exceed 0 by) stays below 1
-    if (finite && std::fabs(beta * m) < 16777216.0f)
-      return softmax_sums_with<vexp_nonpos>(q, H, W, beta, beta * m, e, S, Sx, Sy);
+    if (finite && std::fabs(beta * m) < 16777216.0f) {
+      const float mx = beta * m;
+      // the exponent fma(beta, h, -mx) is non-decreasing in h (beta >= 0): its value at the minimum bounds them all
+      if (std::fma(beta, mn, -mx) >= -87.0f)
+        return softmax_sums_with<vexp_inrange>(q, H, W, beta, mx, e, S, Sx, Sy, pf);
+      return softmax_sums_with<vexp_nonpos>(q, H, W, beta, mx, e, S, Sx, Sy, pf);
+    }
   }
-  softmax_sums_with<vexp>(q, H, W, beta, map_max_scaled(q, (int64_t)H * W, beta), e, S, Sx, Sy);
+  softmax_sums_with<vexp>(q, H, W, beta, map_max_scaled(q, (int64_t)H * W, beta), e, S, Sx, Sy, pf);
 }
 
 // d coord / d h_i = beta * p_i * (pos_i - coord) for one map, from e_i = exp(beta * h_i - max) and S = sum e.
@@ -207,7 +232,8 @@ inline void soft_argmax_grad_map(const float* e, int H, int W, float f, float gx
   }
 }
 
-inline void softmax_sums(const double* q, int H, int W, double beta, double* e, double& S, double& Sx, double& Sy) {
+inline void softmax_sums(const double* q, int H, int W, double beta, double* e, double& S, double& Sx, double& Sy,
+                         const double* = nullptr) {
   const double mx = map_max_scaled(q, (int64_t)H * W, beta);
   S = Sx = Sy = 0;
   for (int y = 0; y < H; ++y) {
@@ -252,7 +278,10 @@ void soft_argmax_maps(const Tensor& hm, double beta, bool normalize, Tensor& coo
         const A* q = as_acc<scalar_t, A>(hp + m * plane, plane, buf);
         A* e = pp ? pp + m * plane : nullptr;
         A s, sx, sy, cx, cy;
-        softmax_sums(q, H, W, (A)beta, e, s, sx, sy);
+        // float maps: the next map prefetched during this one's exponentials
+        const A* next = nullptr;
+        if constexpr (std::is_same<scalar_t, A>::value) next = m + 1 < end ? q + plane : nullptr;
+        softmax_sums(q, H, W, (A)beta, e, s, sx, sy, next);
         soft_argmax_coords(s, sx, sy, H, W, normalize, cx, cy);
         if (e) {
           const A inv = A(1) / s;
@@ -310,6 +339,10 @@ Tensor soft_argmax_probs_backward_cpu(const Tensor& grad, const Tensor& probs, c
         const A gx = gp[2 * m], gy = gp[2 * m + 1], cx = cp[2 * m], cy = cp[2 * m + 1];
         const A* p = pp + m * plane;
         A* o = op + m * plane;
+        if (m + 1 < end) {  // the next map's p, a few lines ahead of the hardware prefetcher
+          const char* nx = (const char*)(p + plane);
+          for (int64_t b = 0; b < plane * (int64_t)sizeof(A); b += 256) __builtin_prefetch(nx + b);
+        }
         if (grad_map(p, H, W, (A)beta, gx, gy, cx, cy, ux, uy, o)) continue;
         for (int y = 0; y < H; ++y)
           for (int x = 0; x < W; ++x)

@@ -117,6 +117,148 @@ void sort_topk(std::vector<int32_t>& cand, const S& s, int64_t k) {
   }
 }
 
+// ---- torchvision's tie order: libstdc++'s std::sort replayed ----------------------------------------------------
+//
+// std::sort (introsort) leaves tied keys in an order only its own run determines. Its last step, the insertion
+// sort of the chunks (<= 16 elements, ordered among themselves) that the partitions leave, is stable: tied keys end
+// in the order the partition phase leaves them. replay_sort_order runs that phase exactly (median-of-three pivot
+// moved to the front, unguarded Hoare partition, recursion on the right part, heapsort at the depth limit), each
+// partition's two scans read from bit masks of the range (key >= pivot / key <= pivot, built in one pass) instead
+// of comparing element by element with a mispredicted branch at every stop. Position r[k] of element k after the
+// phase then orders each run of tied keys.
+
+inline uint32_t key_of(uint64_t v) { return uint32_t(v >> 32); }
+inline bool key_less(uint64_t a, uint64_t b) { return key_of(a) < key_of(b); }
+
+// libstdc++'s __move_median_to_first
+inline void move_median_to_first(uint64_t* result, uint64_t* a, uint64_t* b, uint64_t* c) {
+  if (key_less(*a, *b)) {
+    if (key_less(*b, *c)) std::iter_swap(result, b);
+    else if (key_less(*a, *c)) std::iter_swap(result, c);
+    else std::iter_swap(result, a);
+  } else if (key_less(*a, *c)) {
+    std::iter_swap(result, a);
+  } else if (key_less(*b, *c)) {
+    std::iter_swap(result, c);
+  } else {
+    std::iter_swap(result, b);
+  }
+}
+
+// libstdc++'s __unguarded_partition(f, f + len, pivot) for a pivot of key p. Its left scan stops at the first
+// key >= p, its right scan at the last key <= p; after a swap at (L, R) only (L, R) still holds original elements,
+// and position R (L) holds a key >= p (<= p), so the next stops are the next original mask bits, capped at R (L).
+uint64_t* replay_partition(uint64_t* f, int64_t len, uint32_t p, std::vector<uint64_t>& ge,
+                           std::vector<uint64_t>& le) {
+  const int64_t nw = (len + 63) >> 6;
+  ge.resize(size_t(nw));
+  le.resize(size_t(nw));
+  int64_t w0 = 0;
+#if defined(__AVX2__)
+  {
+    // key < p and key > p on the packed words as unsigned 64-bit compares (sign bit flipped), 4 words a step
+    const __m256i sign = _mm256_set1_epi64x(std::numeric_limits<int64_t>::min());
+    const __m256i p0 = _mm256_set1_epi64x(int64_t((uint64_t(p) << 32) ^ (uint64_t(1) << 63)));
+    const __m256i p1 = _mm256_set1_epi64x(int64_t(((uint64_t(p) << 32) | 0xFFFFFFFFu) ^ (uint64_t(1) << 63)));
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    for (; w0 < nw; ++w0) {
+      const uint64_t* q = f + (w0 << 6);
+      const int e = int(std::min<int64_t>(64, len - (w0 << 6)));
+      uint64_t lt = 0, gt = 0;
+      int k = 0;
+      for (; 4 * k + 4 <= e; ++k) {
+        const __m256i x = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 4 * k)), sign);
+        lt |= uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(p0, x)))) << (4 * k);
+        gt |= uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(x, p1)))) << (4 * k);
+      }
+      if (4 * k < e) {  // the last 1-3 words, masked (bits past len are never read: the scans stop inside)
+        const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(e - 4 * k), lane);
+        const __m256i x = _mm256_xor_si256(
+            _mm256_maskload_epi64(reinterpret_cast<const long long*>(q + 4 * k), m), sign);
+        lt |= uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(p0, x)))) << (4 * k);
+        gt |= uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(x, p1)))) << (4 * k);
+      }
+      ge[w0] = ~lt;
+      le[w0] = ~gt;
+    }
+  }
+#endif
+  for (int64_t w = w0; w < nw; ++w) {
+    const uint64_t* q = f + (w << 6);
+    const int e = int(std::min<int64_t>(64, len - (w << 6)));
+    uint64_t g = 0, l = 0;
+    for (int i = 0; i < e; ++i) {
+      const uint32_t k = key_of(q[i]);
+      g |= uint64_t(k >= p) << i;
+      l |= uint64_t(k <= p) << i;
+    }
+    ge[w] = g;
+    le[w] = l;
+  }
+  int64_t pl = -1, pr = len, i = 0, j = len - 1;
+  for (;;) {
+    int64_t L = pr;
+    for (int64_t w = i >> 6; (w << 6) < pr; ++w) {
+      uint64_t bits = ge[w];
+      if (w == (i >> 6)) bits &= ~uint64_t(0) << (i & 63);
+      if (bits) {
+        L = std::min<int64_t>((w << 6) + __builtin_ctzll(bits), pr);
+        break;
+      }
+    }
+    int64_t R = pl;
+    for (int64_t w = j >> 6; w >= 0 && (w << 6) + 63 > pl; --w) {
+      uint64_t bits = le[w];
+      if (w == (j >> 6)) bits &= ~uint64_t(0) >> (63 - (j & 63));
+      if (bits) {
+        R = std::max<int64_t>((w << 6) + 63 - __builtin_clzll(bits), pl);
+        break;
+      }
+    }
+    if (!(L < R)) return f + L;
+    std::swap(f[L], f[R]);
+    pl = L;
+    pr = R;
+    i = L + 1;
+    j = R - 1;
+  }
+}
+
+// libstdc++'s __introsort_loop (threshold 16).
+void replay_introsort_loop(uint64_t* first, uint64_t* last, int64_t depth, std::vector<uint64_t>& ge,
+                           std::vector<uint64_t>& le) {
+  while (last - first > 16) {
+    if (depth == 0) {  // libstdc++'s __partial_sort(first, last, last): heap sort
+      std::partial_sort(first, last, last, key_less);
+      return;
+    }
+    --depth;
+    uint64_t* mid = first + (last - first) / 2;
+    move_median_to_first(first, first + 1, mid, last - 1);
+    uint64_t* cut = replay_partition(first + 1, last - (first + 1), key_of(*first), ge, le);
+    replay_introsort_loop(cut, last, depth, ge, le);
+    last = cut;
+  }
+}
+
+// v[0, n): packed (key, id) words. Leaves v as std::sort's partition phase does (see above).
+// The first partition splits v into two parts that the loop then sorts independently (right, then left, same
+// depth): at::parallel_for runs them on two threads when there are two, with the same result.
+void replay_sort_partitions(uint64_t* v, int64_t n) {
+  if (n <= 16) return;
+  const int64_t depth = 2 * int64_t(63 - __builtin_clzll(uint64_t(n)));  // std::__lg(n) * 2
+  std::vector<uint64_t> ge, le;
+  move_median_to_first(v, v + 1, v + n / 2, v + n - 1);
+  uint64_t* cut = replay_partition(v + 1, n - 1, key_of(*v), ge, le);
+  at::parallel_for(0, 2, 1, [&](int64_t b, int64_t e) {
+    std::vector<uint64_t> g2, l2;
+    for (int64_t t = b; t < e; ++t) {
+      if (t == 0) replay_introsort_loop(cut, v + n, depth - 1, g2, l2);
+      else replay_introsort_loop(v, cut, depth - 1, g2, l2);
+    }
+  });
+}
+
 // ---- structure of arrays ----------------------------------------------------------------------------------------
 
 template <typename A>
@@ -221,6 +363,37 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(id + w), _mm256_permutevar8x32_epi32(cid, perm));
         w += __builtin_popcount(keep);
       }
+      if (j < n) {
+        // the last 1-7 boxes as one block of masked loads and stores (nothing read or written outside [0, n);
+        // the scalar loop below cost ~4 IoUs with 6 scalar moves each per pass, a pass per kept box)
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const int rem = int(n - j);
+        const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), lane);
+        const __m256 cx1 = _mm256_maskload_ps(x1 + j, lm), cy1 = _mm256_maskload_ps(y1 + j, lm),
+                     cx2 = _mm256_maskload_ps(x2 + j, lm), cy2 = _mm256_maskload_ps(y2 + j, lm),
+                     ca = _mm256_maskload_ps(ar + j, lm);
+        const __m256i cid = _mm256_maskload_epi32(id + j, lm);
+        const __m256 ww = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vx2, cx2), _mm256_max_ps(vx1, cx1)));
+        const __m256 hh = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vy2, cy2), _mm256_max_ps(vy1, cy1)));
+        const __m256 inter = _mm256_mul_ps(ww, hh);
+        const __m256 o = _mm256_div_ps(inter, _mm256_sub_ps(_mm256_add_ps(va, ca), inter));
+        const unsigned keep =
+            unsigned(_mm256_movemask_ps(_mm256_cmp_ps(o, vt, _CMP_NGT_UQ))) & ((1u << rem) - 1u);
+        const int cnt = __builtin_popcount(keep);
+        if (!(keep == (1u << rem) - 1u && w == j)) {
+          const __m256i perm =
+              _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kPack.lanes[keep])));
+          const __m256i sm = _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), lane);
+          _mm256_maskstore_ps(x1 + w, sm, _mm256_permutevar8x32_ps(cx1, perm));
+          _mm256_maskstore_ps(y1 + w, sm, _mm256_permutevar8x32_ps(cy1, perm));
+          _mm256_maskstore_ps(x2 + w, sm, _mm256_permutevar8x32_ps(cx2, perm));
+          _mm256_maskstore_ps(y2 + w, sm, _mm256_permutevar8x32_ps(cy2, perm));
+          _mm256_maskstore_ps(ar + w, sm, _mm256_permutevar8x32_ps(ca, perm));
+          _mm256_maskstore_epi32(id + w, sm, _mm256_permutevar8x32_epi32(cid, perm));
+        }
+        w += cnt;
+        j = n;
+      }
     }
 #endif
     for (; j < n; ++j) {
@@ -295,8 +468,11 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
     const std::vector<A> s = to_acc<A, scalar_t>(scores);
     argsort_desc(s.data(), n, order.data());
     // Group by class, stable (score order inside each class).
-    const auto mm = std::minmax_element(cls, cls + n);
-    const int64_t lo = *mm.first, hi = *mm.second;
+    int64_t lo = cls[0], hi = cls[0];  // (a plain loop the compiler vectorises; std::minmax_element is not)
+    for (int64_t i = 1; i < n; ++i) {
+      lo = cls[i] < lo ? cls[i] : lo;
+      hi = cls[i] > hi ? cls[i] : hi;
+    }
     const bool small_range = (hi >= lo) && uint64_t(hi) - uint64_t(lo) < uint64_t(std::max<int64_t>(4 * n, 4096));
     if (small_range) {
       const int64_t r = hi - lo + 1;
@@ -353,14 +529,26 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
       for (int64_t k = 1; k < nk && !ties; ++k) ties = desc_key(s[stable[k]]) == desc_key(s[stable[k - 1]]);
       if (ties) {
         if constexpr (std::is_same_v<A, float>) {
+          // std::sort's partition phase replayed; its final stable insertion sort = the stable order with each
+          // run of tied keys ordered by position after that phase (rank, indexed by box; `kept` is free again)
           std::vector<uint64_t> v(n);
           int64_t m = 0;
           for (int64_t i = 0; i < n; ++i) {
             v[m] = packed(s[i], int32_t(i));
             m += keep[i];
           }
-          std::sort(v.begin(), v.begin() + nk, [](uint64_t a, uint64_t b) { return (a >> 32) < (b >> 32); });
-          for (int64_t k = 0; k < nk; ++k) o[k] = packed_pos(v[k]);
+          replay_sort_partitions(v.data(), nk);
+          int32_t* rank = kept.data();
+          for (int64_t k = 0; k < nk; ++k) rank[packed_pos(v[k])] = int32_t(k);
+          for (int64_t a = 0; a < nk;) {
+            const uint32_t ka = desc_key(s[stable[a]]);
+            int64_t b = a + 1;
+            while (b < nk && desc_key(s[stable[b]]) == ka) ++b;
+            if (b - a > 1)
+              std::sort(stable + a, stable + b, [&](int32_t x, int32_t y) { return rank[x] < rank[y]; });
+            a = b;
+          }
+          for (int64_t k = 0; k < nk; ++k) o[k] = stable[k];
         } else {
           std::vector<std::pair<uint64_t, int32_t>> v;
           v.reserve(nk);

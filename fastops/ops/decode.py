@@ -26,6 +26,13 @@ _has_torch_function = torch.overrides.has_torch_function
 _is_autocast_enabled = torch.is_autocast_enabled
 _is_compiling = torch.compiler.is_compiling
 _argmax_op = torch.ops.fastops.heatmap_argmax.default
+_soft_op = torch.ops.fastops.soft_argmax.default
+_probs_op = torch.ops.fastops._soft_argmax_probs.default
+_probs_backward_op = torch.ops.fastops._soft_argmax_probs_backward.default
+_grad_enabled = torch.is_grad_enabled
+_is_tracing = torch._C._is_tracing
+_is_exporting = torch.compiler.is_exporting
+_below_autograd = torch._C._AutoDispatchBelowAutograd
 
 torch.fx.wrap("heatmap_argmax")
 torch.fx.wrap("soft_argmax")
@@ -121,10 +128,10 @@ def soft_argmax(heatmaps: Tensor, beta: float = 1.0, normalize: bool = False, im
     or torch.compile) the forward also writes ``p`` (float32; kept for the backward, as torch.softmax keeps its
     output) and the backward is one read of ``p`` and one write of the gradient: forward+backward moves 4 x the maps'
     bytes (27 MB for 32x17x64x48 float32) and computes one exp per pixel; exp-bound, not bandwidth-bound: on the
-    2-core dev VM (quiet, 2026-12-02), forward+backward 1.9-2.3 ms at 1 thread and 1.0-1.4 ms at 2, against ~2.6 ms
-    at 1 thread for ``torch.exp`` over the same pixels (1.9 ms) plus the 4 x 6.7 MB moved at memcpy speed (0.75 ms):
-    below that floor (its own exp is cheaper than torch.exp); the two ops alone take 1.5 ms at 1 thread
-    (docs/heatmaps.md, "soft_argmax: the autograd path keeps the probabilities").
+    2-core dev VM (quiet, 2026-12-02), forward+backward 1.5-1.6 ms at 1 thread and 0.86-0.93 ms at 2, against
+    ~2.6 ms at 1 thread for ``torch.exp`` over the same pixels (1.9 ms) plus the 4 x 6.7 MB moved at memcpy speed
+    (0.75 ms): below that floor (its own exp is cheaper than torch.exp); the two ops alone take 1.3 ms at 1 thread
+    (docs/heatmaps.md, "soft_argmax: the autograd path keeps the probabilities" and "Figures (small7)").
 
     ONNX (both exporters, opset >= 15): Softmax of beta * h over H*W, then ReduceSum against Range index grids
     (dynamic batch and map sizes); onnxruntime matches eager to ~1e-6.
@@ -136,6 +143,18 @@ def soft_argmax(heatmaps: Tensor, beta: float = 1.0, normalize: bool = False, im
     """
     if torch.jit.is_scripting():
         return torch.ops.fastops.soft_argmax(heatmaps, beta, normalize)
+    # Eager fast path (as heatmap_argmax's): a plain 4-D float CPU tensor with non-empty maps, a finite float beta, a
+    # bool normalize, impl auto/cpp, no autocast, tracing, compiling or exporting: every check below passes, so the
+    # compiled ops are called directly; with a gradient to come through _SoftArgmaxProbs (the ops below autograd,
+    # p saved). Anything else takes the general path (same errors as before).
+    if (type(heatmaps) is Tensor and (impl == "auto" or impl == "cpp") and type(beta) is float
+            and beta - beta == 0.0 and type(normalize) is bool and heatmaps.dim() == 4
+            and heatmaps.dtype in _FAST_DTYPES and heatmaps.device.type == "cpu" and 0 < heatmaps.size(2) < MAX_SIDE
+            and 0 < heatmaps.size(3) < MAX_SIDE and not _has_torch_function((heatmaps,))
+            and not _is_autocast_enabled("cpu") and not _is_compiling() and not _is_tracing()):
+        if heatmaps.requires_grad and _grad_enabled() and not _is_exporting():
+            return _SoftArgmaxProbs.apply(heatmaps, beta, normalize)
+        return _soft_op(heatmaps, beta, normalize)
     leaf = traced_call(soft_argmax, (heatmaps,), heatmaps, beta, normalize, impl)
     if leaf is not None:
         return leaf
@@ -161,3 +180,24 @@ def _soft_argmax_cpp(heatmaps, beta, normalize):
     if grad_path(heatmaps):
         return torch.ops.fastops._soft_argmax_probs(heatmaps, beta, normalize)[0]
     return torch.ops.fastops.soft_argmax(heatmaps, beta, normalize)
+
+
+class _SoftArgmaxProbs(torch.autograd.Function):
+    """The eager fast path's autograd (the same ops and backward as `_soft_argmax_probs`' registered autograd,
+    fastops/registrations/decode.py, without its per-call dispatch layers): the forward keeps p (float32, float64
+    for float64 maps) for the backward, one read of p and one write of the gradient."""
+
+    @staticmethod
+    def forward(ctx, heatmaps, beta, normalize):
+        with _below_autograd():
+            coords, probs = _probs_op(heatmaps, beta, normalize)
+        ctx.save_for_backward(probs, coords)
+        ctx.args = (beta, normalize, heatmaps.dtype)
+        return coords
+
+    @staticmethod
+    def backward(ctx, grad):
+        probs, coords = ctx.saved_tensors
+        beta, normalize, dtype = ctx.args
+        g = _probs_backward_op(grad, probs, coords, beta, normalize)
+        return (g if g.dtype == dtype else g.to(dtype)), None, None
