@@ -145,7 +145,10 @@ def test_soft_argmax_float_paths(case):
         (gi,) = torch.autograd.grad(fastops.soft_argmax(hr, beta), hr, torch.ones(2, 3, 2))
         h64 = hm.double().requires_grad_(True)
         (ri,) = torch.autograd.grad(R.soft_argmax(h64, beta), h64, torch.ones(2, 3, 2, dtype=torch.float64))
-        close(gi.double(), ri, rtol=1e-4, atol=4e-7 * max(1.0, ri.abs().max().item()))
+        # float32 rounding of d(coordinate)/d(pixel) = beta * p * (x - E[x]) scales with beta times the map's
+        # extent (the baseline-ISA kernel was 1.4 of these units off at a small element of the wide map)
+        atol = 4 * torch.finfo(torch.float32).eps * beta * max(hm.shape[-2:])
+        close(gi.double(), ri, rtol=1e-4, atol=atol)
 
 
 def test_soft_argmax_gradcheck_and_dtypes():
