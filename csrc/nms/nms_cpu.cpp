@@ -224,10 +224,24 @@ uint64_t* replay_partition(uint64_t* f, int64_t len, uint32_t p, std::vector<uin
   }
 }
 
-// libstdc++'s __introsort_loop (threshold 16).
-void replay_introsort_loop(uint64_t* first, uint64_t* last, int64_t depth, std::vector<uint64_t>& ge,
-                           std::vector<uint64_t>& le) {
+// Tied keys (ascending): does [klo, khi] hold one? A range whose keys all lie in [klo, khi] and that holds no tied
+// key needs no replay: only the order of equal keys is read afterwards, and the elements of a range stay inside it
+// (any positions there order them correctly against the elements of other ranges).
+struct TiedKeys {
+  const uint32_t* k;
+  int64_t n;
+  bool any_in(uint32_t klo, uint32_t khi) const {
+    const uint32_t* it = std::lower_bound(k, k + n, klo);
+    return it != k + n && *it <= khi;
+  }
+};
+
+// libstdc++'s __introsort_loop (threshold 16), on a range whose keys lie in [klo, khi]; ranges without a tied key
+// are skipped (see TiedKeys).
+void replay_introsort_loop(uint64_t* first, uint64_t* last, int64_t depth, uint32_t klo, uint32_t khi,
+                           const TiedKeys& tk, std::vector<uint64_t>& ge, std::vector<uint64_t>& le) {
   while (last - first > 16) {
+    if (!tk.any_in(klo, khi)) return;
     if (depth == 0) {  // libstdc++'s __partial_sort(first, last, last): heap sort
       std::partial_sort(first, last, last, key_less);
       return;
@@ -235,26 +249,38 @@ void replay_introsort_loop(uint64_t* first, uint64_t* last, int64_t depth, std::
     --depth;
     uint64_t* mid = first + (last - first) / 2;
     move_median_to_first(first, first + 1, mid, last - 1);
-    uint64_t* cut = replay_partition(first + 1, last - (first + 1), key_of(*first), ge, le);
-    replay_introsort_loop(cut, last, depth, ge, le);
+    const uint32_t p = key_of(*first);
+    uint64_t* cut = replay_partition(first + 1, last - (first + 1), p, ge, le);
+    // [cut, last) holds keys >= p, [first, cut) keys <= p (the pivot included)
+    replay_introsort_loop(cut, last, depth, p, khi, tk, ge, le);
     last = cut;
+    khi = p;
   }
 }
 
-// v[0, n): packed (key, id) words. Leaves v as std::sort's partition phase does (see above).
+// v[0, n): packed (key, id) words. Leaves v as std::sort's partition phase does (see above), except inside ranges
+// that hold no key of `tied` (ascending; see TiedKeys).
 // The first partition splits v into two parts that the loop then sorts independently (right, then left, same
 // depth): at::parallel_for runs them on two threads when there are two, with the same result.
-void replay_sort_partitions(uint64_t* v, int64_t n) {
-  if (n <= 16) return;
+void replay_sort_partitions(uint64_t* v, int64_t n, const std::vector<uint32_t>& tied) {
+  if (n <= 16 || tied.empty()) return;
+  const TiedKeys tk{tied.data(), int64_t(tied.size())};
   const int64_t depth = 2 * int64_t(63 - __builtin_clzll(uint64_t(n)));  // std::__lg(n) * 2
   std::vector<uint64_t> ge, le;
   move_median_to_first(v, v + 1, v + n / 2, v + n - 1);
-  uint64_t* cut = replay_partition(v + 1, n - 1, key_of(*v), ge, le);
+  const uint32_t p = key_of(*v);
+  uint64_t* cut = replay_partition(v + 1, n - 1, p, ge, le);
+  const bool right = tk.any_in(p, ~uint32_t(0)), left = tk.any_in(0, p);
+  if (!(right && left && cut - v > 16 && v + n - cut > 16)) {  // one part (or none) to replay: no thread
+    if (right) replay_introsort_loop(cut, v + n, depth - 1, p, ~uint32_t(0), tk, ge, le);
+    if (left) replay_introsort_loop(v, cut, depth - 1, 0, p, tk, ge, le);
+    return;
+  }
   at::parallel_for(0, 2, 1, [&](int64_t b, int64_t e) {
     std::vector<uint64_t> g2, l2;
     for (int64_t t = b; t < e; ++t) {
-      if (t == 0) replay_introsort_loop(cut, v + n, depth - 1, g2, l2);
-      else replay_introsort_loop(v, cut, depth - 1, g2, l2);
+      if (t == 0) replay_introsort_loop(cut, v + n, depth - 1, p, ~uint32_t(0), tk, g2, l2);
+      else replay_introsort_loop(v, cut, depth - 1, 0, p, tk, g2, l2);
     }
   });
 }
@@ -537,7 +563,12 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
             v[m] = packed(s[i], int32_t(i));
             m += keep[i];
           }
-          replay_sort_partitions(v.data(), nk);
+          std::vector<uint32_t> tied;  // the keys of tied runs, ascending (stable is in ascending key order)
+          for (int64_t k = 1; k < nk; ++k) {
+            const uint32_t kk = desc_key(s[stable[k]]);
+            if (kk == desc_key(s[stable[k - 1]]) && (tied.empty() || tied.back() != kk)) tied.push_back(kk);
+          }
+          replay_sort_partitions(v.data(), nk, tied);
           int32_t* rank = kept.data();
           for (int64_t k = 0; k < nk; ++k) rank[packed_pos(v[k])] = int32_t(k);
           for (int64_t a = 0; a < nk;) {
