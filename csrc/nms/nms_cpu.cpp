@@ -344,7 +344,8 @@ template <typename A>
 int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A thr, int32_t* out) {
   int64_t nk = 0;
   while (n > 0) {
-    const A bx1 = x1[0], by1 = y1[0], bx2 = x2[0], by2 = y2[0], ba = ar[0];
+    const A bx1 = x1[0], by1 = y1[0], bx2 = x2[0], by2 = y2[0];
+    const A ba = box_area(bx1, by1, bx2, by2);  // = ar[0] (the AVX2 path below does not keep `ar` compacted)
     out[nk++] = id[0];
     int64_t w = 0, j = 1;
 #if defined(__AVX512F__)
@@ -375,14 +376,17 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
 #elif defined(__AVX2__)
     if constexpr (std::is_same_v<A, float>) {
       // Same operations and operand order as nms.h's iou (min_(a, b) = a < b ? a : b is _mm256_min_ps(a, b)),
-      // so the IoU is bit-identical; survivors are left-packed with a lane permutation. Stores of 8 lanes at w <= j
+      // so the IoU is bit-identical; survivors are left-packed with a lane permutation. The areas are recomputed
+      // from the coordinates (box_area, same operations: 2 subtractions and a multiply instead of a 6th load,
+      // permute and store per block), so `ar` is neither read nor compacted here. Stores of 8 lanes at w <= j
       // only overwrite lanes already loaded.
       const __m256 vx1 = _mm256_set1_ps(bx1), vy1 = _mm256_set1_ps(by1), vx2 = _mm256_set1_ps(bx2),
                    vy2 = _mm256_set1_ps(by2), va = _mm256_set1_ps(ba), vt = _mm256_set1_ps(thr),
                    zero = _mm256_setzero_ps();
       for (; j + 8 <= n; j += 8) {
         const __m256 cx1 = _mm256_loadu_ps(x1 + j), cy1 = _mm256_loadu_ps(y1 + j), cx2 = _mm256_loadu_ps(x2 + j),
-                     cy2 = _mm256_loadu_ps(y2 + j), ca = _mm256_loadu_ps(ar + j);
+                     cy2 = _mm256_loadu_ps(y2 + j);
+        const __m256 ca = _mm256_mul_ps(_mm256_sub_ps(cx2, cx1), _mm256_sub_ps(cy2, cy1));  // box_area
         const __m256i cid = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(id + j));
         const __m256 ww = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vx2, cx2), _mm256_max_ps(vx1, cx1)));
         const __m256 hh = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vy2, cy2), _mm256_max_ps(vy1, cy1)));
@@ -398,7 +402,6 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
         _mm256_storeu_ps(y1 + w, _mm256_permutevar8x32_ps(cy1, perm));
         _mm256_storeu_ps(x2 + w, _mm256_permutevar8x32_ps(cx2, perm));
         _mm256_storeu_ps(y2 + w, _mm256_permutevar8x32_ps(cy2, perm));
-        _mm256_storeu_ps(ar + w, _mm256_permutevar8x32_ps(ca, perm));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(id + w), _mm256_permutevar8x32_epi32(cid, perm));
         w += __builtin_popcount(keep);
       }
@@ -409,8 +412,8 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
         const int rem = int(n - j);
         const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), lane);
         const __m256 cx1 = _mm256_maskload_ps(x1 + j, lm), cy1 = _mm256_maskload_ps(y1 + j, lm),
-                     cx2 = _mm256_maskload_ps(x2 + j, lm), cy2 = _mm256_maskload_ps(y2 + j, lm),
-                     ca = _mm256_maskload_ps(ar + j, lm);
+                     cx2 = _mm256_maskload_ps(x2 + j, lm), cy2 = _mm256_maskload_ps(y2 + j, lm);
+        const __m256 ca = _mm256_mul_ps(_mm256_sub_ps(cx2, cx1), _mm256_sub_ps(cy2, cy1));  // box_area
         const __m256i cid = _mm256_maskload_epi32(id + j, lm);
         const __m256 ww = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vx2, cx2), _mm256_max_ps(vx1, cx1)));
         const __m256 hh = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vy2, cy2), _mm256_max_ps(vy1, cy1)));
@@ -427,7 +430,6 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
           _mm256_maskstore_ps(y1 + w, sm, _mm256_permutevar8x32_ps(cy1, perm));
           _mm256_maskstore_ps(x2 + w, sm, _mm256_permutevar8x32_ps(cx2, perm));
           _mm256_maskstore_ps(y2 + w, sm, _mm256_permutevar8x32_ps(cy2, perm));
-          _mm256_maskstore_ps(ar + w, sm, _mm256_permutevar8x32_ps(ca, perm));
           _mm256_maskstore_epi32(id + w, sm, _mm256_permutevar8x32_epi32(cid, perm));
         }
         w += cnt;
