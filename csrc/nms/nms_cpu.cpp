@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <tuple>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 #include <utility>
@@ -224,10 +225,24 @@ uint64_t* replay_partition(uint64_t* f, int64_t len, uint32_t p, std::vector<uin
   }
 }
 
-// libstdc++'s __introsort_loop (threshold 16).
-void replay_introsort_loop(uint64_t* first, uint64_t* last, int64_t depth, std::vector<uint64_t>& ge,
-                           std::vector<uint64_t>& le) {
+// Tied keys (ascending): does [klo, khi] hold one? A range whose keys all lie in [klo, khi] and that holds no tied
+// key needs no replay: only the order of equal keys is read afterwards, and the elements of a range stay inside it
+// (any positions there order them correctly against the elements of other ranges).
+struct TiedKeys {
+  const uint32_t* k;
+  int64_t n;
+  bool any_in(uint32_t klo, uint32_t khi) const {
+    const uint32_t* it = std::lower_bound(k, k + n, klo);
+    return it != k + n && *it <= khi;
+  }
+};
+
+// libstdc++'s __introsort_loop (threshold 16), on a range whose keys lie in [klo, khi]; ranges without a tied key
+// are skipped (see TiedKeys).
+void replay_introsort_loop(uint64_t* first, uint64_t* last, int64_t depth, uint32_t klo, uint32_t khi,
+                           const TiedKeys& tk, std::vector<uint64_t>& ge, std::vector<uint64_t>& le) {
   while (last - first > 16) {
+    if (!tk.any_in(klo, khi)) return;
     if (depth == 0) {  // libstdc++'s __partial_sort(first, last, last): heap sort
       std::partial_sort(first, last, last, key_less);
       return;
@@ -235,36 +250,60 @@ void replay_introsort_loop(uint64_t* first, uint64_t* last, int64_t depth, std::
     --depth;
     uint64_t* mid = first + (last - first) / 2;
     move_median_to_first(first, first + 1, mid, last - 1);
-    uint64_t* cut = replay_partition(first + 1, last - (first + 1), key_of(*first), ge, le);
-    replay_introsort_loop(cut, last, depth, ge, le);
+    const uint32_t p = key_of(*first);
+    uint64_t* cut = replay_partition(first + 1, last - (first + 1), p, ge, le);
+    // [cut, last) holds keys >= p, [first, cut) keys <= p (the pivot included)
+    replay_introsort_loop(cut, last, depth, p, khi, tk, ge, le);
     last = cut;
+    khi = p;
   }
 }
 
-// v[0, n): packed (key, id) words. Leaves v as std::sort's partition phase does (see above).
+// v[0, n): packed (key, id) words. Leaves v as std::sort's partition phase does (see above), except inside ranges
+// that hold no key of `tied` (ascending; see TiedKeys).
 // The first partition splits v into two parts that the loop then sorts independently (right, then left, same
 // depth): at::parallel_for runs them on two threads when there are two, with the same result.
-void replay_sort_partitions(uint64_t* v, int64_t n) {
-  if (n <= 16) return;
+void replay_sort_partitions(uint64_t* v, int64_t n, const std::vector<uint32_t>& tied) {
+  if (n <= 16 || tied.empty()) return;
+  const TiedKeys tk{tied.data(), int64_t(tied.size())};
   const int64_t depth = 2 * int64_t(63 - __builtin_clzll(uint64_t(n)));  // std::__lg(n) * 2
   std::vector<uint64_t> ge, le;
   move_median_to_first(v, v + 1, v + n / 2, v + n - 1);
-  uint64_t* cut = replay_partition(v + 1, n - 1, key_of(*v), ge, le);
+  const uint32_t p = key_of(*v);
+  uint64_t* cut = replay_partition(v + 1, n - 1, p, ge, le);
+  const bool right = tk.any_in(p, ~uint32_t(0)), left = tk.any_in(0, p);
+  if (!(right && left && cut - v > 16 && v + n - cut > 16)) {  // one part (or none) to replay: no thread
+    if (right) replay_introsort_loop(cut, v + n, depth - 1, p, ~uint32_t(0), tk, ge, le);
+    if (left) replay_introsort_loop(v, cut, depth - 1, 0, p, tk, ge, le);
+    return;
+  }
   at::parallel_for(0, 2, 1, [&](int64_t b, int64_t e) {
     std::vector<uint64_t> g2, l2;
     for (int64_t t = b; t < e; ++t) {
-      if (t == 0) replay_introsort_loop(cut, v + n, depth - 1, g2, l2);
-      else replay_introsort_loop(v, cut, depth - 1, g2, l2);
+      if (t == 0) replay_introsort_loop(cut, v + n, depth - 1, p, ~uint32_t(0), tk, g2, l2);
+      else replay_introsort_loop(v, cut, depth - 1, 0, p, tk, g2, l2);
     }
   });
 }
 
 // ---- structure of arrays ----------------------------------------------------------------------------------------
 
+// An array of n trivially constructible elements left uninitialised (every user writes a slot before reading it;
+// std::vector's zero fill was ~3 % of batched_nms).
+template <typename T>
+struct Buf {
+  std::unique_ptr<T[]> p;
+  explicit Buf(int64_t n) : p(new T[size_t(n)]) {}
+  T* data() { return p.get(); }
+  const T* data() const { return p.get(); }
+  T& operator[](int64_t i) { return p[i]; }
+  const T& operator[](int64_t i) const { return p[i]; }
+};
+
 template <typename A>
 struct Soa {
-  std::vector<A> x1, y1, x2, y2, ar;
-  std::vector<int32_t> id;
+  Buf<A> x1, y1, x2, y2, ar;
+  Buf<int32_t> id;
   explicit Soa(int64_t n) : x1(n), y1(n), x2(n), y2(n), ar(n), id(n) {}
   // Gather box `b` (coordinates at p[0], p[s], p[2s], p[3s]) into slot i, tagged with `tag`.
   template <typename T>
@@ -305,7 +344,8 @@ template <typename A>
 int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A thr, int32_t* out) {
   int64_t nk = 0;
   while (n > 0) {
-    const A bx1 = x1[0], by1 = y1[0], bx2 = x2[0], by2 = y2[0], ba = ar[0];
+    const A bx1 = x1[0], by1 = y1[0], bx2 = x2[0], by2 = y2[0];
+    const A ba = box_area(bx1, by1, bx2, by2);  // = ar[0] (the AVX2 path below does not keep `ar` compacted)
     out[nk++] = id[0];
     int64_t w = 0, j = 1;
 #if defined(__AVX512F__)
@@ -336,14 +376,17 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
 #elif defined(__AVX2__)
     if constexpr (std::is_same_v<A, float>) {
       // Same operations and operand order as nms.h's iou (min_(a, b) = a < b ? a : b is _mm256_min_ps(a, b)),
-      // so the IoU is bit-identical; survivors are left-packed with a lane permutation. Stores of 8 lanes at w <= j
+      // so the IoU is bit-identical; survivors are left-packed with a lane permutation. The areas are recomputed
+      // from the coordinates (box_area, same operations: 2 subtractions and a multiply instead of a 6th load,
+      // permute and store per block), so `ar` is neither read nor compacted here. Stores of 8 lanes at w <= j
       // only overwrite lanes already loaded.
       const __m256 vx1 = _mm256_set1_ps(bx1), vy1 = _mm256_set1_ps(by1), vx2 = _mm256_set1_ps(bx2),
                    vy2 = _mm256_set1_ps(by2), va = _mm256_set1_ps(ba), vt = _mm256_set1_ps(thr),
                    zero = _mm256_setzero_ps();
       for (; j + 8 <= n; j += 8) {
         const __m256 cx1 = _mm256_loadu_ps(x1 + j), cy1 = _mm256_loadu_ps(y1 + j), cx2 = _mm256_loadu_ps(x2 + j),
-                     cy2 = _mm256_loadu_ps(y2 + j), ca = _mm256_loadu_ps(ar + j);
+                     cy2 = _mm256_loadu_ps(y2 + j);
+        const __m256 ca = _mm256_mul_ps(_mm256_sub_ps(cx2, cx1), _mm256_sub_ps(cy2, cy1));  // box_area
         const __m256i cid = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(id + j));
         const __m256 ww = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vx2, cx2), _mm256_max_ps(vx1, cx1)));
         const __m256 hh = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vy2, cy2), _mm256_max_ps(vy1, cy1)));
@@ -359,7 +402,6 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
         _mm256_storeu_ps(y1 + w, _mm256_permutevar8x32_ps(cy1, perm));
         _mm256_storeu_ps(x2 + w, _mm256_permutevar8x32_ps(cx2, perm));
         _mm256_storeu_ps(y2 + w, _mm256_permutevar8x32_ps(cy2, perm));
-        _mm256_storeu_ps(ar + w, _mm256_permutevar8x32_ps(ca, perm));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(id + w), _mm256_permutevar8x32_epi32(cid, perm));
         w += __builtin_popcount(keep);
       }
@@ -370,8 +412,8 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
         const int rem = int(n - j);
         const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), lane);
         const __m256 cx1 = _mm256_maskload_ps(x1 + j, lm), cy1 = _mm256_maskload_ps(y1 + j, lm),
-                     cx2 = _mm256_maskload_ps(x2 + j, lm), cy2 = _mm256_maskload_ps(y2 + j, lm),
-                     ca = _mm256_maskload_ps(ar + j, lm);
+                     cx2 = _mm256_maskload_ps(x2 + j, lm), cy2 = _mm256_maskload_ps(y2 + j, lm);
+        const __m256 ca = _mm256_mul_ps(_mm256_sub_ps(cx2, cx1), _mm256_sub_ps(cy2, cy1));  // box_area
         const __m256i cid = _mm256_maskload_epi32(id + j, lm);
         const __m256 ww = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vx2, cx2), _mm256_max_ps(vx1, cx1)));
         const __m256 hh = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vy2, cy2), _mm256_max_ps(vy1, cy1)));
@@ -388,7 +430,6 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
           _mm256_maskstore_ps(y1 + w, sm, _mm256_permutevar8x32_ps(cy1, perm));
           _mm256_maskstore_ps(x2 + w, sm, _mm256_permutevar8x32_ps(cx2, perm));
           _mm256_maskstore_ps(y2 + w, sm, _mm256_permutevar8x32_ps(cy2, perm));
-          _mm256_maskstore_ps(ar + w, sm, _mm256_permutevar8x32_ps(ca, perm));
           _mm256_maskstore_epi32(id + w, sm, _mm256_permutevar8x32_epi32(cid, perm));
         }
         w += cnt;
@@ -537,7 +578,12 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
             v[m] = packed(s[i], int32_t(i));
             m += keep[i];
           }
-          replay_sort_partitions(v.data(), nk);
+          std::vector<uint32_t> tied;  // the keys of tied runs, ascending (stable is in ascending key order)
+          for (int64_t k = 1; k < nk; ++k) {
+            const uint32_t kk = desc_key(s[stable[k]]);
+            if (kk == desc_key(s[stable[k - 1]]) && (tied.empty() || tied.back() != kk)) tied.push_back(kk);
+          }
+          replay_sort_partitions(v.data(), nk, tied);
           int32_t* rank = kept.data();
           for (int64_t k = 0; k < nk; ++k) rank[packed_pos(v[k])] = int32_t(k);
           for (int64_t a = 0; a < nk;) {
