@@ -48,6 +48,14 @@ struct Lerp {
   A l0, l1;
 };
 
+// The upsampled logit from the four taps a, b (source row i0, columns i0 / i1) and d, e (row i1), in the one
+// operation order every kernel uses (rows first, no contraction): the same bits on the CPU (scalar and vector
+// lanes: W and V may be GCC vector types) and CUDA.
+template <typename W, typename V>
+FASTOPS_HD auto bilerp(W y0, W y1, W x0, W x1, V a, V b, V d, V e) {
+  return y0 * (x0 * a + x1 * b) + y1 * (x0 * d + x1 * e);
+}
+
 template <typename A>
 FASTOPS_HD Lerp<A> resize_lerp(int64_t dst, int64_t in_size, int64_t out_size) {
   Lerp<A> r;

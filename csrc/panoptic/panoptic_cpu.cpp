@@ -61,10 +61,10 @@ constexpr int64_t kBlockRows = 8;
 // of output rows (sharing the source rows p0, p1): each channel's four corner vectors are lerped horizontally once
 // (F top and F bottom vectors), then vertically per row r with the row's weights, and the R x F pixel vectors are
 // reduced over channels [c0, c1): ARG, a running (max, first argmax) (the stuff channels); !ARG, the max (the thing
-// channels' void term). Same formula and operation order as the scalar kernel (w0 * (x0 a + x1 b) + w1 * (x0 d + x1 e),
-// no contraction), so every pixel's value is the scalar kernel's bit for bit. SAFE: NaN rules (NaN beats numbers,
-// the first NaN wins, the max propagates NaN); off for rows whose values are all finite and below max/4, where no
-// interpolated value can be NaN or inf.
+// channels' void term). Same formula and operation order as the scalar kernel (panoptic.h's bilerp, split here: the
+// x lerps hoisted out of the row loop; no contraction), so every pixel's value is the scalar kernel's bit for bit.
+// SAFE: NaN rules (NaN beats numbers, the first NaN wins, the max propagates NaN); off for rows whose values are all
+// finite and below max/4, where no interpolated value can be NaN or inf.
 template <typename A, int F, bool SAFE, bool ARG>
 void fast_group(const A* p0, const A* p1, int64_t cstr, int64_t jg, int64_t c0, int64_t c1, int64_t R,
                 const A* rw0, const A* rw1, const A* pw0, const A* pw1, typename Lanes<A>::V* best,
@@ -331,8 +331,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
             auto val = [&](int64_t c) {
               const T* q0 = b0 + c * cS;
               const T* q1 = b1 + c * cS;
-              return rw0[r] * (xl0[x] * A(q0[j0]) + xl1[x] * A(q0[j1])) +
-                     rw1[r] * (xl0[x] * A(q1[j0]) + xl1[x] * A(q1[j1]));
+              return bilerp(rw0[r], rw1[r], xl0[x], xl1[x], A(q0[j0]), A(q0[j1]), A(q1[j0]), A(q1[j1]));
             };
             A bv = neg_inf;
             int32_t ba = 0;
@@ -480,7 +479,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
               const int64_t nl = std::min<int64_t>(LN, loff[j] + R * (xs[j + 1] - xs[j]) - k);
               auto eval = [&](int32_t c) {
                 const T* pc = X + c * cS;
-                return V(w0 * (x0 * A(pc[o00]) + x1 * A(pc[o01])) + w1 * (x0 * A(pc[o10]) + x1 * A(pc[o11])));
+                return V(bilerp(w0, w1, x0, x1, A(pc[o00]), A(pc[o01]), A(pc[o10]), A(pc[o11])));
               };
               // Visits the candidates of a channel group in index order but `first`, skipping those whose largest
               // corner is below the lane floor m: f(c, value).
@@ -534,8 +533,7 @@ void fuse_kernel(const Tensor& sem, const Tensor& masks, const std::vector<Inst>
           const T* p0 = X + c * cS + ly.i0 * hS;
           const T* p1 = X + c * cS + yi1 * hS;
           const int64_t j0 = xi0[x] * wS, j1 = xi1[x] * wS;
-          return ly.l0 * (xl0[x] * A(p0[j0]) + xl1[x] * A(p0[j1])) +
-                 ly.l1 * (xl0[x] * A(p1[j0]) + xl1[x] * A(p1[j1]));
+          return bilerp(ly.l0, ly.l1, xl0[x], xl1[x], A(p0[j0]), A(p0[j1]), A(p1[j0]), A(p1[j1]));
         }
         return A(rows0[c * cS + x * wS]);
       };

@@ -40,8 +40,8 @@ __device__ __forceinline__ A sem_value(const scalar_t* __restrict__ X, int64_t c
                                        const Lerp<A>& ly, const Lerp<A>& lx, int64_t y, int64_t x) {
   const scalar_t* p = X + c * cS;
   if (!UP) return A(p[y * hS + x * wS]);
-  return ly.l0 * (lx.l0 * A(p[ly.i0 * hS + lx.i0 * wS]) + lx.l1 * A(p[ly.i0 * hS + lx.i1 * wS])) +
-         ly.l1 * (lx.l0 * A(p[ly.i1 * hS + lx.i0 * wS]) + lx.l1 * A(p[ly.i1 * hS + lx.i1 * wS]));
+  return bilerp(ly.l0, ly.l1, lx.l0, lx.l1, A(p[ly.i0 * hS + lx.i0 * wS]), A(p[ly.i0 * hS + lx.i1 * wS]),
+                A(p[ly.i1 * hS + lx.i0 * wS]), A(p[ly.i1 * hS + lx.i1 * wS]));
 }
 
 // Fusion: one thread per output pixel, channels in order (stuff argmax, thing max for void, then the instances
