@@ -420,14 +420,18 @@ def test_property_integer_scale_fast_path(scale, vscale, h, w, S, T, N, void, n_
     sem, masks, boxes, labels = _data(S=S, T=T, h=h, w=w, N=N, M=5, out=out, seed=seed, spread=1.2)
     sem = (sem * 2).round() / 2
     g = torch.Generator().manual_seed(seed)
-    # One sign of huge finite value per example: +3e38 and -3e38 in one cell cancel to a rounding residue of
-    # ~1e30 whose sign depends on the order of operations (PyTorch's vectorised resize gives 2.5e30 where the
-    # exact value is 0.625 and the kernels 0), which then decides against the 0 logit outside the boxes.
+    # At most one huge finite value per example. Two of them round differently in PyTorch's vectorised resize and
+    # in the kernels: +3e38 beside -3e38 in one cell cancel to a residue whose sign depends on the order of
+    # operations (PyTorch 2.5e30, the kernels 0, exact 0.625), and +3e38 at one corner of two channels plus their
+    # different small taps tie in one and not in the other (hypothesis found both).
     huge = 3e38 if seed % 2 else -3e38
-    bad = torch.tensor([float("nan"), float("inf"), float("-inf"), huge, huge])
+    bad = [float("nan"), float("inf"), float("-inf"), huge]
     for _ in range(n_bad):
         idx = tuple(int(torch.randint(0, n, (1,), generator=g)) for n in sem.shape)
-        sem[idx] = bad[int(torch.randint(0, 5, (1,), generator=g))]
+        k = int(torch.randint(0, len(bad), (1,), generator=g))
+        sem[idx] = bad[k]
+        if k == 3:
+            bad.pop()  # the huge value, used once
     sem, masks = sem.to(dtype), masks.to(dtype)
     if transposed:
         sem = sem.transpose(1, 2).contiguous().transpose(1, 2)
