@@ -62,7 +62,7 @@ FASTOPS_HD void yolact_crop_range(T a, T b, int64_t size, int64_t& c0, int64_t& 
 }
 
 // PyTorch's bilinear (align_corners=False) source taps for destination index `dst` (upsample_bilinear2d):
-// real = max(scale * (dst + 0.5) - 0.5, 0) with scale = in / out in the op-math type A; i0 = min(floor(real),
+// real = max(scale * (dst + 0.5) - 0.5, 0) (rounded once: half_pixel_source) with scale = in / out in the op-math type A; i0 = min(floor(real),
 // in-1); lambda = clamp(real - i0, 0, 1); i1 = i0 + (i0 < in-1).
 template <typename A>
 struct Taps {
@@ -72,7 +72,7 @@ struct Taps {
 
 template <typename A>
 FASTOPS_HD Taps<A> linear_taps(int64_t dst, A scale, int64_t in_size) {
-  A real = scale * (static_cast<A>(dst) + A(0.5)) - A(0.5);
+  A real = half_pixel_source(dst, scale);
   real = real < A(0) ? A(0) : real;
   int64_t i0 = static_cast<int64_t>(floor(real));
   i0 = i0 > in_size - 1 ? in_size - 1 : i0;

@@ -66,7 +66,7 @@ FASTOPS_HD Lerp<A> resize_lerp(int64_t dst, int64_t in_size, int64_t out_size) {
     return r;
   }
   const A scale = A(in_size) / A(out_size);
-  A src = scale * (A(dst) + A(0.5)) - A(0.5);
+  A src = half_pixel_source(dst, scale);
   if (src < A(0)) src = A(0);
   int64_t i0 = (int64_t)::floor(src);
   if (i0 > in_size - 1) i0 = in_size - 1;

@@ -7,6 +7,7 @@ benchmarks and the expected result of the tests.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +21,24 @@ def _trunc(v: float) -> int:
     return int(v)  # toward zero, like Python int() / Tensor.long()
 
 
+def _half_pixel_source(dst: Tensor, scale: Tensor) -> Tensor:
+    """scale * (dst + 0.5) - 0.5 rounded once to scale's dtype, as PyTorch's vectorised CPU builds (one contracted
+    FMA) and CUDA compute it. float32: the float64 value is exact (a 24-bit scale times a < 2^28 index needs < 53
+    bits), so one rounding remains; float64: exact rationals."""
+    if scale.dtype == torch.float32:
+        return (scale.double() * (dst.double() + 0.5) - 0.5).float()
+    s = Fraction(float(scale))
+    vals = [float(s * (Fraction(int(d)) + Fraction(1, 2)) - Fraction(1, 2)) for d in dst.tolist()]
+    return torch.tensor(vals, dtype=torch.float64, device=dst.device)
+
+
 def _lerp_axis(dst: Tensor, in_size: int, out_size: int, acc):
     """PyTorch's half-pixel (align_corners=False) bilinear source taps for output indices `dst` (identity when the
     sizes match, as F.interpolate)."""
     if in_size == out_size:
         return dst, dst, torch.ones_like(dst, dtype=acc), torch.zeros_like(dst, dtype=acc)
     scale = torch.tensor(in_size, dtype=acc) / torch.tensor(out_size, dtype=acc)
-    src = (scale * (dst.to(acc) + 0.5) - 0.5).clamp(min=0)
+    src = _half_pixel_source(dst, scale).clamp(min=0)
     i0 = src.floor().long().clamp(max=in_size - 1)
     l1 = (src - i0.to(acc)).clamp(0, 1)
     i1 = i0 + (i0 < in_size - 1).long()
