@@ -26,6 +26,17 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+_has_torch_function = torch.overrides.has_torch_function
+_is_autocast_enabled = torch.is_autocast_enabled
+_is_compiling = torch.compiler.is_compiling
+
+
+def plain_eager(tensors: tuple) -> bool:
+    """Whether a call on `tensors` may go straight to a compiled op (the eager fast paths of batched_nms and the
+    heatmap decoders): no ``__torch_function__`` override among them, CPU autocast off, not under torch.compile."""
+    return not _has_torch_function(tensors) and not _is_autocast_enabled("cpu") and not _is_compiling()
+
+
 def is_channels_last(t: torch.Tensor) -> bool:
     """Same rule as fastops::is_channels_last (csrc/common.h): NHWC storage that is not also plain contiguous."""
     return t.dim() == 4 and t.size(1) > 1 and t.is_contiguous(memory_format=torch.channels_last) \

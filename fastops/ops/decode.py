@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 import fastops.registrations.decode as _reg
-from fastops._library import FLOAT_DTYPES, check_int, dispatch, reference_module, triton_module
+from fastops._library import FLOAT_DTYPES, check_int, dispatch, plain_eager, reference_module, triton_module
 from fastops.ops._keypoints import (MAX_SIDE, autocast_float32, check_maps, choice, finite_float, grad_path,
                                     traced_call)
 
@@ -22,9 +22,6 @@ REFINES = tuple(_reg.REFINES)
 MAX_BLUR = _reg.MAX_BLUR
 _REFINE_SET = frozenset(REFINES)
 _FAST_DTYPES = frozenset(FLOAT_DTYPES)
-_has_torch_function = torch.overrides.has_torch_function
-_is_autocast_enabled = torch.is_autocast_enabled
-_is_compiling = torch.compiler.is_compiling
 _argmax_op = torch.ops.fastops.heatmap_argmax.default
 _soft_op = torch.ops.fastops.soft_argmax.default
 _probs_op = torch.ops.fastops._soft_argmax_probs.default
@@ -89,8 +86,7 @@ def heatmap_argmax(heatmaps: Tensor, refine: str = "none", blur_kernel: int = 11
             and refine in _REFINE_SET and type(blur_kernel) is int and 1 <= blur_kernel <= MAX_BLUR
             and blur_kernel & 1 and heatmaps.dim() == 4 and heatmaps.dtype in _FAST_DTYPES
             and heatmaps.device.type == "cpu" and 0 < heatmaps.size(2) < MAX_SIDE
-            and 0 < heatmaps.size(3) < MAX_SIDE and not _has_torch_function((heatmaps,))
-            and not _is_autocast_enabled("cpu") and not _is_compiling()):
+            and 0 < heatmaps.size(3) < MAX_SIDE and plain_eager((heatmaps,))):
         return _argmax_op(heatmaps, refine, blur_kernel)
     leaf = traced_call(heatmap_argmax, (heatmaps,), heatmaps, refine, blur_kernel, impl)
     if leaf is not None:
@@ -150,8 +146,8 @@ def soft_argmax(heatmaps: Tensor, beta: float = 1.0, normalize: bool = False, im
     if (type(heatmaps) is Tensor and (impl == "auto" or impl == "cpp") and type(beta) is float
             and beta - beta == 0.0 and type(normalize) is bool and heatmaps.dim() == 4
             and heatmaps.dtype in _FAST_DTYPES and heatmaps.device.type == "cpu" and 0 < heatmaps.size(2) < MAX_SIDE
-            and 0 < heatmaps.size(3) < MAX_SIDE and not _has_torch_function((heatmaps,))
-            and not _is_autocast_enabled("cpu") and not _is_compiling() and not _is_tracing()):
+            and 0 < heatmaps.size(3) < MAX_SIDE and plain_eager((heatmaps,))
+            and not _is_tracing()):
         if heatmaps.requires_grad and _grad_enabled() and not _is_exporting():
             return _SoftArgmaxProbs.apply(heatmaps, beta, normalize)
         return _soft_op(heatmaps, beta, normalize)

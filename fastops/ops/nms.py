@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 import fastops.registrations.nms as _reg
-from fastops._library import FLOAT_DTYPES, check_int, check_tensor, dispatch, reference_module, triton_module
+from fastops._library import (FLOAT_DTYPES, check_int, check_tensor, dispatch, plain_eager, reference_module,
+                              triton_module)
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -161,9 +162,6 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 _FAST_BOX_DTYPES = frozenset(FLOAT_DTYPES)
 _FAST_IDX_DTYPES = frozenset((torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8))
 _batched_nms_op = torch.ops.fastops.batched_nms.default
-_has_torch_function = torch.overrides.has_torch_function
-_is_autocast_enabled = torch.is_autocast_enabled
-_is_compiling = torch.compiler.is_compiling
 
 
 def _batched_nms(boxes, scores, idxs, iou_threshold, impl):
@@ -177,8 +175,7 @@ def _batched_nms(boxes, scores, idxs, iou_threshold, impl):
             and scores.dtype == boxes.dtype and idxs.dtype in _FAST_IDX_DTYPES
             and boxes.device.type == "cpu" and scores.device.type == "cpu" and idxs.device.type == "cpu"
             and scores.size(0) == boxes.size(0) and idxs.size(0) == boxes.size(0)
-            and not _has_torch_function((boxes, scores, idxs)) and not _is_autocast_enabled("cpu")
-            and not _is_compiling()):
+            and plain_eager((boxes, scores, idxs))):
         return _batched_nms_op(boxes, scores, idxs, iou_threshold)
     leaf = _fx_leaf("batched_nms", (boxes, scores, idxs, iou_threshold, impl))
     if leaf is not None:
