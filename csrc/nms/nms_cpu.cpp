@@ -337,15 +337,123 @@ struct PackTable {
 static const PackTable kPack;
 #endif
 
+#if !defined(__AVX512F__) && defined(__AVX2__)
+// One head box broadcast to 8 lanes.
+struct Head8 {
+  __m256 x1, y1, x2, y2, a;
+  Head8(float bx1, float by1, float bx2, float by2, float ba)
+      : x1(_mm256_set1_ps(bx1)), y1(_mm256_set1_ps(by1)), x2(_mm256_set1_ps(bx2)), y2(_mm256_set1_ps(by2)),
+        a(_mm256_set1_ps(ba)) {}
+};
+
+// Bit l set: candidate lane l is not suppressed by head h (!(iou > thr); a NaN IoU keeps). Same operations and
+// operand order as nms.h's iou (min_(a, b) = a < b ? a : b is _mm256_min_ps(a, b); VMAXPS returns its second
+// operand for NaN, so max(0, NaN) stays NaN), so the IoU is bit-identical to the scalar one.
+inline unsigned keep_mask8(const Head8& h, __m256 cx1, __m256 cy1, __m256 cx2, __m256 cy2, __m256 ca, __m256 vt) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 ww = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(h.x2, cx2), _mm256_max_ps(h.x1, cx1)));
+  const __m256 hh = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(h.y2, cy2), _mm256_max_ps(h.y1, cy1)));
+  const __m256 inter = _mm256_mul_ps(ww, hh);
+  const __m256 o = _mm256_div_ps(inter, _mm256_sub_ps(_mm256_add_ps(h.a, ca), inter));
+  return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(o, vt, _CMP_NGT_UQ)));
+}
+
+// One pass over the candidates [j, n): drops those suppressed by head h0 (and by h1 when Dual), left-packs the
+// survivors from position 0 (a lane permutation per 8 boxes; stores of 8 lanes at w <= j only overwrite lanes
+// already loaded). The candidates' areas are recomputed from the coordinates (box_area: 2 subtractions and a
+// multiply, bit-identical to the stored area under -ffp-contract=off) instead of loaded, permuted and stored, so
+// `ar` is neither read nor compacted. Returns the number of survivors.
+template <bool Dual>
+inline int64_t greedy_pass_avx2(const Head8& h0, const Head8& h1, __m256 vt, float* x1, float* y1, float* x2,
+                                float* y2, int32_t* id, int64_t j, int64_t n) {
+  int64_t w = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 cx1 = _mm256_loadu_ps(x1 + j), cy1 = _mm256_loadu_ps(y1 + j), cx2 = _mm256_loadu_ps(x2 + j),
+                 cy2 = _mm256_loadu_ps(y2 + j);
+    const __m256 ca = _mm256_mul_ps(_mm256_sub_ps(cx2, cx1), _mm256_sub_ps(cy2, cy1));  // box_area
+    const __m256i cid = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(id + j));
+    unsigned keep = keep_mask8(h0, cx1, cy1, cx2, cy2, ca, vt);
+    if constexpr (Dual) keep &= keep_mask8(h1, cx1, cy1, cx2, cy2, ca, vt);
+    if (keep == 0xFF && w == j) {  // nothing suppressed and nothing to move
+      w += 8;
+      continue;
+    }
+    const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kPack.lanes[keep])));
+    _mm256_storeu_ps(x1 + w, _mm256_permutevar8x32_ps(cx1, perm));
+    _mm256_storeu_ps(y1 + w, _mm256_permutevar8x32_ps(cy1, perm));
+    _mm256_storeu_ps(x2 + w, _mm256_permutevar8x32_ps(cx2, perm));
+    _mm256_storeu_ps(y2 + w, _mm256_permutevar8x32_ps(cy2, perm));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(id + w), _mm256_permutevar8x32_epi32(cid, perm));
+    w += __builtin_popcount(keep);
+  }
+  if (j < n) {
+    // the last 1-7 boxes as one block of masked loads and stores (nothing read or written outside [0, n))
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const int rem = int(n - j);
+    const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), lane);
+    const __m256 cx1 = _mm256_maskload_ps(x1 + j, lm), cy1 = _mm256_maskload_ps(y1 + j, lm),
+                 cx2 = _mm256_maskload_ps(x2 + j, lm), cy2 = _mm256_maskload_ps(y2 + j, lm);
+    const __m256 ca = _mm256_mul_ps(_mm256_sub_ps(cx2, cx1), _mm256_sub_ps(cy2, cy1));  // box_area
+    const __m256i cid = _mm256_maskload_epi32(id + j, lm);
+    unsigned keep = keep_mask8(h0, cx1, cy1, cx2, cy2, ca, vt) & ((1u << rem) - 1u);
+    if constexpr (Dual) keep &= keep_mask8(h1, cx1, cy1, cx2, cy2, ca, vt);
+    const int cnt = __builtin_popcount(keep);
+    if (!(keep == (1u << rem) - 1u && w == j)) {
+      const __m256i perm =
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kPack.lanes[keep])));
+      const __m256i sm = _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), lane);
+      _mm256_maskstore_ps(x1 + w, sm, _mm256_permutevar8x32_ps(cx1, perm));
+      _mm256_maskstore_ps(y1 + w, sm, _mm256_permutevar8x32_ps(cy1, perm));
+      _mm256_maskstore_ps(x2 + w, sm, _mm256_permutevar8x32_ps(cx2, perm));
+      _mm256_maskstore_ps(y2 + w, sm, _mm256_permutevar8x32_ps(cy2, perm));
+      _mm256_maskstore_epi32(id + w, sm, _mm256_permutevar8x32_epi32(cid, perm));
+    }
+    w += cnt;
+  }
+  return w;
+}
+
+// greedy_nms for float with AVX2. A pass takes two heads when it can: box 1 is the next head exactly when box 0
+// does not suppress it (the usual case: consecutive boxes of a class rarely overlap), and a candidate survives the
+// two sequential passes exactly when neither head suppresses it, so one pass with both heads gives the same
+// survivors in the same order, with half the passes and one load, permutation and store of each survivor instead
+// of two.
+int64_t greedy_nms_avx2(float* x1, float* y1, float* x2, float* y2, int32_t* id, int64_t n, float thr,
+                        int32_t* out) {
+  const __m256 vt = _mm256_set1_ps(thr);
+  int64_t nk = 0;
+  while (n > 0) {
+    const float bx1 = x1[0], by1 = y1[0], bx2 = x2[0], by2 = y2[0];
+    const float ba = box_area(bx1, by1, bx2, by2);  // = the stored area (`ar` is not kept compacted here)
+    out[nk++] = id[0];
+    const Head8 h0(bx1, by1, bx2, by2, ba);
+    if (n > 1) {
+      const float qx1 = x1[1], qy1 = y1[1], qx2 = x2[1], qy2 = y2[1];
+      const float qa = box_area(qx1, qy1, qx2, qy2);
+      if (!(iou(bx1, by1, bx2, by2, ba, qx1, qy1, qx2, qy2, qa) > thr)) {
+        out[nk++] = id[1];
+        n = greedy_pass_avx2<true>(h0, Head8(qx1, qy1, qx2, qy2, qa), vt, x1, y1, x2, y2, id, 2, n);
+        continue;
+      }
+    }
+    n = greedy_pass_avx2<false>(h0, h0, vt, x1, y1, x2, y2, id, 1, n);
+  }
+  return nk;
+}
+#endif
+
 // Greedy NMS of the boxes [0, n) of the arrays (already in descending score order): repeatedly keeps the first
 // remaining box and drops every remaining box whose IoU with it is > thr (thr already floored to A: see
 // floor_to_float). Survivors are compacted in place. Writes the kept ids to out, returns their number.
 template <typename A>
 int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A thr, int32_t* out) {
+#if !defined(__AVX512F__) && defined(__AVX2__)
+  if constexpr (std::is_same_v<A, float>) return greedy_nms_avx2(x1, y1, x2, y2, id, n, thr, out);
+#endif
   int64_t nk = 0;
   while (n > 0) {
     const A bx1 = x1[0], by1 = y1[0], bx2 = x2[0], by2 = y2[0];
-    const A ba = box_area(bx1, by1, bx2, by2);  // = ar[0] (the AVX2 path below does not keep `ar` compacted)
+    const A ba = box_area(bx1, by1, bx2, by2);  // = ar[0]
     out[nk++] = id[0];
     int64_t w = 0, j = 1;
 #if defined(__AVX512F__)
@@ -371,69 +479,6 @@ int64_t greedy_nms(A* x1, A* y1, A* x2, A* y2, A* ar, int32_t* id, int64_t n, A 
         _mm512_mask_compressstoreu_ps(ar + w, keep, ca);
         _mm512_mask_compressstoreu_epi32(id + w, keep, cid);
         w += __builtin_popcount(unsigned(keep));
-      }
-    }
-#elif defined(__AVX2__)
-    if constexpr (std::is_same_v<A, float>) {
-      // Same operations and operand order as nms.h's iou (min_(a, b) = a < b ? a : b is _mm256_min_ps(a, b)),
-      // so the IoU is bit-identical; survivors are left-packed with a lane permutation. The areas are recomputed
-      // from the coordinates (box_area, same operations: 2 subtractions and a multiply instead of a 6th load,
-      // permute and store per block), so `ar` is neither read nor compacted here. Stores of 8 lanes at w <= j
-      // only overwrite lanes already loaded.
-      const __m256 vx1 = _mm256_set1_ps(bx1), vy1 = _mm256_set1_ps(by1), vx2 = _mm256_set1_ps(bx2),
-                   vy2 = _mm256_set1_ps(by2), va = _mm256_set1_ps(ba), vt = _mm256_set1_ps(thr),
-                   zero = _mm256_setzero_ps();
-      for (; j + 8 <= n; j += 8) {
-        const __m256 cx1 = _mm256_loadu_ps(x1 + j), cy1 = _mm256_loadu_ps(y1 + j), cx2 = _mm256_loadu_ps(x2 + j),
-                     cy2 = _mm256_loadu_ps(y2 + j);
-        const __m256 ca = _mm256_mul_ps(_mm256_sub_ps(cx2, cx1), _mm256_sub_ps(cy2, cy1));  // box_area
-        const __m256i cid = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(id + j));
-        const __m256 ww = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vx2, cx2), _mm256_max_ps(vx1, cx1)));
-        const __m256 hh = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vy2, cy2), _mm256_max_ps(vy1, cy1)));
-        const __m256 inter = _mm256_mul_ps(ww, hh);
-        const __m256 o = _mm256_div_ps(inter, _mm256_sub_ps(_mm256_add_ps(va, ca), inter));
-        const unsigned keep = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(o, vt, _CMP_NGT_UQ)));  // !(o > thr)
-        if (keep == 0xFF && w == j) {  // nothing suppressed and nothing to move
-          w += 8;
-          continue;
-        }
-        const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kPack.lanes[keep])));
-        _mm256_storeu_ps(x1 + w, _mm256_permutevar8x32_ps(cx1, perm));
-        _mm256_storeu_ps(y1 + w, _mm256_permutevar8x32_ps(cy1, perm));
-        _mm256_storeu_ps(x2 + w, _mm256_permutevar8x32_ps(cx2, perm));
-        _mm256_storeu_ps(y2 + w, _mm256_permutevar8x32_ps(cy2, perm));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(id + w), _mm256_permutevar8x32_epi32(cid, perm));
-        w += __builtin_popcount(keep);
-      }
-      if (j < n) {
-        // the last 1-7 boxes as one block of masked loads and stores (nothing read or written outside [0, n);
-        // the scalar loop below cost ~4 IoUs with 6 scalar moves each per pass, a pass per kept box)
-        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        const int rem = int(n - j);
-        const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), lane);
-        const __m256 cx1 = _mm256_maskload_ps(x1 + j, lm), cy1 = _mm256_maskload_ps(y1 + j, lm),
-                     cx2 = _mm256_maskload_ps(x2 + j, lm), cy2 = _mm256_maskload_ps(y2 + j, lm);
-        const __m256 ca = _mm256_mul_ps(_mm256_sub_ps(cx2, cx1), _mm256_sub_ps(cy2, cy1));  // box_area
-        const __m256i cid = _mm256_maskload_epi32(id + j, lm);
-        const __m256 ww = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vx2, cx2), _mm256_max_ps(vx1, cx1)));
-        const __m256 hh = _mm256_max_ps(zero, _mm256_sub_ps(_mm256_min_ps(vy2, cy2), _mm256_max_ps(vy1, cy1)));
-        const __m256 inter = _mm256_mul_ps(ww, hh);
-        const __m256 o = _mm256_div_ps(inter, _mm256_sub_ps(_mm256_add_ps(va, ca), inter));
-        const unsigned keep =
-            unsigned(_mm256_movemask_ps(_mm256_cmp_ps(o, vt, _CMP_NGT_UQ))) & ((1u << rem) - 1u);
-        const int cnt = __builtin_popcount(keep);
-        if (!(keep == (1u << rem) - 1u && w == j)) {
-          const __m256i perm =
-              _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kPack.lanes[keep])));
-          const __m256i sm = _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), lane);
-          _mm256_maskstore_ps(x1 + w, sm, _mm256_permutevar8x32_ps(cx1, perm));
-          _mm256_maskstore_ps(y1 + w, sm, _mm256_permutevar8x32_ps(cy1, perm));
-          _mm256_maskstore_ps(x2 + w, sm, _mm256_permutevar8x32_ps(cx2, perm));
-          _mm256_maskstore_ps(y2 + w, sm, _mm256_permutevar8x32_ps(cy2, perm));
-          _mm256_maskstore_epi32(id + w, sm, _mm256_permutevar8x32_epi32(cid, perm));
-        }
-        w += cnt;
-        j = n;
       }
     }
 #endif
