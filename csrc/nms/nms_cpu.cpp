@@ -34,20 +34,32 @@ namespace fastops {
 namespace nms {
 namespace {
 
+// An array of n trivially constructible elements left uninitialised (every user writes a slot before reading it;
+// std::vector's zero fill was ~3 % of batched_nms).
+template <typename T>
+struct Buf {
+  std::unique_ptr<T[]> p;
+  explicit Buf(int64_t n) : p(new T[size_t(n)]) {}
+  T* data() { return p.get(); }
+  const T* data() const { return p.get(); }
+  T& operator[](int64_t i) { return p[i]; }
+  const T& operator[](int64_t i) const { return p[i]; }
+};
+
 // ---- sorting ---------------------------------------------------------------------------------------------------
 
-// Positions [0, n) in descending score order, ties by lower position, NaN first (torch.sort(stable, descending)).
-void argsort_desc(const float* s, int64_t n, int32_t* order) {
-  std::vector<uint64_t> a(n), b(n);
+// Packed words (desc_key(s[i]) << 32 | i) of the positions [0, n), in ascending order = descending score, ties by
+// lower position, NaN first (torch.sort(stable, descending)). a, b: n words each; returns the one holding the result.
+uint64_t* radix_sort_desc(const float* s, int64_t n, uint64_t* a, uint64_t* b) {
   for (int64_t i = 0; i < n; ++i) a[i] = (uint64_t(desc_key(s[i])) << 32) | uint64_t(uint32_t(i));
   // LSD radix sort on the 32 key bits (11 + 11 + 10), stable, so equal keys keep position order.
   const int shifts[3] = {32, 43, 54};
   const int bits[3] = {11, 11, 10};
-  std::vector<int64_t> cnt(2048);
+  int64_t cnt[2048];
   for (int p = 0; p < 3; ++p) {
     const int sh = shifts[p];
     const uint64_t mask = (uint64_t(1) << bits[p]) - 1;
-    std::fill(cnt.begin(), cnt.end(), 0);
+    std::fill(cnt, cnt + 2048, 0);
     for (int64_t i = 0; i < n; ++i) cnt[(a[i] >> sh) & mask]++;
     bool trivial = false;
     for (int64_t c = 0; c <= int64_t(mask); ++c) trivial |= (cnt[c] == n);
@@ -59,9 +71,16 @@ void argsort_desc(const float* s, int64_t n, int32_t* order) {
       sum += t;
     }
     for (int64_t i = 0; i < n; ++i) b[cnt[(a[i] >> sh) & mask]++] = a[i];
-    a.swap(b);
+    std::swap(a, b);
   }
-  for (int64_t i = 0; i < n; ++i) order[i] = int32_t(uint32_t(a[i]));
+  return a;
+}
+
+// Positions [0, n) in descending score order, ties by lower position, NaN first (torch.sort(stable, descending)).
+void argsort_desc(const float* s, int64_t n, int32_t* order) {
+  Buf<uint64_t> a(n), b(n);
+  const uint64_t* r = radix_sort_desc(s, n, a.data(), b.data());
+  for (int64_t i = 0; i < n; ++i) order[i] = int32_t(uint32_t(r[i]));
 }
 
 void argsort_desc(const double* s, int64_t n, int32_t* order) {
@@ -69,6 +88,18 @@ void argsort_desc(const double* s, int64_t n, int32_t* order) {
   for (int64_t i = 0; i < n; ++i) a[i] = {desc_key(s[i]), int32_t(i)};
   std::sort(a.begin(), a.end());
   for (int64_t i = 0; i < n; ++i) order[i] = a[i].second;
+}
+
+// argsort_desc into `ord`; for float also the sorted packed words (a, b: n words each), else nullptr.
+const uint64_t* sort_positions(const float* s, int64_t n, int32_t* ord, uint64_t* a, uint64_t* b) {
+  const uint64_t* r = radix_sort_desc(s, n, a, b);
+  for (int64_t i = 0; i < n; ++i) ord[i] = int32_t(uint32_t(r[i]));
+  return r;
+}
+
+const uint64_t* sort_positions(const double* s, int64_t n, int32_t* ord, uint64_t*, uint64_t*) {
+  argsort_desc(s, n, ord);
+  return nullptr;
 }
 
 // (key, position) pairs of a candidate list, in one 64-bit word for float keys.
@@ -288,18 +319,6 @@ void replay_sort_partitions(uint64_t* v, int64_t n, const std::vector<uint32_t>&
 
 // ---- structure of arrays ----------------------------------------------------------------------------------------
 
-// An array of n trivially constructible elements left uninitialised (every user writes a slot before reading it;
-// std::vector's zero fill was ~3 % of batched_nms).
-template <typename T>
-struct Buf {
-  std::unique_ptr<T[]> p;
-  explicit Buf(int64_t n) : p(new T[size_t(n)]) {}
-  T* data() { return p.get(); }
-  const T* data() const { return p.get(); }
-  T& operator[](int64_t i) { return p[i]; }
-  const T& operator[](int64_t i) const { return p[i]; }
-};
-
 template <typename A>
 struct Soa {
   Buf<A> x1, y1, x2, y2, ar;
@@ -509,6 +528,17 @@ std::vector<A> to_acc(const at::Tensor& t) {
   return v;
 }
 
+// The 1-D tensor t in the accumulation type: its own data when it already is (contiguous float / double), else a
+// contiguous copy in `store`.
+template <typename A, typename T>
+const A* acc_view(const at::Tensor& t, std::vector<A>& store) {
+  if constexpr (std::is_same_v<A, T>) {
+    if (t.numel() <= 1 || t.stride(0) == 1) return t.const_data_ptr<T>();
+  }
+  store = to_acc<A, T>(t);
+  return store.data();
+}
+
 // ---- nms ------------------------------------------------------------------------------------------------------
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
@@ -545,65 +575,90 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
   const at::Tensor cls_t = idxs.to(at::kLong).contiguous();
   const int64_t* cls = cls_t.const_data_ptr<int64_t>();
 
-  std::vector<int32_t> order(n), grouped(n), kept(n);
+  // Every Buf slot below is written before it is read.
+  Buf<int32_t> order(n), grouped(n), kept(n);
   std::vector<int64_t> seg;  // segment starts (+ n at the end)
   std::vector<uint8_t> keep(n, 0);
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastops_batched_nms", [&] {
     using A = acc_t<scalar_t>;
-    const std::vector<A> s = to_acc<A, scalar_t>(scores);
-    argsort_desc(s.data(), n, order.data());
+    // scores in the accumulation type: read in place when they already are (contiguous float / double)
+    std::vector<A> s_acc;
+    const A* s = acc_view<A, scalar_t>(scores, s_acc);
+    int32_t* ord = order.data();
+    // float: the sorted packed (key, position) words are kept; their keys give the survivors' tie test below
+    Buf<uint64_t> wa(std::is_same_v<A, float> ? n : 0), wb(std::is_same_v<A, float> ? n : 0);
+    const uint64_t* sorted = sort_positions(s, n, ord, wa.data(), wb.data());
     // Group by class, stable (score order inside each class).
     int64_t lo = cls[0], hi = cls[0];  // (a plain loop the compiler vectorises; std::minmax_element is not)
     for (int64_t i = 1; i < n; ++i) {
       lo = cls[i] < lo ? cls[i] : lo;
       hi = cls[i] > hi ? cls[i] : hi;
     }
-    const bool small_range = (hi >= lo) && uint64_t(hi) - uint64_t(lo) < uint64_t(std::max<int64_t>(4 * n, 4096));
+    int32_t* grp = grouped.data();
+    const int64_t nn = n;  // (a local copy: the counters' stores would otherwise reload it at every step)
+    const bool small_range = (hi >= lo) && uint64_t(hi) - uint64_t(lo) < uint64_t(std::max<int64_t>(4 * nn, 4096));
     if (small_range) {
       const int64_t r = hi - lo + 1;
-      std::vector<int64_t> cnt(r + 1, 0);
-      for (int64_t i = 0; i < n; ++i) cnt[cls[i] - lo + 1]++;
+      std::vector<int64_t> cntv(r + 1, 0);
+      int64_t* cnt = cntv.data();
+      for (int64_t i = 0; i < nn; ++i) cnt[cls[i] - lo + 1]++;
       for (int64_t c = 0; c < r; ++c) {
         if (cnt[c + 1] > 0) seg.push_back(cnt[c]);
         cnt[c + 1] += cnt[c];
       }
-      for (int64_t i = 0; i < n; ++i) grouped[cnt[cls[order[i]] - lo]++] = order[i];
+      for (int64_t i = 0; i < nn; ++i) {
+        const int32_t p = ord[i];
+        grp[cnt[cls[p] - lo]++] = p;
+      }
     } else {
-      grouped = order;
-      std::stable_sort(grouped.begin(), grouped.end(), [&](int32_t a, int32_t b) { return cls[a] < cls[b]; });
-      for (int64_t i = 0; i < n; ++i)
-        if (i == 0 || cls[grouped[i]] != cls[grouped[i - 1]]) seg.push_back(i);
+      std::copy(ord, ord + nn, grp);
+      std::stable_sort(grp, grp + nn, [&](int32_t a, int32_t b) { return cls[a] < cls[b]; });
+      for (int64_t i = 0; i < nn; ++i)
+        if (i == 0 || cls[grp[i]] != cls[grp[i - 1]]) seg.push_back(i);
     }
     seg.push_back(n);
     Soa<A> soa(n);
     const scalar_t* bp = boxes.const_data_ptr<scalar_t>();
     const int64_t s0 = boxes.stride(0), s1 = boxes.stride(1);
-    for (int64_t i = 0; i < n; ++i) soa.put(i, bp + grouped[i] * s0, s1, grouped[i]);
+    for (int64_t i = 0; i < nn; ++i) soa.put(i, bp + grp[i] * s0, s1, grp[i]);
     const A thr = iou_thr_for<A>(iou_threshold);
     const int64_t nseg = int64_t(seg.size()) - 1;
+    const int64_t* sg = seg.data();
+    uint8_t* kp = keep.data();
+    int32_t* kt = kept.data();
     at::parallel_for(0, nseg, 1, [&](int64_t b, int64_t e) {
       for (int64_t g = b; g < e; ++g) {
-        const int64_t st = seg[g], len = seg[g + 1] - st;
+        const int64_t st = sg[g], len = sg[g + 1] - st;
+        int32_t* const ks = kt + st;
         const int64_t nk = greedy_nms<A>(soa.x1.data() + st, soa.y1.data() + st, soa.x2.data() + st,
-                                         soa.y2.data() + st, soa.ar.data() + st, soa.id.data() + st, len, thr,
-                                         kept.data() + st);
-        for (int64_t k = 0; k < nk; ++k) keep[kept[st + k]] = 1;
+                                         soa.y2.data() + st, soa.ar.data() + st, soa.id.data() + st, len, thr, ks);
+        for (int64_t k = 0; k < nk; ++k) kp[ks[k]] = 1;
       }
     });
     int64_t nk = 0;
-    for (int64_t i = 0; i < n; ++i) nk += keep[i];
-    // Survivors in stable descending score order, branch-free (w < n at every write: `grouped` is free again).
-    int32_t* stable = grouped.data();
-    int64_t w = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t p = order[i];
-      stable[w] = p;
-      w += keep[p];
-    }
+    for (int64_t i = 0; i < nn; ++i) nk += kp[i];
+    // Survivors in stable descending score order, written straight into the result (w < nk at every write; the
+    // loop ends at the last survivor). float: their keys too (skey), for the tie test.
     out = at::empty({nk}, boxes.options().dtype(at::kLong));
     int64_t* o = out.data_ptr<int64_t>();
-    bool ties = false;
+    Buf<uint32_t> skey(std::is_same_v<A, float> ? nk : 0);
+    uint32_t* sk = skey.data();
+    if constexpr (std::is_same_v<A, float>) {
+      for (int64_t i = 0, w = 0; w < nk; ++i) {
+        const uint64_t v = sorted[i];
+        const int32_t p = packed_pos(v);
+        o[w] = p;
+        sk[w] = key_of(v);
+        w += kp[p];
+      }
+    } else {
+      for (int64_t i = 0, w = 0; w < nk; ++i) {
+        const int32_t p = ord[i];
+        o[w] = p;
+        w += kp[p];
+      }
+    }
     if (n * 4 > kTorchvisionVanillaNumelCpu) {
       // torchvision's per-class path (boxes.numel() > 4000 on CPU) orders the survivors with an unstable
       // `scores[keep].sort(descending=True)` over ascending indices. Without tied scores that is the stable order
@@ -612,47 +667,50 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
       // in torchvision's order. The comparator is desc_key(a) < desc_key(b) on packed (key, position) words: the
       // same outcome for every pair (NaN first, -0.0 == +0.0), hence the same sequence of moves.
       // (half/bf16: as torchvision on float32 input.)
-      for (int64_t k = 1; k < nk && !ties; ++k) ties = desc_key(s[stable[k]]) == desc_key(s[stable[k - 1]]);
+      bool ties = false;
+      if constexpr (std::is_same_v<A, float>) {
+        unsigned eq = 0;  // (no early exit: a loop the compiler vectorises)
+        for (int64_t k = 1; k < nk; ++k) eq |= unsigned(sk[k] == sk[k - 1]);
+        ties = eq != 0;
+      } else {
+        for (int64_t k = 1; k < nk && !ties; ++k) ties = desc_key(s[o[k]]) == desc_key(s[o[k - 1]]);
+      }
       if (ties) {
         if constexpr (std::is_same_v<A, float>) {
           // std::sort's partition phase replayed; its final stable insertion sort = the stable order with each
           // run of tied keys ordered by position after that phase (rank, indexed by box; `kept` is free again)
           std::vector<uint64_t> v(n);
           int64_t m = 0;
-          for (int64_t i = 0; i < n; ++i) {
+          for (int64_t i = 0; i < nn; ++i) {
             v[m] = packed(s[i], int32_t(i));
-            m += keep[i];
+            m += kp[i];
           }
-          std::vector<uint32_t> tied;  // the keys of tied runs, ascending (stable is in ascending key order)
+          std::vector<uint32_t> tied;  // the keys of tied runs, ascending (the survivors are in ascending key order)
           for (int64_t k = 1; k < nk; ++k) {
-            const uint32_t kk = desc_key(s[stable[k]]);
-            if (kk == desc_key(s[stable[k - 1]]) && (tied.empty() || tied.back() != kk)) tied.push_back(kk);
+            const uint32_t kk = sk[k];
+            if (kk == sk[k - 1] && (tied.empty() || tied.back() != kk)) tied.push_back(kk);
           }
           replay_sort_partitions(v.data(), nk, tied);
-          int32_t* rank = kept.data();
+          int32_t* rank = kt;
           for (int64_t k = 0; k < nk; ++k) rank[packed_pos(v[k])] = int32_t(k);
           for (int64_t a = 0; a < nk;) {
-            const uint32_t ka = desc_key(s[stable[a]]);
+            const uint32_t ka = sk[a];
             int64_t b = a + 1;
-            while (b < nk && desc_key(s[stable[b]]) == ka) ++b;
-            if (b - a > 1)
-              std::sort(stable + a, stable + b, [&](int32_t x, int32_t y) { return rank[x] < rank[y]; });
+            while (b < nk && sk[b] == ka) ++b;
+            if (b - a > 1) std::sort(o + a, o + b, [&](int64_t x, int64_t y) { return rank[x] < rank[y]; });
             a = b;
           }
-          for (int64_t k = 0; k < nk; ++k) o[k] = stable[k];
         } else {
           std::vector<std::pair<uint64_t, int32_t>> v;
           v.reserve(nk);
-          for (int64_t i = 0; i < n; ++i)
-            if (keep[i]) v.push_back({desc_key(s[i]), int32_t(i)});
+          for (int64_t i = 0; i < nn; ++i)
+            if (kp[i]) v.push_back({desc_key(s[i]), int32_t(i)});
           std::sort(v.begin(), v.end(), [](const std::pair<uint64_t, int32_t>& a,
                                            const std::pair<uint64_t, int32_t>& b) { return a.first < b.first; });
           for (int64_t k = 0; k < nk; ++k) o[k] = v[k].second;
         }
       }
     }
-    if (!ties)
-      for (int64_t k = 0; k < nk; ++k) o[k] = stable[k];
   });
   return out;
 }
