@@ -382,17 +382,17 @@ inline unsigned keep_mask8(const Head8& h, __m256 cx1, __m256 cy1, __m256 cx2, _
 // already loaded). The candidates' areas are recomputed from the coordinates (box_area: 2 subtractions and a
 // multiply, bit-identical to the stored area under -ffp-contract=off) instead of loaded, permuted and stored, so
 // `ar` is neither read nor compacted. Returns the number of survivors.
-template <bool Dual>
-inline int64_t greedy_pass_avx2(const Head8& h0, const Head8& h1, __m256 vt, float* x1, float* y1, float* x2,
-                                float* y2, int32_t* id, int64_t j, int64_t n) {
+template <int K>
+inline int64_t greedy_pass_avx2(const Head8* h, __m256 vt, float* x1, float* y1, float* x2, float* y2, int32_t* id,
+                                int64_t j, int64_t n) {
   int64_t w = 0;
   for (; j + 8 <= n; j += 8) {
     const __m256 cx1 = _mm256_loadu_ps(x1 + j), cy1 = _mm256_loadu_ps(y1 + j), cx2 = _mm256_loadu_ps(x2 + j),
                  cy2 = _mm256_loadu_ps(y2 + j);
     const __m256 ca = _mm256_mul_ps(_mm256_sub_ps(cx2, cx1), _mm256_sub_ps(cy2, cy1));  // box_area
     const __m256i cid = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(id + j));
-    unsigned keep = keep_mask8(h0, cx1, cy1, cx2, cy2, ca, vt);
-    if constexpr (Dual) keep &= keep_mask8(h1, cx1, cy1, cx2, cy2, ca, vt);
+    unsigned keep = keep_mask8(h[0], cx1, cy1, cx2, cy2, ca, vt);
+    for (int k = 1; k < K; ++k) keep &= keep_mask8(h[k], cx1, cy1, cx2, cy2, ca, vt);
     if (keep == 0xFF && w == j) {  // nothing suppressed and nothing to move
       w += 8;
       continue;
@@ -414,8 +414,8 @@ inline int64_t greedy_pass_avx2(const Head8& h0, const Head8& h1, __m256 vt, flo
                  cx2 = _mm256_maskload_ps(x2 + j, lm), cy2 = _mm256_maskload_ps(y2 + j, lm);
     const __m256 ca = _mm256_mul_ps(_mm256_sub_ps(cx2, cx1), _mm256_sub_ps(cy2, cy1));  // box_area
     const __m256i cid = _mm256_maskload_epi32(id + j, lm);
-    unsigned keep = keep_mask8(h0, cx1, cy1, cx2, cy2, ca, vt) & ((1u << rem) - 1u);
-    if constexpr (Dual) keep &= keep_mask8(h1, cx1, cy1, cx2, cy2, ca, vt);
+    unsigned keep = keep_mask8(h[0], cx1, cy1, cx2, cy2, ca, vt) & ((1u << rem) - 1u);
+    for (int k = 1; k < K; ++k) keep &= keep_mask8(h[k], cx1, cy1, cx2, cy2, ca, vt);
     const int cnt = __builtin_popcount(keep);
     if (!(keep == (1u << rem) - 1u && w == j)) {
       const __m256i perm =
@@ -432,30 +432,33 @@ inline int64_t greedy_pass_avx2(const Head8& h0, const Head8& h1, __m256 vt, flo
   return w;
 }
 
-// greedy_nms for float with AVX2. A pass takes two heads when it can: box 1 is the next head exactly when box 0
-// does not suppress it (the usual case: consecutive boxes of a class rarely overlap), and a candidate survives the
-// two sequential passes exactly when neither head suppresses it, so one pass with both heads gives the same
-// survivors in the same order, with half the passes and one load, permutation and store of each survivor instead
-// of two.
+// greedy_nms for float with AVX2. A pass takes up to three heads: boxes 0, 1, 2 while each is not suppressed by the
+// heads before it (the usual case: consecutive boxes of a class rarely overlap). Those are exactly the next boxes
+// the sequential passes would keep, and a candidate survives their passes exactly when no head suppresses it, so
+// one pass with all the heads gives the same survivors in the same order, with a third of the passes and one load,
+// permutation and store of each survivor instead of three.
 int64_t greedy_nms_avx2(float* x1, float* y1, float* x2, float* y2, int32_t* id, int64_t n, float thr,
                         int32_t* out) {
   const __m256 vt = _mm256_set1_ps(thr);
   int64_t nk = 0;
   while (n > 0) {
-    const float bx1 = x1[0], by1 = y1[0], bx2 = x2[0], by2 = y2[0];
-    const float ba = box_area(bx1, by1, bx2, by2);  // = the stored area (`ar` is not kept compacted here)
-    out[nk++] = id[0];
-    const Head8 h0(bx1, by1, bx2, by2, ba);
-    if (n > 1) {
-      const float qx1 = x1[1], qy1 = y1[1], qx2 = x2[1], qy2 = y2[1];
-      const float qa = box_area(qx1, qy1, qx2, qy2);
-      if (!(iou(bx1, by1, bx2, by2, ba, qx1, qy1, qx2, qy2, qa) > thr)) {
-        out[nk++] = id[1];
-        n = greedy_pass_avx2<true>(h0, Head8(qx1, qy1, qx2, qy2, qa), vt, x1, y1, x2, y2, id, 2, n);
-        continue;
-      }
+    float hx1[3] = {}, hy1[3] = {}, hx2[3] = {}, hy2[3] = {}, ha[3] = {};
+    int k = 0;  // heads taken: a prefix of the boxes, each kept by the heads before it
+    for (; k < 3 && k < n; ++k) {
+      const float qx1 = x1[k], qy1 = y1[k], qx2 = x2[k], qy2 = y2[k];
+      const float qa = box_area(qx1, qy1, qx2, qy2);  // = the stored area (`ar` is not kept compacted here)
+      bool kept = true;
+      for (int i = 0; i < k; ++i) kept &= !(iou(hx1[i], hy1[i], hx2[i], hy2[i], ha[i], qx1, qy1, qx2, qy2, qa) > thr);
+      if (!kept) break;
+      hx1[k] = qx1, hy1[k] = qy1, hx2[k] = qx2, hy2[k] = qy2, ha[k] = qa;
+      out[nk++] = id[k];
     }
-    n = greedy_pass_avx2<false>(h0, h0, vt, x1, y1, x2, y2, id, 1, n);
+    const Head8 h[3] = {Head8(hx1[0], hy1[0], hx2[0], hy2[0], ha[0]),
+                        Head8(hx1[1], hy1[1], hx2[1], hy2[1], ha[1]),
+                        Head8(hx1[2], hy1[2], hx2[2], hy2[2], ha[2])};
+    if (k == 3) n = greedy_pass_avx2<3>(h, vt, x1, y1, x2, y2, id, 3, n);
+    else if (k == 2) n = greedy_pass_avx2<2>(h, vt, x1, y1, x2, y2, id, 2, n);
+    else n = greedy_pass_avx2<1>(h, vt, x1, y1, x2, y2, id, 1, n);
   }
   return nk;
 }
