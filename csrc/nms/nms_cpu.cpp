@@ -324,18 +324,28 @@ struct Soa {
   Buf<A> x1, y1, x2, y2, ar;
   Buf<int32_t> id;
   explicit Soa(int64_t n) : x1(n), y1(n), x2(n), y2(n), ar(n), id(n) {}
-  // Gather box `b` (coordinates at p[0], p[s], p[2s], p[3s]) into slot i, tagged with `tag`.
-  template <typename T>
+  // Gather box `b` (coordinates at p[0], p[s], p[2s], p[3s]) into slot i, tagged with `tag`; its area too when
+  // Area (the AVX2 greedy pass recomputes the areas and never reads `ar`).
+  template <bool Area = true, typename T>
   void put(int64_t i, const T* p, int64_t s, int32_t tag) {
     const A a = A(p[0]), b = A(p[s]), c = A(p[2 * s]), d = A(p[3 * s]);
     x1[i] = a;
     y1[i] = b;
     x2[i] = c;
     y2[i] = d;
-    ar[i] = box_area(a, b, c, d);
+    if constexpr (Area) ar[i] = box_area(a, b, c, d);
     id[i] = tag;
   }
 };
+
+// Does greedy_nms<A> read the `ar` array? (Its AVX2 float path recomputes the areas.)
+template <typename A>
+constexpr bool kGreedyReadsArea =
+#if !defined(__AVX512F__) && defined(__AVX2__)
+    !std::is_same_v<A, float>;
+#else
+    true;
+#endif
 
 // ---- greedy NMS over a score-sorted segment --------------------------------------------------------------------
 
@@ -442,9 +452,9 @@ int64_t greedy_nms_avx2(float* x1, float* y1, float* x2, float* y2, int32_t* id,
   const __m256 vt = _mm256_set1_ps(thr);
   int64_t nk = 0;
   while (n > 0) {
-    float hx1[3] = {}, hy1[3] = {}, hx2[3] = {}, hy2[3] = {}, ha[3] = {};
+    float hx1[4] = {}, hy1[4] = {}, hx2[4] = {}, hy2[4] = {}, ha[4] = {};
     int k = 0;  // heads taken: a prefix of the boxes, each kept by the heads before it
-    for (; k < 3 && k < n; ++k) {
+    for (; k < 4 && k < n; ++k) {
       const float qx1 = x1[k], qy1 = y1[k], qx2 = x2[k], qy2 = y2[k];
       const float qa = box_area(qx1, qy1, qx2, qy2);  // = the stored area (`ar` is not kept compacted here)
       bool kept = true;
@@ -453,10 +463,12 @@ int64_t greedy_nms_avx2(float* x1, float* y1, float* x2, float* y2, int32_t* id,
       hx1[k] = qx1, hy1[k] = qy1, hx2[k] = qx2, hy2[k] = qy2, ha[k] = qa;
       out[nk++] = id[k];
     }
-    const Head8 h[3] = {Head8(hx1[0], hy1[0], hx2[0], hy2[0], ha[0]),
+    const Head8 h[4] = {Head8(hx1[0], hy1[0], hx2[0], hy2[0], ha[0]),
                         Head8(hx1[1], hy1[1], hx2[1], hy2[1], ha[1]),
-                        Head8(hx1[2], hy1[2], hx2[2], hy2[2], ha[2])};
-    if (k == 3) n = greedy_pass_avx2<3>(h, vt, x1, y1, x2, y2, id, 3, n);
+                        Head8(hx1[2], hy1[2], hx2[2], hy2[2], ha[2]),
+                        Head8(hx1[3], hy1[3], hx2[3], hy2[3], ha[3])};
+    if (k == 4) n = greedy_pass_avx2<4>(h, vt, x1, y1, x2, y2, id, 4, n);
+    else if (k == 3) n = greedy_pass_avx2<3>(h, vt, x1, y1, x2, y2, id, 3, n);
     else if (k == 2) n = greedy_pass_avx2<2>(h, vt, x1, y1, x2, y2, id, 2, n);
     else n = greedy_pass_avx2<1>(h, vt, x1, y1, x2, y2, id, 1, n);
   }
@@ -558,7 +570,7 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
     Soa<A> soa(n);
     const scalar_t* bp = boxes.const_data_ptr<scalar_t>();
     const int64_t s0 = boxes.stride(0), s1 = boxes.stride(1);
-    for (int64_t i = 0; i < n; ++i) soa.put(i, bp + order[i] * s0, s1, order[i]);
+    for (int64_t i = 0; i < n; ++i) soa.put<kGreedyReadsArea<A>>(i, bp + order[i] * s0, s1, order[i]);
     nk = greedy_nms<A>(soa.x1.data(), soa.y1.data(), soa.x2.data(), soa.y2.data(), soa.ar.data(), soa.id.data(), n,
                        iou_thr_for<A>(iou_threshold), kept.data());
   });
@@ -624,7 +636,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
     Soa<A> soa(n);
     const scalar_t* bp = boxes.const_data_ptr<scalar_t>();
     const int64_t s0 = boxes.stride(0), s1 = boxes.stride(1);
-    for (int64_t i = 0; i < nn; ++i) soa.put(i, bp + grp[i] * s0, s1, grp[i]);
+    for (int64_t i = 0; i < nn; ++i) soa.put<kGreedyReadsArea<A>>(i, bp + grp[i] * s0, s1, grp[i]);
     const A thr = iou_thr_for<A>(iou_threshold);
     const int64_t nseg = int64_t(seg.size()) - 1;
     const int64_t* sg = seg.data();
@@ -774,7 +786,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> multiclas
         sort_topk<A>(cand, [&](int32_t i) { return A(col[i * ss0]); }, pre_nms_top_k > 0 ? pre_nms_top_k : -1);
         const int64_t m = int64_t(cand.size());
         Soa<A> soa(m);
-        for (int64_t i = 0; i < m; ++i) soa.put(i, bp + cand[i] * bs0 + c * bs1, bsl, cand[i]);
+        for (int64_t i = 0; i < m; ++i)
+          soa.put<kGreedyReadsArea<A>>(i, bp + cand[i] * bs0 + c * bs1, bsl, cand[i]);
         out.resize(m);
         const int64_t nk = greedy_nms<A>(soa.x1.data(), soa.y1.data(), soa.x2.data(), soa.y2.data(), soa.ar.data(),
                                          soa.id.data(), m, thr, out.data());
