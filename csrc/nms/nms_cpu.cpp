@@ -2,9 +2,9 @@
 //
 // CPU strategy: scores are sorted once (LSD radix sort of 32-bit order-preserving keys for float/half/bf16,
 // std::sort of (key, index) for double); boxes are gathered in score order into a structure of arrays; the
-// greedy pass takes the first remaining box, computes its IoU with all remaining boxes 16 at a time (AVX-512)
-// and compacts the survivors in place (mask compress-store), so every later pass only touches boxes that are
-// still alive. batched_nms / multiclass_nms / fast_nms run their classes in parallel (at::parallel_for over
+// greedy pass takes the first remaining box (AVX2 float: up to the first four, while each survives the ones before
+// it), computes its IoU with all remaining boxes 8 at a time (AVX2; 16 with AVX-512) and compacts the survivors in
+// place (lane permutation; mask compress-store), so every later pass only touches boxes that are still alive. batched_nms / multiclass_nms / fast_nms run their classes in parallel (at::parallel_for over
 // classes: each class is independent, so results do not depend on the thread count).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -442,11 +442,13 @@ inline int64_t greedy_pass_avx2(const Head8* h, __m256 vt, float* x1, float* y1,
   return w;
 }
 
-// greedy_nms for float with AVX2. A pass takes up to three heads: boxes 0, 1, 2 while each is not suppressed by the
-// heads before it (the usual case: consecutive boxes of a class rarely overlap). Those are exactly the next boxes
-// the sequential passes would keep, and a candidate survives their passes exactly when no head suppresses it, so
-// one pass with all the heads gives the same survivors in the same order, with a third of the passes and one load,
-// permutation and store of each survivor instead of three.
+// greedy_nms for float with AVX2. A pass takes up to four heads: boxes 0, 1, 2, 3 while each is not suppressed by
+// the heads before it (the usual case: consecutive boxes of a class rarely overlap; in the batched_nms bench box 1
+// survives box 0 in 98 % of the passes). Those are exactly the next boxes the sequential passes would keep, and a
+// candidate survives their passes exactly when no head suppresses it, so one pass with all the heads gives the same
+// survivors in the same order, with fewer passes (each ends in a mispredicted loop exit) and one load, permutation
+// and store of each survivor per pass instead of per head. (1 thread, quiet, batched_nms bench: one head 0.88 ms,
+// two 0.71-0.77, three ~0.65-0.67, four ~0.60-0.64; four heads take 4 divisions per 8 candidates.)
 int64_t greedy_nms_avx2(float* x1, float* y1, float* x2, float* y2, int32_t* id, int64_t n, float thr,
                         int32_t* out) {
   const __m256 vt = _mm256_set1_ps(thr);
