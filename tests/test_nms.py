@@ -584,3 +584,26 @@ def test_batched_nms_tie_densities_in_torchvision_order(levels):
         # at 1 and 2 threads (the two halves of the first partition run on two threads)
         for got in per_thread_count(lambda: fastops.batched_nms(boxes[:n], scores[:n], idxs[:n], 0.7)):
             assert torch.equal(got, expect)
+
+
+@pytest.mark.parametrize("thr", [0.3, 0.5])
+@pytest.mark.parametrize("n", [3, 9, 17, 70, 1200])
+def test_nms_chains_of_overlapping_heads(n, thr):
+    # the AVX2 greedy pass takes up to four heads (boxes 0-3 while each survives the ones before it): chains where
+    # each box overlaps its neighbours (IoU 0.6) more than the box two steps away (IoU 0.33), in score order, shuffled
+    # and mixed with isolated boxes, so that a pass stops taking heads at every position; against torchvision
+    g = torch.Generator().manual_seed(n)
+    x = torch.arange(n, dtype=torch.float32) * 4.0 % 400.0
+    y = torch.div(torch.arange(n), 100, rounding_mode="floor").float() * 50.0
+    chain = torch.stack([x, y, x + 16.0, y + 10.0], 1)  # neighbours: 120/200 = 0.6, two apart: 80/240 = 0.33
+    lone = rand_boxes(n, seed=n) + 1000.0
+    for boxes in (chain, torch.cat([chain, lone]), torch.cat([chain, lone])[torch.randperm(2 * n, generator=g)]):
+        m = boxes.size(0)
+        for scores in (torch.linspace(1.0, 0.0, m), torch.rand(m, generator=g)):
+            idxs = torch.randint(0, 3, (m,), generator=g)
+            expect = torchvision.ops.nms(boxes, scores, thr)
+            for got in per_thread_count(lambda: fastops.nms(boxes, scores, thr)):
+                assert torch.equal(got, expect)
+            expect = torchvision.ops.batched_nms(boxes, scores, idxs, thr)
+            for got in per_thread_count(lambda: fastops.batched_nms(boxes, scores, idxs, thr)):
+                assert torch.equal(got, expect)
