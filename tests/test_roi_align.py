@@ -38,6 +38,19 @@ def assert_close(actual, expected, dtype):
     torch.testing.assert_close(actual.to(expected.dtype), expected, atol=atol, rtol=rtol)
 
 
+
+def _same_at_one_and_two_threads(call) -> bool:
+    """Whether call() gives the same bits with 2 threads as with 1 (the thread count restored afterwards)."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = call()
+        torch.set_num_threads(1)
+        one = call()
+    finally:
+        torch.set_num_threads(old)
+    return torch.equal(one, two)
+
 class TestForwardAgainstTorchvision:
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("aligned", [False, True])
@@ -167,15 +180,7 @@ class TestForwardAgainstTorchvision:
                         expected = tv_roi_align(x, rois, (ph, pw), 1.0, sr, aligned)
                         got = fastops.roi_align(x, rois, (ph, pw), 1.0, sr, aligned)
                         assert_close(got, expected, torch.float32)
-            old = torch.get_num_threads()
-            try:
-                torch.set_num_threads(2)
-                two = fastops.roi_align(x, rois, (7, pw), 1.0, 2, True)
-                torch.set_num_threads(1)
-                one = fastops.roi_align(x, rois, (7, pw), 1.0, 2, True)
-            finally:
-                torch.set_num_threads(old)
-            assert torch.equal(one, two)
+            assert _same_at_one_and_two_threads(lambda: fastops.roi_align(x, rois, (7, pw), 1.0, 2, True))
 
     @pytest.mark.parametrize("ph,pw", [(7, 7), (8, 8), (1, 7), (7, 1), (3, 5), (8, 2)])
     def test_transposed_x_step(self, ph, pw):
@@ -199,15 +204,7 @@ class TestForwardAgainstTorchvision:
                     expected = tv_roi_align(x, rois, (ph, pw), 1.0, sr, aligned)
                     got = fastops.roi_align(x, rois, (ph, pw), 1.0, sr, aligned)
                     assert_close(got, expected, torch.float32)
-            old = torch.get_num_threads()
-            try:
-                torch.set_num_threads(2)
-                two = fastops.roi_align(x, rois, (ph, pw), 1.0, 0, True)
-                torch.set_num_threads(1)
-                one = fastops.roi_align(x, rois, (ph, pw), 1.0, 0, True)
-            finally:
-                torch.set_num_threads(old)
-            assert torch.equal(one, two)
+            assert _same_at_one_and_two_threads(lambda: fastops.roi_align(x, rois, (ph, pw), 1.0, 0, True))
 
     @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
     @pytest.mark.parametrize("out", [7, (5, 11)])
