@@ -62,8 +62,8 @@ FASTOPS_HD void yolact_crop_range(T a, T b, int64_t size, int64_t& c0, int64_t& 
 }
 
 // PyTorch's bilinear (align_corners=False) source taps for destination index `dst` (upsample_bilinear2d):
-// real = max(scale * (dst + 0.5) - 0.5, 0) (rounded once: half_pixel_source) with scale = in / out in the op-math type A; i0 = min(floor(real),
-// in-1); lambda = clamp(real - i0, 0, 1); i1 = i0 + (i0 < in-1).
+// real = max(scale * (dst + 0.5) - 0.5, 0) (rounded once: half_pixel_source) with scale = in / out in the op-math
+// type A; i0 = min(floor(real), in-1); lambda = clamp(real - i0, 0, 1); i1 = i0 + (i0 < in-1).
 template <typename A>
 struct Taps {
   int64_t i0, i1;

@@ -76,11 +76,17 @@ uint64_t* radix_sort_desc(const float* s, int64_t n, uint64_t* a, uint64_t* b) {
   return a;
 }
 
+// argsort_desc into `ord`; for float also the sorted packed words (a, b: n words each), else nullptr.
+const uint64_t* sort_positions(const float* s, int64_t n, int32_t* ord, uint64_t* a, uint64_t* b) {
+  const uint64_t* r = radix_sort_desc(s, n, a, b);
+  for (int64_t i = 0; i < n; ++i) ord[i] = int32_t(uint32_t(r[i]));
+  return r;
+}
+
 // Positions [0, n) in descending score order, ties by lower position, NaN first (torch.sort(stable, descending)).
 void argsort_desc(const float* s, int64_t n, int32_t* order) {
   Buf<uint64_t> a(n), b(n);
-  const uint64_t* r = radix_sort_desc(s, n, a.data(), b.data());
-  for (int64_t i = 0; i < n; ++i) order[i] = int32_t(uint32_t(r[i]));
+  sort_positions(s, n, order, a.data(), b.data());
 }
 
 void argsort_desc(const double* s, int64_t n, int32_t* order) {
@@ -88,13 +94,6 @@ void argsort_desc(const double* s, int64_t n, int32_t* order) {
   for (int64_t i = 0; i < n; ++i) a[i] = {desc_key(s[i]), int32_t(i)};
   std::sort(a.begin(), a.end());
   for (int64_t i = 0; i < n; ++i) order[i] = a[i].second;
-}
-
-// argsort_desc into `ord`; for float also the sorted packed words (a, b: n words each), else nullptr.
-const uint64_t* sort_positions(const float* s, int64_t n, int32_t* ord, uint64_t* a, uint64_t* b) {
-  const uint64_t* r = radix_sort_desc(s, n, a, b);
-  for (int64_t i = 0; i < n; ++i) ord[i] = int32_t(uint32_t(r[i]));
-  return r;
 }
 
 const uint64_t* sort_positions(const double* s, int64_t n, int32_t* ord, uint64_t*, uint64_t*) {

@@ -42,9 +42,10 @@ def panoptic_fuse(semantic_logits: Tensor, mask_logits: Tensor, boxes: Tensor, l
     NaN/inf: as the reference's ``torch.argmax`` over the panoptic logits: a NaN logit beats every number and the
     first NaN channel wins (a NaN thing logit makes the void logit NaN, as ``torch.max``); ``+-inf`` are ordinary
     values, and the on-the-fly upsampling follows PyTorch's bilinear resize (``0 * inf = NaN`` at a zero-weight
-    tap; bit for bit at power-of-two scales, within a few ulps at others, see docs/flow_panoptic.md). Box coordinates are bounded to ``+-2^40`` first (a larger box is clipped by the map anyway). Labels
-    outside ``1..T`` and non-finite boxes raise ``RuntimeError`` on the CPU (and in the reference); the CUDA and
-    Triton kernels do not sync to check them: such an instance gets no semantic term, a NaN box is empty.
+    tap; bit for bit at power-of-two scales, within a few ulps at others, see docs/flow_panoptic.md). Box
+    coordinates are bounded to ``+-2^40`` first (a larger box is clipped by the map anyway). Labels outside
+    ``1..T`` and non-finite boxes raise ``RuntimeError`` on the CPU (and in the reference); the CUDA and Triton
+    kernels do not sync to check them: such an instance gets no semantic term, a NaN box is empty.
 
     ONNX (both exporters, opset 18): UPSNet's own formulation, built in the graph: the semantic logits upsampled
     with the kernels' bilinear taps (Gather + lerp), per instance its semantic channel inside the seg region plus
