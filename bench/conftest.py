@@ -39,4 +39,5 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def pytest_report_header(config):
     ops = torch.ops.fastops
     isa = ops._cpu_isa() if hasattr(ops, "_cpu_isa") else "unknown"
-    return f"fastops CPU kernels: {isa}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    return (f"fastops CPU kernels: up to {isa} (avx512 copies only for setup.py's AVX512_KERNELS, avx2 elsewhere); "
+            f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")

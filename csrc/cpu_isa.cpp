@@ -22,19 +22,20 @@ const char* cpu_isa_name(int isa) {
   }
 }
 
-int cpu_isa() {
-  static const int isa = [] {
-    if (FASTOPS_CPU_ISAS == 0) return -1;
-    // torch's own choice (cpuinfo + OS support, lowered by ATEN_CPU_CAPABILITY), so ours never exceeds it.
+int cpu_isa_among(int mask) {
+  // torch's own choice (cpuinfo + OS support, lowered by ATEN_CPU_CAPABILITY), so ours never exceeds it.
+  static const int allowed = [] {
     const std::string cap = at::get_cpu_capability();
-    int allowed = 0;
-    if (cap == "AVX512") allowed = 2;
-    else if (cap == "AVX2") allowed = 1;
-    int best = 0;
-    for (int i = 0; i <= allowed; ++i)
-      if (FASTOPS_CPU_ISAS & (1 << i)) best = i;
-    return best;
+    return cap == "AVX512" ? 2 : cap == "AVX2" ? 1 : 0;
   }();
+  int best = 0;
+  for (int i = 0; i <= allowed; ++i)
+    if (mask & (1 << i)) best = i;
+  return best;
+}
+
+int cpu_isa() {
+  static const int isa = FASTOPS_CPU_ISAS == 0 ? -1 : cpu_isa_among(FASTOPS_CPU_ISAS);
   return isa;
 }
 

@@ -1,10 +1,11 @@
 // Per-ISA compilation of the CPU kernels, chosen at load time (as ATen does for its own CPU kernels).
 //
 // A portable build (the default) compiles every csrc/<family>/<family>_cpu.cpp once per CPU capability —
-// DEFAULT (baseline x86-64), AVX2 (-mavx2 -mfma -mf16c) and, with FASTOPS_CPU_ISAS=default,avx2,avx512, AVX512 —
-// through generated wrapper sources (build/isa/<isa>/...) that define FASTOPS_CPU_ISA and include this header
-// before the kernel file. Here TORCH_LIBRARY_IMPL is redefined so that each copy registers its kernels only if
-// its capability is the one selected at load time (fastops::cpu_isa(): the best compiled variant that
+// DEFAULT (baseline x86-64), AVX2 (-mavx2 -mfma -mf16c) and, for the files in setup.py's AVX512_KERNELS, AVX512 —
+// through generated wrapper sources (build/isa/<isa>/...) that define FASTOPS_CPU_ISA (this copy's variant) and
+// FASTOPS_FILE_ISAS (the variants compiled of this file) and include this header before the kernel file. Here
+// TORCH_LIBRARY_IMPL is redefined so that each copy registers its kernels only if its capability is the one selected
+// for its file at load time (fastops::cpu_isa_among(FASTOPS_FILE_ISAS): the best variant of the file that
 // at::get_cpu_capability() allows, so ATEN_CPU_CAPABILITY=default|avx2|avx512 selects ours too), and
 // TORCH_LIBRARY_FRAGMENT (schemas) is kept only in the DEFAULT copy.
 //
@@ -17,8 +18,11 @@
 #include <string>
 
 namespace fastops {
-// Capability whose kernels are registered: 0 = DEFAULT, 1 = AVX2, 2 = AVX512 (-1 in a non-dispatching build).
+// The widest capability whose kernels are registered: 0 = DEFAULT, 1 = AVX2, 2 = AVX512 (-1 in a non-dispatching
+// build). A file without a copy for it registers its widest one below (cpu_isa_among).
 int cpu_isa();
+// The best of the variants in `mask` (bit i = capability i) that torch's CPU capability allows.
+int cpu_isa_among(int mask);
 const char* cpu_isa_name(int isa);
 }  // namespace fastops
 
@@ -30,7 +34,8 @@ const char* cpu_isa_name(int isa);
 #define FASTOPS_ISA_LIBRARY_IMPL_(ns, k, m, uid)                                                     \
   static void C10_CONCATENATE(fastops_isa_impl_##k##_, uid)(torch::Library&);                        \
   static void C10_CONCATENATE(fastops_isa_gate_##k##_, uid)(torch::Library & lib) {                  \
-    if (::fastops::cpu_isa() == FASTOPS_CPU_ISA) C10_CONCATENATE(fastops_isa_impl_##k##_, uid)(lib); \
+    if (::fastops::cpu_isa_among(FASTOPS_FILE_ISAS) == FASTOPS_CPU_ISA)                              \
+      C10_CONCATENATE(fastops_isa_impl_##k##_, uid)(lib);                                            \
   }                                                                                                  \
   static const torch::detail::TorchLibraryInit C10_CONCATENATE(fastops_isa_init_##k##_, uid)(        \
       torch::Library::IMPL, &C10_CONCATENATE(fastops_isa_gate_##k##_, uid), C10_STRINGIZE(ns),       \

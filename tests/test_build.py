@@ -54,6 +54,9 @@ out["argmax"] = fastops.heatmap_argmax(t["maps"], refine="dark")[0]
 out["paste"] = fastops.paste_masks(t["masks"], boxes, (300, 320)).float()
 out["nms"] = fastops.nms(boxes, t["scores"], 0.5).float()
 out["batched_nms"] = fastops.batched_nms(boxes, t["scores"], t["idxs"], 0.5).float()
+maps = t["maps"].requires_grad_()
+out["soft_argmax"] = fastops.soft_argmax(maps, 1.0)
+out["soft_argmax_grad"] = torch.autograd.grad(out["soft_argmax"], maps, torch.ones_like(out["soft_argmax"]))[0]
 out["isa"] = torch.ops.fastops._cpu_isa()
 torch.save(out, sys.argv[1] if len(sys.argv) > 1 else "/dev/null")
 """
@@ -61,8 +64,10 @@ torch.save(out, sys.argv[1] if len(sys.argv) > 1 else "/dev/null")
 
 @portable
 def test_isa_variants_agree(tmp_path):
-    """The baseline kernels (ATEN_CPU_CAPABILITY=default, as on a CPU without AVX2) give the same results."""
-    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+    """The baseline kernels (ATEN_CPU_CAPABILITY=default, as on a CPU without AVX2) give the same results; on an
+    AVX-512 CPU, so do the AVX2 copies of the files that also have an AVX-512 one (setup.py's AVX512_KERNELS)."""
+    cap_now = torch.backends.cpu.get_cpu_capability()
+    if cap_now == "DEFAULT":
         pytest.skip("this CPU runs the baseline variant only")
     # Inputs made here: torch.randn itself draws different numbers under ATEN_CPU_CAPABILITY=default.
     g = torch.Generator().manual_seed(0)
@@ -75,7 +80,7 @@ def test_isa_variants_agree(tmp_path):
               "idxs": torch.randint(0, 3, (30,), generator=g)}
     torch.save(inputs, str(tmp_path / "inputs.pt"))
     results = {}
-    for cap in ("default", None):
+    for cap in ("default", None) + (("avx2",) if cap_now == "AVX512" else ()):
         path = str(tmp_path / f"{cap}.pt")
         env = {"ATEN_CPU_CAPABILITY": cap} if cap else {}
         r = subprocess.run([sys.executable, "-c", _CASES, path, str(tmp_path / "inputs.pt")], capture_output=True,
@@ -86,11 +91,14 @@ def test_isa_variants_agree(tmp_path):
         results[cap] = torch.load(path)
     assert results["default"]["isa"] == "default"
     assert results[None]["isa"] == ISA
+    if "avx2" in results:
+        assert results["avx2"]["isa"] == "avx2"
     for name, want in results[None].items():
         if name == "isa":
             continue
-        got = results["default"][name]
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        for cap in set(results) - {None}:
+            got = results[cap][name]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=lambda m: f"{cap} {name}: {m}")
 
 
 def _functions_using_avx(path, bindings):
@@ -150,6 +158,24 @@ def test_baseline_objects_have_no_avx():
         pytest.skip("no objects of an in-place build under build/temp.*")
     bad = {os.path.relpath(o, ROOT): f for o in objs if (f := _functions_using_avx(o, {"T", "W", "t"}))}
     assert not bad, "baseline objects with AVX code: " + ", ".join(f"{o} ({fs[:3]})" for o, fs in bad.items())
+
+
+def test_avx512_kernel_list_names_kernel_files():
+    """setup.py's AVX512_KERNELS (the files with an AVX-512 copy) names existing kernel files, and an in-place
+    portable build compiled their copies: a renamed file would silently lose its copy."""
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        m = re.search(r"AVX512_KERNELS = \{([^}]*)\}", f.read())
+    assert m, "setup.py has no AVX512_KERNELS"
+    listed = set(re.findall(r'"([^"]+)"', m.group(1)))
+    assert listed and all(p.endswith("_cpu.cpp") and os.path.exists(os.path.join(ROOT, "csrc", p)) for p in listed), \
+        listed
+    objs = glob.glob(os.path.join(ROOT, "build", "temp.*", "build", "isa", "avx512", "**", "*_cpu.o"), recursive=True)
+    if not objs:
+        pytest.skip("no avx512 objects of an in-place portable build under build/temp.*")
+    built = {os.path.relpath(o, os.path.join(o.split("/isa/avx512/")[0], "isa", "avx512"))[:-2] + ".cpp"
+             for o in objs}
+    # a stale object of a file removed from the list may remain: only the listed ones must be there
+    assert listed <= built, sorted(listed - built)
 
 
 def test_pyproject_pins_the_torch_it_builds_against():
