@@ -93,7 +93,7 @@ ISA_TARGETS = {"avx2": (1, "avx2,fma,f16c", _AVX2_MACROS),
 x86 = platform.machine() in ("x86_64", "AMD64")
 dispatch = not march and not sanitize and x86
 isas = [i.strip() for i in os.environ.get("FASTOPS_CPU_ISAS", "default,avx2,avx512").split(",") if i.strip()]
-# The kernel files with an AVX-512 copy: those measured faster with it on an AVX-512 Xeon (docs/README.md, "CPU
+# The kernel files with an AVX-512 copy: those measured faster with it on an AVX-512 Xeon (CONTRIBUTING.md, "CPU
 # instruction sets": the same build switched by ATEN_CPU_CAPABILITY, fastops medians avx2 / avx512). The others lose
 # with it (nms, heatmap_argmax, keypoint decoding: 10-40%) or gain nothing (roi_align NCHW), and keep their AVX2 copy
 # on an AVX-512 CPU (csrc/cpu_isa.h: each file registers the best variant it has).
