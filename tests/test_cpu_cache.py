@@ -143,6 +143,39 @@ def test_roi_align_output_and_gradient_on_reused_blocks(channels_last, threads):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_roi_align_gradient_zeroed_band_by_band_on_a_tall_map(threads):
+    """The backward zeroes a reused gradient row band by row band just below the RoIs it accumulates (they come
+    top to bottom): a map far taller than the band (1600 rows against ~74), RoIs of every height down to the
+    bottom (some taller than the band, several sharing a top row), and rows below the last RoI that only the
+    final band zeroes. With threads=2 both images' tasks run at once."""
+    from torchvision.ops import roi_align as tv_roi_align
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(11)
+        x = torch.randn(2, 16, 1600, 96, generator=g, requires_grad=True)  # 19.7 MB
+        y1 = torch.rand(400, generator=g) * 1300
+        y1[:8] = 100.0  # (same top row)
+        h = torch.rand(400, generator=g) * 40 + 2
+        h[8:20] = 250.0  # taller than the band
+        x1 = torch.rand(400, generator=g) * 80
+        w = torch.rand(400, generator=g) * 15 + 1
+        b = torch.randint(0, 2, (400, 1), generator=g).float()
+        rois = torch.cat([b, torch.stack([x1, y1, x1 + w, y1 + h], 1)], 1)
+        gout = torch.randn(400, 16, 7, 7, generator=g)
+        want, = torch.autograd.grad(tv_roi_align(x, rois, 7, 1.0, 2, True), x, gout)
+        assert want[:, :, 1580:].abs().sum() == 0 and want[:, :, 200:1300].abs().sum() > 0
+
+        def check(got):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+        _twice(lambda: torch.autograd.grad(fastops.roi_align(x, rois, 7, 1.0, 2, True), x, gout)[0], check)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_multi_scale_gradients_on_reused_blocks():
     """Four levels, one of which no RoI maps to (its gradient must come back all zeros from a poisoned block)."""
     from fastops.reference.roi_align import multi_scale_roi_align as ref_msra
