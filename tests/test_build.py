@@ -45,6 +45,10 @@ t = torch.load(sys.argv[2])
 x, rois, boxes = t["x"], t["rois"], t["boxes"]
 out = {}
 out["roi_align"] = fastops.roi_align(x, rois, 7, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+# (30 RoIs of 1-21 feature pixels: the AVX-512 step on AVX-512 CPUs, the AVX2 steps under ATEN_CPU_CAPABILITY=avx2)
+small = torch.cat([t["idxs"].clamp(max=1).float()[:, None], boxes], 1)
+out["roi_align_small"] = fastops.roi_align(x, small, 7, spatial_scale=0.25, sampling_ratio=2, aligned=True)
+out["roi_align_small_adaptive"] = fastops.roi_align(x, small, (3, 5), spatial_scale=0.25, sampling_ratio=0)
 out["roi_align_cl"] = fastops.roi_align(x.contiguous(memory_format=torch.channels_last), rois, 7, sampling_ratio=2)
 out["flow_warp"] = fastops.flow_warp(x, t["flow"])
 for mode in ("top", "bottom", "left", "right"):
