@@ -212,7 +212,7 @@ inline void pack_xt(RoiTable<float>& t, int ph, int pw) {
   const int dense = t.nv2 > 0 ? 2 * t.nt * t.nv2 + t.nu + t.nv2 + 1 : t.nt * t.nvec + t.ns;
   const int xt = t.nt * t.nvec + t.nvec + (pw * ntx + ph - 1) / ph + 1;
   t.xt = xt < dense;
-  if (!t.xt && !(use_avx512_step() && (t.nvec - 1) * kVec + t.tail <= 32)) return;
+  if (!t.xt && !(use_avx512_step() && (t.nvec - 1) * kVec + t.tail <= 128)) return;
   t.ntx = ntx;
   if (t.xt) t.nv2 = 0;
   t.xtoff = (t.pk.size() + kVec - 1) / kVec * kVec;
@@ -770,6 +770,7 @@ inline void prefetch_band(const float* plane0, int64_t sC, int64_t sH, int W, in
 // the pooler 36-38 -> 30.5 ms.
 #if FASTOPS_ROI_FAST
 #define FASTOPS_AVX512_FN __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+constexpr int kMaxTaps512 = 6;  // taps per bin the wide AVX-512 step takes (sampling_ratio 2: <= 4)
 
 template <int NT, int N16, int NTX>
 FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes(const RoiTable<float>& t, const float* plane0,
@@ -827,13 +828,99 @@ FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes(const RoiTabl
   return bad;
 }
 
+// Windows of 33-128 columns (NV = 3-8 vectors of 16 per row): tap i of the bins whose column lies in vector b is
+// one merge-masked vpermps from that vector (a permute per vector that holds some bin's tap i, at most NV).
+template <int NT, int NV>
+FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes_wide(const RoiTable<float>& t,
+                                                                        const float* plane0, int64_t sC, int nc,
+                                                                        float* out0, int64_t plane_out, int ph,
+                                                                        int pw, int64_t sH, int W, int band_from,
+                                                                        int band_to) {
+  const int valid = (t.nvec - 1) * kVec + t.tail;
+  const __mmask16 mlast = static_cast<__mmask16>((1u << (valid - 16 * (NV - 1))) - 1);
+  const int32_t* rows = reinterpret_cast<const int32_t*>(t.pk.data());
+  const float* w = t.pk.data() + static_cast<size_t>(ph) * NT;
+  const int ntx = t.ntx;
+  const int32_t* col = reinterpret_cast<const int32_t*>(t.pk.data() + t.xtoff);
+  const float* wt = t.pk.data() + t.xtoff + static_cast<size_t>(pw) * ntx;
+  __m512i idx[kMaxTaps512];
+  __m512 wx[kMaxTaps512];
+  __mmask16 km[kMaxTaps512][NV];
+  alignas(64) int32_t ib[16];
+  alignas(64) float wb[16];
+  for (int i = 0; i < ntx; ++i) {
+    for (int b = 0; b < NV; ++b) km[i][b] = 0;
+    for (int q = 0; q < 16; ++q) {
+      const int c = q < pw ? col[q * ntx + i] / kVec : 0;
+      ib[q] = c % 16;
+      wb[q] = q < pw ? wt[q * ntx + i] : 0.f;
+      if (q < pw) km[i][c / 16] |= static_cast<__mmask16>(1u << q);
+    }
+    idx[i] = _mm512_load_si512(ib);
+    wx[i] = _mm512_load_ps(wb);
+  }
+  const __mmask16 qm = static_cast<__mmask16>((1u << pw) - 1);
+  const __m512 zero = _mm512_setzero_ps();
+  uint32_t bad = 0;
+  for (int c = 0; c < nc; ++c) {
+    if (band_to > band_from) prefetch_band(plane0 + c * sC, sC, sH, W, 1, band_from, band_to);
+    const float* base = plane0 + c * sC + t.xs;
+    float* out = out0 + c * plane_out;
+    __m512 chk = zero;
+    for (int p = 0; p < ph; ++p) {
+      const int32_t* rp = rows + p * NT;
+      const float* wp = w + p * NT;
+      __m512 v[NV];
+      const __m512 w0 = _mm512_set1_ps(wp[0]);
+#pragma GCC unroll 8
+      for (int b = 0; b < NV; ++b)
+        v[b] = _mm512_mul_ps(w0, b < NV - 1 ? _mm512_loadu_ps(base + rp[0] + 16 * b)
+                                            : _mm512_maskz_loadu_ps(mlast, base + rp[0] + 16 * b));
+#pragma GCC unroll 8
+      for (int a = 1; a < NT; ++a) {
+        const __m512 wa = _mm512_set1_ps(wp[a]);
+#pragma GCC unroll 8
+        for (int b = 0; b < NV; ++b)
+          v[b] = _mm512_fmadd_ps(wa, b < NV - 1 ? _mm512_loadu_ps(base + rp[a] + 16 * b)
+                                                : _mm512_maskz_loadu_ps(mlast, base + rp[a] + 16 * b), v[b]);
+      }
+      __m512 o = zero;
+      for (int i = 0; i < ntx; ++i) {
+        __m512 g = zero;
+#pragma GCC unroll 8
+        for (int b = 0; b < NV; ++b)
+          if (km[i][b]) g = _mm512_mask_permutexvar_ps(g, km[i][b], idx[i], v[b]);
+        o = i == 0 ? _mm512_mul_ps(g, wx[0]) : _mm512_fmadd_ps(g, wx[i], o);
+      }
+      chk = _mm512_mask_add_ps(chk, qm, chk, _mm512_mul_ps(o, zero));
+      _mm512_mask_storeu_ps(out + p * pw, qm, o);
+    }
+    if (_mm512_cmp_ps_mask(chk, chk, _CMP_UNORD_Q)) bad |= 1u << c;
+  }
+  return bad;
+}
+
 // fast_roi512 for the RoI's tap counts (templates unroll them); ~0u when the RoI is not one it takes
 // (no taps table, a window over 32 columns, more than 4 taps per bin: the AVX2 steps do those).
 FASTOPS_AVX512_FN uint32_t fast_roi512(const RoiTable<float>& t, const float* plane0, int64_t sC, int nc,
                                        float* out0, int64_t plane_out, int ph, int pw, int64_t sH, int W,
                                        int band_from, int band_to) {
   const int n16 = ((t.nvec - 1) * kVec + t.tail + 15) / 16;
-  if (t.ntx <= 0 || t.ntx > 4 || t.nt > 4 || n16 > 2) return ~0u;
+  if (t.ntx <= 0 || t.nt > 4 || n16 > 8 || t.ntx > (n16 <= 2 ? 4 : kMaxTaps512)) return ~0u;
+  if (n16 > 2) {
+    switch (t.nt * 8 + n16) {
+#define FASTOPS_ROI512W(NT, NV) \
+  case NT * 8 + NV:             \
+    return roi512_planes_wide<NT, NV>(t, plane0, sC, nc, out0, plane_out, ph, pw, sH, W, band_from, band_to);
+#define FASTOPS_ROI512W_NV(NT)                                                                              \
+  FASTOPS_ROI512W(NT, 3) FASTOPS_ROI512W(NT, 4) FASTOPS_ROI512W(NT, 5) FASTOPS_ROI512W(NT, 6) \
+  FASTOPS_ROI512W(NT, 7) FASTOPS_ROI512W(NT, 8)
+      FASTOPS_ROI512W_NV(1) FASTOPS_ROI512W_NV(2) FASTOPS_ROI512W_NV(3) FASTOPS_ROI512W_NV(4)
+#undef FASTOPS_ROI512W_NV
+#undef FASTOPS_ROI512W
+    }
+    return ~0u;
+  }
   switch ((t.nt * 3 + n16) * 5 + t.ntx) {
 #define FASTOPS_ROI512(NT, N16, NTX)                                                                          \
   case (NT * 3 + N16) * 5 + NTX:                                                                              \
