@@ -95,8 +95,9 @@ dispatch = not march and not sanitize and x86
 isas = [i.strip() for i in os.environ.get("FASTOPS_CPU_ISAS", "default,avx2,avx512").split(",") if i.strip()]
 # The kernel files with an AVX-512 copy: those measured faster with it on an AVX-512 Xeon (CONTRIBUTING.md, "CPU
 # instruction sets": the same build switched by ATEN_CPU_CAPABILITY, fastops medians avx2 / avx512). The others lose
-# with it (nms, heatmap_argmax, keypoint decoding: 10-40%) or gain nothing (roi_align NCHW), and keep their AVX2 copy
-# on an AVX-512 CPU (csrc/cpu_isa.h: each file registers the best variant it has).
+# with it (nms, heatmap_argmax, keypoint decoding: 10-40%) or gain nothing (roi_align NCHW as a whole: its AVX-512
+# forward step is a set of target("avx512...") functions in its AVX2 copy instead), and keep their AVX2 copy on an
+# AVX-512 CPU (csrc/cpu_isa.h: each file registers the best variant it has).
 AVX512_KERNELS = {"decode/soft_argmax_cpu.cpp", "flow_warp/flow_warp_cpu.cpp", "flow_warp/flow_warp_backward_cpu.cpp",
                   "panoptic/panoptic_cpu.cpp", "masks/masks_cpu.cpp", "densepose/densepose_cpu.cpp"}
 if dispatch and (set(isas) - {"default"} - set(ISA_TARGETS) or "default" not in isas):
