@@ -772,87 +772,33 @@ inline void prefetch_band(const float* plane0, int64_t sC, int64_t sH, int W, in
 #define FASTOPS_AVX512_FN __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 constexpr int kMaxTaps512 = 6;  // taps per bin the wide AVX-512 step takes (sampling_ratio 2: <= 4)
 
-template <int NT, int N16, int NTX>
+// NV: 16-column vectors per window row (1-8); NTX: taps per bin (0: ntx at run time). Windows of <= 32 columns
+// take tap i of every bin with one vpermt2ps over the row's two vectors; wider ones with one merge-masked vpermps
+// per vector that holds some bin's tap i.
+template <int NT, int NV, int NTX>
 FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes(const RoiTable<float>& t, const float* plane0,
                                                                    int64_t sC, int nc, float* out0,
                                                                    int64_t plane_out, int ph, int pw, int64_t sH,
                                                                    int W, int band_from, int band_to) {
+  constexpr bool kPair = NV <= 2;
+  const int ntx = NTX > 0 ? NTX : t.ntx;
   const int valid = (t.nvec - 1) * kVec + t.tail;  // window columns from xs that lie on the map
-  const __mmask16 m0 = N16 == 1 ? static_cast<__mmask16>((1u << valid) - 1) : static_cast<__mmask16>(0xffff);
-  const __mmask16 m1 = N16 == 2 ? static_cast<__mmask16>((1u << (valid - 16)) - 1) : static_cast<__mmask16>(0);
-  const int32_t* rows = reinterpret_cast<const int32_t*>(t.pk.data());
-  const float* w = t.pk.data() + static_cast<size_t>(ph) * NT;
-  const int32_t* col = reinterpret_cast<const int32_t*>(t.pk.data() + t.xtoff);
-  const float* wt = t.pk.data() + t.xtoff + static_cast<size_t>(pw) * NTX;
-  // Tap i of every bin as one permute index and one weight vector (lanes >= pw: column 0, weight 0).
-  __m512i idx[NTX];
-  __m512 wx[NTX];
-  alignas(64) int32_t ib[16];
-  alignas(64) float wb[16];
-  for (int i = 0; i < NTX; ++i) {
-    for (int q = 0; q < 16; ++q) {
-      ib[q] = q < pw ? col[q * NTX + i] / kVec : 0;
-      wb[q] = q < pw ? wt[q * NTX + i] : 0.f;
-    }
-    idx[i] = _mm512_load_si512(ib);
-    wx[i] = _mm512_load_ps(wb);
-  }
-  const __mmask16 qm = static_cast<__mmask16>((1u << pw) - 1);
-  const __m512 zero = _mm512_setzero_ps();
-  uint32_t bad = 0;
-  for (int c = 0; c < nc; ++c) {
-    if (band_to > band_from) prefetch_band(plane0 + c * sC, sC, sH, W, 1, band_from, band_to);
-    const float* base = plane0 + c * sC + t.xs;
-    float* out = out0 + c * plane_out;
-    __m512 chk = zero;
-    for (int p = 0; p < ph; ++p) {
-      const int32_t* rp = rows + p * NT;
-      const float* wp = w + p * NT;
-      const __m512 w0 = _mm512_set1_ps(wp[0]);
-      __m512 v0 = _mm512_mul_ps(w0, _mm512_maskz_loadu_ps(m0, base + rp[0]));
-      __m512 v1 = N16 == 2 ? _mm512_mul_ps(w0, _mm512_maskz_loadu_ps(m1, base + rp[0] + 16)) : zero;
-#pragma GCC unroll 8
-      for (int a = 1; a < NT; ++a) {
-        const __m512 wa = _mm512_set1_ps(wp[a]);
-        v0 = _mm512_fmadd_ps(wa, _mm512_maskz_loadu_ps(m0, base + rp[a]), v0);
-        if (N16 == 2) v1 = _mm512_fmadd_ps(wa, _mm512_maskz_loadu_ps(m1, base + rp[a] + 16), v1);
-      }
-      __m512 o = _mm512_mul_ps(_mm512_permutex2var_ps(v0, idx[0], v1), wx[0]);
-#pragma GCC unroll 8
-      for (int i = 1; i < NTX; ++i) o = _mm512_fmadd_ps(_mm512_permutex2var_ps(v0, idx[i], v1), wx[i], o);
-      chk = _mm512_mask_add_ps(chk, qm, chk, _mm512_mul_ps(o, zero));
-      _mm512_mask_storeu_ps(out + p * pw, qm, o);
-    }
-    if (_mm512_cmp_ps_mask(chk, chk, _CMP_UNORD_Q)) bad |= 1u << c;
-  }
-  return bad;
-}
-
-// Windows of 33-128 columns (NV = 3-8 vectors of 16 per row): tap i of the bins whose column lies in vector b is
-// one merge-masked vpermps from that vector (a permute per vector that holds some bin's tap i, at most NV).
-template <int NT, int NV>
-FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes_wide(const RoiTable<float>& t,
-                                                                        const float* plane0, int64_t sC, int nc,
-                                                                        float* out0, int64_t plane_out, int ph,
-                                                                        int pw, int64_t sH, int W, int band_from,
-                                                                        int band_to) {
-  const int valid = (t.nvec - 1) * kVec + t.tail;
   const __mmask16 mlast = static_cast<__mmask16>((1u << (valid - 16 * (NV - 1))) - 1);
   const int32_t* rows = reinterpret_cast<const int32_t*>(t.pk.data());
   const float* w = t.pk.data() + static_cast<size_t>(ph) * NT;
-  const int ntx = t.ntx;
   const int32_t* col = reinterpret_cast<const int32_t*>(t.pk.data() + t.xtoff);
   const float* wt = t.pk.data() + t.xtoff + static_cast<size_t>(pw) * ntx;
+  // Tap i of every bin as a permute index and a weight vector (lanes >= pw: column 0, weight 0), and (wide
+  // windows) the lanes whose tap lies in each vector.
   __m512i idx[kMaxTaps512];
   __m512 wx[kMaxTaps512];
-  __mmask16 km[kMaxTaps512][NV];
+  __mmask16 km[kMaxTaps512][NV] = {};
   alignas(64) int32_t ib[16];
   alignas(64) float wb[16];
   for (int i = 0; i < ntx; ++i) {
-    for (int b = 0; b < NV; ++b) km[i][b] = 0;
     for (int q = 0; q < 16; ++q) {
       const int c = q < pw ? col[q * ntx + i] / kVec : 0;
-      ib[q] = c % 16;
+      ib[q] = kPair ? c : c % 16;
       wb[q] = q < pw ? wt[q * ntx + i] : 0.f;
       if (q < pw) km[i][c / 16] |= static_cast<__mmask16>(1u << q);
     }
@@ -885,11 +831,17 @@ FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes_wide(const Ro
                                                 : _mm512_maskz_loadu_ps(mlast, base + rp[a] + 16 * b), v[b]);
       }
       __m512 o = zero;
-      for (int i = 0; i < ntx; ++i) {
-        __m512 g = zero;
 #pragma GCC unroll 8
-        for (int b = 0; b < NV; ++b)
-          if (km[i][b]) g = _mm512_mask_permutexvar_ps(g, km[i][b], idx[i], v[b]);
+      for (int i = 0; i < ntx; ++i) {
+        __m512 g;
+        if constexpr (kPair) {
+          g = _mm512_permutex2var_ps(v[0], idx[i], NV == 2 ? v[NV - 1] : zero);
+        } else {
+          g = zero;
+#pragma GCC unroll 8
+          for (int b = 0; b < NV; ++b)
+            if (km[i][b]) g = _mm512_mask_permutexvar_ps(g, km[i][b], idx[i], v[b]);
+        }
         o = i == 0 ? _mm512_mul_ps(g, wx[0]) : _mm512_fmadd_ps(g, wx[i], o);
       }
       chk = _mm512_mask_add_ps(chk, qm, chk, _mm512_mul_ps(o, zero));
@@ -907,29 +859,18 @@ FASTOPS_AVX512_FN uint32_t fast_roi512(const RoiTable<float>& t, const float* pl
                                        int band_from, int band_to) {
   const int n16 = ((t.nvec - 1) * kVec + t.tail + 15) / 16;
   if (t.ntx <= 0 || t.nt > 4 || n16 > 8 || t.ntx > (n16 <= 2 ? 4 : kMaxTaps512)) return ~0u;
-  if (n16 > 2) {
-    switch (t.nt * 8 + n16) {
-#define FASTOPS_ROI512W(NT, NV) \
-  case NT * 8 + NV:             \
-    return roi512_planes_wide<NT, NV>(t, plane0, sC, nc, out0, plane_out, ph, pw, sH, W, band_from, band_to);
-#define FASTOPS_ROI512W_NV(NT)                                                                              \
-  FASTOPS_ROI512W(NT, 3) FASTOPS_ROI512W(NT, 4) FASTOPS_ROI512W(NT, 5) FASTOPS_ROI512W(NT, 6) \
-  FASTOPS_ROI512W(NT, 7) FASTOPS_ROI512W(NT, 8)
-      FASTOPS_ROI512W_NV(1) FASTOPS_ROI512W_NV(2) FASTOPS_ROI512W_NV(3) FASTOPS_ROI512W_NV(4)
-#undef FASTOPS_ROI512W_NV
-#undef FASTOPS_ROI512W
-    }
-    return ~0u;
-  }
-  switch ((t.nt * 3 + n16) * 5 + t.ntx) {
-#define FASTOPS_ROI512(NT, N16, NTX)                                                                          \
-  case (NT * 3 + N16) * 5 + NTX:                                                                              \
-    return roi512_planes<NT, N16, NTX>(t, plane0, sC, nc, out0, plane_out, ph, pw, sH, W, band_from, band_to);
-#define FASTOPS_ROI512_NTX(NT, N16) \
-  FASTOPS_ROI512(NT, N16, 1) FASTOPS_ROI512(NT, N16, 2) FASTOPS_ROI512(NT, N16, 3) FASTOPS_ROI512(NT, N16, 4)
-    FASTOPS_ROI512_NTX(1, 1) FASTOPS_ROI512_NTX(1, 2) FASTOPS_ROI512_NTX(2, 1) FASTOPS_ROI512_NTX(2, 2)
-    FASTOPS_ROI512_NTX(3, 1) FASTOPS_ROI512_NTX(3, 2) FASTOPS_ROI512_NTX(4, 1) FASTOPS_ROI512_NTX(4, 2)
-#undef FASTOPS_ROI512_NTX
+  // (windows of <= 32 columns: the tap count unrolled too)
+  switch ((t.nt * 9 + n16) * 5 + (n16 <= 2 ? t.ntx : 0)) {
+#define FASTOPS_ROI512(NT, NV, NTX)                                                                          \
+  case (NT * 9 + NV) * 5 + NTX:                                                                              \
+    return roi512_planes<NT, NV, NTX>(t, plane0, sC, nc, out0, plane_out, ph, pw, sH, W, band_from, band_to);
+#define FASTOPS_ROI512_NT(NT)                                                                            \
+  FASTOPS_ROI512(NT, 1, 1) FASTOPS_ROI512(NT, 1, 2) FASTOPS_ROI512(NT, 1, 3) FASTOPS_ROI512(NT, 1, 4)    \
+  FASTOPS_ROI512(NT, 2, 1) FASTOPS_ROI512(NT, 2, 2) FASTOPS_ROI512(NT, 2, 3) FASTOPS_ROI512(NT, 2, 4)    \
+  FASTOPS_ROI512(NT, 3, 0) FASTOPS_ROI512(NT, 4, 0) FASTOPS_ROI512(NT, 5, 0) FASTOPS_ROI512(NT, 6, 0)    \
+  FASTOPS_ROI512(NT, 7, 0) FASTOPS_ROI512(NT, 8, 0)
+    FASTOPS_ROI512_NT(1) FASTOPS_ROI512_NT(2) FASTOPS_ROI512_NT(3) FASTOPS_ROI512_NT(4)
+#undef FASTOPS_ROI512_NT
 #undef FASTOPS_ROI512
   }
   return ~0u;
