@@ -123,14 +123,17 @@ def test_roi_align_output_and_gradient_on_reused_blocks(channels_last, threads):
     torch.set_num_threads(threads)
     try:
         x, rois = _roi_inputs(channels_last)
+        # One RoI right of the map (no pixel to read) and one on image 1: their outputs must come back zeros.
+        rois = torch.cat([rois, torch.tensor([[0.0, 400, 10, 450, 60], [1.0, 400, 10, 450, 60]])])
         args = ((7, 7), 0.5, 2, True)
         want = tv_roi_align(x, rois, *args)  # [700, 64, 7, 7]: 8.8 MB
         gout = torch.randn(want.shape, generator=torch.Generator().manual_seed(3))
         want_g, = torch.autograd.grad(want, x, gout)
-        # The vectorised NCHW float32 forward (AVX2 copies only) writes every element: a cached output. The
-        # baseline-ISA kernels (ATEN_CPU_CAPABILITY=default; make sanitize, whose _cpu_isa() is "native") take the
-        # zero-page path instead.
-        if not channels_last and torch.ops.fastops._cpu_isa() in ("avx2", "avx512"):
+        assert want[-2:].abs().sum() == 0
+        # The vectorised NCHW float32 forward (AVX2 copies only) writes every element, and the channels_last one
+        # zeroes each RoI's output before filling it: cached outputs. The NCHW baseline-ISA kernels
+        # (ATEN_CPU_CAPABILITY=default; make sanitize, whose _cpu_isa() is "native") take the zero-page path.
+        if channels_last or torch.ops.fastops._cpu_isa() in ("avx2", "avx512"):
             _twice(lambda: fastops.roi_align(x, rois, *args).detach(),
                    lambda got: torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5))
 

@@ -1142,11 +1142,19 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& 
   bool fast = FASTOPS_ROI_FAST && f0.scalar_type() == at::kFloat;
   for (const auto& f : feats) fast = fast && !(f.stride(1) == 1 && C > 1);
   const auto format = is_channels_last(f0) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  // channels_last maps only: each RoI's output ([C, ph, pw], one contiguous run) is zeroed by the thread that
+  // then fills it, on the block cache too. On fresh zero pages, two threads faulting in huge pages at once made
+  // workload A's forward no faster at 2 threads than at 1 (43-54 ms against 39-40, make bench 2026-12-03).
+  bool all_cl = C > 1;
+  for (const auto& f : feats) all_cl = all_cl && f.stride(1) == 1;
+  bool zeroed = true;
   at::Tensor out;
   if (fast && K > 0 && C > 0) {
     // A large output on the block cache (cpu_memory.h): the 50 MB of workload A would otherwise be new pages at
     // every call, whose first touch cost 5-20 ms (docs/roi_align.md, floors).
     out = cpu_memory::empty_cached({K, C, ph, pw}, f0.scalar_type(), format);
+  } else if (all_cl && K > 0) {
+    out = cpu_memory::empty_cached({K, C, ph, pw}, f0.scalar_type(), format, &zeroed);
   } else {
     out = cpu_memory::zeros_fresh({K, C, ph, pw}, f0.scalar_type(), format);
   }
@@ -1207,10 +1215,19 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& 
           const RoiTable<T>& t = tables[k];
           const Level<scalar_t>& L = levels[t.level];
           if (!(L.sC == 1 && C > 1)) continue;
+          if (!zeroed) std::fill(o + k * oK, o + k * oK + C * ph * pw, scalar_t(0));
           forward_cl(t, L.data + t.batch * L.sN, static_cast<int>(C), L.sH, L.sW, o + k * oK, oC, oH, oW, ph, pw,
                      V.data(), acc.data());
         }
       });
+      if (!zeroed) {  // RoIs without a level or without any pixel to read
+        std::vector<char> seen(K, 0);
+        for (int64_t k : order) seen[k] = 1;
+        at::parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
+          for (int64_t k = k0; k < k1; ++k)
+            if (!seen[k]) std::fill(o + k * oK, o + k * oK + C * ph * pw, scalar_t(0));
+        });
+      }
     }
   });
   return out;
