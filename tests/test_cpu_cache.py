@@ -123,8 +123,10 @@ def test_roi_align_output_and_gradient_on_reused_blocks(channels_last, threads):
     torch.set_num_threads(threads)
     try:
         x, rois = _roi_inputs(channels_last)
-        # One RoI right of the map (no pixel to read) and one on image 1: their outputs must come back zeros.
-        rois = torch.cat([rois, torch.tensor([[0.0, 400, 10, 450, 60], [1.0, 400, 10, 450, 60]])])
+        # One RoI over the bottom edge (its lower bins read no row), one right of the map (no pixel to read) and
+        # one on image 1: what they do not read must come back zeros.
+        rois = torch.cat([rois, torch.tensor([[0.0, 10, 300, 60, 400], [0.0, 400, 10, 450, 60],
+                                              [1.0, 400, 10, 450, 60]])])
         args = ((7, 7), 0.5, 2, True)
         want = tv_roi_align(x, rois, *args)  # [700, 64, 7, 7]: 8.8 MB
         gout = torch.randn(want.shape, generator=torch.Generator().manual_seed(3))
