@@ -80,7 +80,7 @@ struct RoiTable {
   // Transposed x step (pack_xt, ph and pw <= 8): the y step's rows are transposed in registers into columns
   // (8 output rows per vector), then each bin sums only its ntx taps: [pw][ntx] column offsets, [pw][ntx] weights.
   // ntx > 0: the taps table is built; xt: the AVX2 kernel takes the transposed x step (the AVX-512 step,
-  // fast_roi512, takes every RoI with a taps table and a window of <= 32 columns).
+  // fast_roi512, takes the RoIs with a taps table whose window and tap counts it handles).
   int ntx = 0;
   bool xt = false;
   size_t xtoff = 0;
@@ -737,23 +737,19 @@ inline bool fast_plane(const RoiTable<float>& t, const float* __restrict__ plane
   return _mm256_movemask_ps(_mm256_cmp_ps(chk, chk, _CMP_UNORD_Q)) == 0;
 }
 
-
 // Row band prefetch of a (level, image) group whose RoI windows cover the map at least once: rows [r0, r1) of
-// the block's nc planes, whole rows in order. The RoIs come top to bottom, so these are the rows the next RoIs
+// one plane, whole rows in order. The RoIs come top to bottom, so these are the rows the next RoIs
 // read. One sequential stream per plane lets the L2 streamer fetch ahead at the sequential rate (~12 GB/s on
 // the 2-core VM) where the RoIs' own scattered 2-3-line row reads stop at ~7.7 GB/s (the core's fill buffers
 // over L3/DRAM latency), and earlier prefetches of the next RoI's rows were bound by the same buffers (no gain
 // measured). Issued plane by plane, just before that plane's RoI step, so that the fills overlap the arithmetic
 // (all nc planes in one burst stalled on the fill buffers: 31 ms). Workload A forward, 1 thread: 38 -> 28 ms;
 // 2 threads 20 -> 15 ms.
-inline void prefetch_band(const float* plane0, int64_t sC, int64_t sH, int W, int nc, int r0, int r1) {
-  for (int c = 0; c < nc; ++c) {
-    const char* plane = reinterpret_cast<const char*>(plane0 + c * sC);
-    for (int r = r0; r < r1; ++r) {
-      const char* row = plane + static_cast<int64_t>(r) * sH * 4;
-      for (int x = 0; x < W * 4; x += 64) _mm_prefetch(row + x, _MM_HINT_T1);
-      _mm_prefetch(row + W * 4 - 1, _MM_HINT_T1);
-    }
+inline void prefetch_band(const float* plane, int64_t sH, int W, int r0, int r1) {
+  for (int r = r0; r < r1; ++r) {
+    const char* row = reinterpret_cast<const char*>(plane + static_cast<int64_t>(r) * sH);
+    for (int x = 0; x < W * 4; x += 64) _mm_prefetch(row + x, _MM_HINT_T1);
+    _mm_prefetch(row + W * 4 - 1, _MM_HINT_T1);
   }
 }
 
@@ -817,7 +813,7 @@ FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes(const RoiTabl
     const float* base[NP];
     __m512 chk[NP];
     for (int j = 0; j < NP; ++j) {
-      if (band_to > band_from) prefetch_band(plane0 + (c + j) * sC, sC, sH, W, 1, band_from, band_to);
+      if (band_to > band_from) prefetch_band(plane0 + (c + j) * sC, sH, W, band_from, band_to);
       base[j] = plane0 + (c + j) * sC + t.xs;
       chk[j] = zero;
     }
@@ -867,14 +863,15 @@ FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes(const RoiTabl
       if (_mm512_fpclass_ps_mask(chk[j], 0x99)) bad |= 1u << (c + j);  // NaN or +-inf
   };
   int c = 0;
-  if (NV <= 4)
+  if constexpr (NV <= 4)
     for (; c + 2 <= nc; c += 2) planes(c, std::integral_constant<int, 2>());
   for (; c < nc; ++c) planes(c, std::integral_constant<int, 1>());
   return bad;
 }
 
-// fast_roi512 for the RoI's tap counts (templates unroll them); ~0u when the RoI is not one it takes
-// (no taps table, a window over 32 columns, more than 4 taps per bin: the AVX2 steps do those).
+// fast_roi512 for the RoI's tap counts (templates unroll them); ~0u when the RoI is not one it takes (no taps
+// table, a window over 128 columns, more than 4 row taps per bin, or more than 4 (windows <= 32 columns) / 6
+// column taps per bin: the AVX2 steps do those).
 FASTOPS_AVX512_FN uint32_t fast_roi512(const RoiTable<float>& t, const float* plane0, int64_t sC, int nc,
                                        float* out0, int64_t plane_out, int ph, int pw, int64_t sH, int W,
                                        int band_from, int band_to) {
@@ -1025,7 +1022,17 @@ std::vector<Level<scalar_t>> make_levels(const std::vector<at::Tensor>& feats, c
   return levels;
 }
 
-
+// Zeros the outputs ([C, ph, pw] runs of `per_roi` elements, RoI k at o + k * per_roi) of the RoIs that `order`
+// does not visit: those without a level or without any pixel to read.
+template <typename scalar_t>
+void zero_unvisited(scalar_t* o, int64_t K, int64_t per_roi, const std::vector<int64_t>& order) {
+  std::vector<char> seen(K, 0);
+  for (int64_t k : order) seen[k] = 1;
+  at::parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      if (!seen[k]) std::fill(o + k * per_roi, o + (k + 1) * per_roi, scalar_t(0));
+  });
+}
 
 #if FASTOPS_ROI_FAST
 // float32 forward, NCHW levels, contiguous output. Blocks of kFastCB channels run in parallel (each output
@@ -1096,7 +1103,7 @@ bool forward_fast(const std::vector<RoiTable<float>>& tables, const std::vector<
           continue;
         }
         for (int j = 0; j < nc; ++j) {
-          if (band_to > band_from) prefetch_band(plane + j * L.sC, L.sC, L.sH, L.W, 1, band_from, band_to);
+          if (band_to > band_from) prefetch_band(plane + j * L.sC, L.sH, L.W, band_from, band_to);
           if (!dense[i] && tn.nvec > 0) prefetch_plane(tn, plane_n + j * Ln.sC, ph);
           float* oj = dst + j * plane_out;
           if (t.nvec > 0 && fast_plane(t, plane + j * L.sC, oj, ph, pw, V.data(), ldv)) continue;
@@ -1110,13 +1117,7 @@ bool forward_fast(const std::vector<RoiTable<float>>& tables, const std::vector<
       }
     }
   });
-  // RoIs without a level or without any pixel to read: zeros.
-  std::vector<char> seen(K, 0);
-  for (int64_t k : order) seen[k] = 1;
-  at::parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k)
-      if (!seen[k]) std::fill(o + k * C * plane_out, o + (k + 1) * C * plane_out, 0.f);
-  });
+  zero_unvisited(o, K, C * plane_out, order);
   return true;
 }
 #endif
@@ -1220,14 +1221,7 @@ at::Tensor forward_impl(const std::vector<at::Tensor>& feats, const at::Tensor& 
                      V.data(), acc.data());
         }
       });
-      if (!zeroed) {  // RoIs without a level or without any pixel to read
-        std::vector<char> seen(K, 0);
-        for (int64_t k : order) seen[k] = 1;
-        at::parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
-          for (int64_t k = k0; k < k1; ++k)
-            if (!seen[k]) std::fill(o + k * oK, o + k * oK + C * ph * pw, scalar_t(0));
-        });
-      }
+      if (!zeroed) zero_unvisited(o, K, oK, order);
     }
   });
   return out;
