@@ -188,7 +188,7 @@ class TestForwardAgainstTorchvision:
         step's rows transposed in registers, each bin summing only its taps): narrow, wide, flat and tall boxes,
         boxes over the right edge (window shifted left), maps narrower than a row vector (masked last vector),
         fixed and adaptive sampling (up to ~20 taps per bin); equal at 1 and 2 threads. On an AVX-512 CPU the
-        RoIs with windows of <= 32 columns and <= 4 taps per bin take the AVX-512 step instead (fast_roi512:
+        RoIs with windows of <= 128 columns and <= 4 row taps per bin take the AVX-512 step instead (fast_roi512:
         masked 16-lane row loads, permutes for the taps); tests/test_build.py::test_isa_variants_agree compares
         it with the AVX2 steps."""
         g = torch.Generator().manual_seed(ph * 10 + pw)
