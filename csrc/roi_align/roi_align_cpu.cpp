@@ -812,7 +812,8 @@ FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes(const RoiTabl
   // stores when it is whole 64-byte lines: stored row by row, each output line is first read for ownership from
   // L3/DRAM (the pooler's output is 50 MB, not in cache from the previous call), and those reads take the fill
   // buffers that the window loads need. Pooler at 1 thread, streaming against row stores in one process (20
-  // alternating pairs, three runs): -5.0%, -4.1%, -9.0%; workload A -3.8%, +0.3%, +0.9%; 2 threads unchanged.
+  // alternating pairs per run, seven runs): -9.0% to +2.1%, median -4.1%; workload A -3.8%, +0.3%, +0.9%; 2
+  // threads unchanged. (Streaming for the AVX2 steps too, from forward_fast: no clear gain, not kept.)
   // Otherwise (a partial last block, an unaligned output) the rows are stored straight.
   alignas(64) float blockbuf[kMaxBlock512 * 64];
   const bool stream = nc <= kMaxBlock512 && plane_out <= 64 && reinterpret_cast<uintptr_t>(out0) % 64 == 0 &&
