@@ -341,6 +341,8 @@ inline int band_rows(int64_t row_bytes, int nc, int64_t budget) {
 
 // Channels per parallel task on NCHW maps in the backward pass.
 constexpr int kCB = 16;
+// Channels per block of the vectorised float32 forward (forward_fast; the AVX-512 step's output buffer).
+constexpr int64_t kFastCB = 16;
 
 // All RoIs' tables (built in parallel) and the order that visits them grouped by (level, image), so the
 // feature plane being read stays in cache.
@@ -770,7 +772,6 @@ inline void prefetch_band(const float* plane, int64_t sH, int W, int r0, int r1)
 #if FASTOPS_ROI_FAST
 #define FASTOPS_AVX512_FN __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 constexpr int kMaxTaps512 = 6;  // taps per bin the wide AVX-512 step takes (sampling_ratio 2: <= 4)
-constexpr int kMaxBlock512 = 16;  // planes per call (forward_fast's kFastCB)
 
 // NV: 16-column vectors per window row (1-8); NTX: taps per bin (0: ntx at run time). Windows of <= 32 columns
 // take tap i of every bin with one vpermt2ps over the row's two vectors; wider ones with one merge-masked vpermps
@@ -815,8 +816,8 @@ FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes(const RoiTabl
   // alternating pairs per run, seven runs): -9.0% to +2.1%, median -4.1%; workload A -3.8%, +0.3%, +0.9%; 2
   // threads unchanged. (Streaming for the AVX2 steps too, from forward_fast: no clear gain, not kept.)
   // Otherwise (a partial last block, an unaligned output) the rows are stored straight.
-  alignas(64) float blockbuf[kMaxBlock512 * 64];
-  const bool stream = nc <= kMaxBlock512 && plane_out <= 64 && reinterpret_cast<uintptr_t>(out0) % 64 == 0 &&
+  alignas(64) float blockbuf[kFastCB * 64];
+  const bool stream = nc <= kFastCB && plane_out <= 64 && reinterpret_cast<uintptr_t>(out0) % 64 == 0 &&
                       (static_cast<int64_t>(nc) * plane_out) % 16 == 0;
   float* const obase = stream ? blockbuf : out0;
   // Two planes per pass: each row's tap offsets and weights are loaded once for both.
@@ -1056,7 +1057,6 @@ void zero_unvisited(scalar_t* o, int64_t K, int64_t per_roi, const std::vector<i
 // element is written by one thread); within a block the RoIs are visited grouped by (level, image, row), and
 // each RoI's packed table serves all the block's planes while it sits in L1. The output of a RoI's block is
 // one contiguous run. Every output element is written here (the output is not zero-filled beforehand).
-constexpr int64_t kFastCB = 16;
 
 bool forward_fast(const std::vector<RoiTable<float>>& tables, const std::vector<int64_t>& order,
                   const std::vector<Level<float>>& levels, float* o, int64_t K, int64_t C, int ph, int pw,
