@@ -189,8 +189,8 @@ class TestForwardAgainstTorchvision:
         boxes over the right edge (window shifted left), maps narrower than a row vector (masked last vector),
         fixed and adaptive sampling (up to ~20 taps per bin); equal at 1 and 2 threads. On an AVX-512 CPU the
         RoIs with windows of <= 128 columns and <= 4 row taps per bin take the AVX-512 step instead (fast_roi512:
-        masked 16-lane row loads, permutes for the taps); tests/test_build.py::test_isa_variants_agree compares
-        it with the AVX2 steps."""
+        row loads whose last vector is a masked 4-, 8- or 16-lane load, permutes for the taps);
+        tests/test_build.py::test_isa_variants_agree compares it with the AVX2 steps."""
         g = torch.Generator().manual_seed(ph * 10 + pw)
         for h, w in ((23, 150), (40, 37), (9, 17), (12, 5)):
             x = torch.randn(2, 19, h, w, generator=g)
