@@ -637,7 +637,10 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
     Soa<A> soa(n);
     const scalar_t* bp = boxes.const_data_ptr<scalar_t>();
     const int64_t s0 = boxes.stride(0), s1 = boxes.stride(1);
-    for (int64_t i = 0; i < nn; ++i) soa.put<kGreedyReadsArea<A>>(i, bp + grp[i] * s0, s1, grp[i]);
+    // (a gather from random rows: in parallel, it was a fifth of the serial part at 20k boxes)
+    at::parallel_for(0, nn, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) soa.put<kGreedyReadsArea<A>>(i, bp + grp[i] * s0, s1, grp[i]);
+    });
     const A thr = iou_thr_for<A>(iou_threshold);
     const int64_t nseg = int64_t(seg.size()) - 1;
     const int64_t* sg = seg.data();
