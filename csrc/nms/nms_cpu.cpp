@@ -637,7 +637,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
     Soa<A> soa(n);
     const scalar_t* bp = boxes.const_data_ptr<scalar_t>();
     const int64_t s0 = boxes.stride(0), s1 = boxes.stride(1);
-    // (a gather from random rows: in parallel, it was a fifth of the serial part at 20k boxes)
+    // (a gather from random rows, in parallel: 20k boxes, 80 classes, 2 threads 0.541 -> 0.497-0.527 ms)
     at::parallel_for(0, nn, 4096, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) soa.put<kGreedyReadsArea<A>>(i, bp + grp[i] * s0, s1, grp[i]);
     });

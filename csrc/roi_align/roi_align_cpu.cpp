@@ -778,7 +778,7 @@ constexpr int kMaxTaps512 = 6;  // taps per bin the wide AVX-512 step takes (sam
 // masked-off lanes of a 16-lane load still cost as a load across lines does. A C copy of the step (16 planes from
 // L2, 20-column windows, so 4 valid lanes in the last vector): 56 -> 44 ns per plane at window offset 37, 56 -> 39
 // at offset 44. In the kernel, alternating A/B in one process (15 pairs per run): pooler at 1 thread -0.9%, -0.6%,
-// -2.2%; workload A -1.7% (the window loads from L3/DRAM dominate there).
+// -2.2%; workload A -1.7%.
 template <int TW>
 FASTOPS_AVX512_FN inline __m512 load_last(__mmask16 m, const float* p) {
   if constexpr (TW == 4)
