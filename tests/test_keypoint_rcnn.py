@@ -13,7 +13,7 @@ from torchvision.models.detection.roi_heads import heatmaps_to_keypoints as tv_h
 
 import fastops
 from fastops.reference import keypoint_rcnn as REF
-from helpers import per_thread_count
+from helpers import needs_inductor_vec, per_thread_count
 from keypoints_helpers import assert_same_as_torchvision
 
 
@@ -177,6 +177,7 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.fastops.roi_heatmaps_to_keypoints.default, (maps, rois), test_utils=utils)
 
 
+@needs_inductor_vec
 def test_compile_fullgraph_and_export():
     def f(maps, rois):
         kp, s = fastops.roi_heatmaps_to_keypoints(maps, rois)

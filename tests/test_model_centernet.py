@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from helpers import needs_inductor_vec
 from model_helpers import assert_state_dicts_equal, random_images, run_both
 
 from fastops.models.centernet import CenterNet, CornerNetHead, CornerPool, build_centernet
@@ -127,6 +128,7 @@ def test_training_step_loss_and_grads_match_reference(variant):
     assert ga["hm.2.weight"].abs().sum() > 0 and ga["conv1.weight"].abs().sum() > 0
 
 
+@needs_inductor_vec
 def test_compile_postprocess(model):
     x = _images(b=1, seed=9)
     with torch.no_grad():

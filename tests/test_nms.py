@@ -11,7 +11,7 @@ from torchvision.ops.boxes import _batched_nms_vanilla
 
 import fastops
 from fastops.reference import nms as ref
-from helpers import assert_all_equal, per_thread_count
+from helpers import assert_all_equal, needs_inductor_vec, per_thread_count
 
 LOW = (torch.float16, torch.bfloat16)
 
@@ -436,6 +436,7 @@ def test_compile_fullgraph():
     assert torch.equal(out[5], ref.soft_nms(b, s, method="linear")[1])
 
 
+@needs_inductor_vec
 def test_compile_inductor_batched_nms_any_size():
     torch._dynamo.reset()
 
