@@ -906,10 +906,11 @@ FASTOPS_AVX512_FN __attribute__((noinline)) uint32_t roi512_planes(const RoiTabl
 FASTOPS_AVX512_FN uint32_t fast_roi512(const RoiTable<float>& t, const float* plane0, int64_t sC, int nc,
                                        float* out0, int64_t plane_out, int ph, int pw, int64_t sH, int W,
                                        int band_from, int band_to) {
-  const int n16 = ((t.nvec - 1) * kVec + t.tail + 15) / 16;
+  const int valid = (t.nvec - 1) * kVec + t.tail;  // window columns from xs that lie on the map
+  const int n16 = (valid + 15) / 16;
   if (t.ntx <= 0 || t.nt > 4 || n16 > 8 || t.ntx > (n16 <= 2 ? 4 : kMaxTaps512)) return ~0u;
   // (windows of <= 32 columns: the tap count unrolled too)
-  const int last = (t.nvec - 1) * kVec + t.tail - 16 * (n16 - 1);  // valid lanes of the last vector
+  const int last = valid - 16 * (n16 - 1);  // valid lanes of the last vector
   const int tw = last <= 4 ? 0 : last <= 8 ? 1 : 2;
   switch (((t.nt * 9 + n16) * 5 + (n16 <= 2 ? t.ntx : 0)) * 3 + tw) {
 #define FASTOPS_ROI512_TW(NT, NV, NTX, TWI, TW)                                                                  \
